@@ -1,0 +1,357 @@
+//! One request's authentication, start to finish, without touching the host: pick the rule,
+//! extract and verify each provider's token (through the verified-token cache), evaluate the
+//! requirement tree and the claim requirements, and say what the filter must do.
+
+use crate::cache::TokenCache;
+use crate::claims::{self, Lifetime};
+use crate::config::{Config, Provider, Requirement, Rule};
+use crate::extract::{self, Location, RequestHeaders};
+use crate::host_crypto::HostCrypto;
+use crate::jws;
+use crate::reason::Reason;
+use crate::rules;
+use crate::signature::{self, Backend};
+use crate::strict_json;
+use serde_json::{Map, Value};
+use std::rc::Rc;
+
+/// A token that passed every check of its provider.
+#[derive(Debug)]
+pub struct Verified {
+    pub claims: Map<String, Value>,
+    pub lifetime: Lifetime,
+    /// Claim and payload headers for the upstream, computed once per token.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The request as the filter sees it.
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// `:path`, query included.
+    pub path: &'a str,
+    pub headers: &'a dyn RequestHeaders,
+}
+
+#[derive(Debug)]
+pub enum Decision {
+    /// No rule requires a token here.
+    Pass,
+    Allow {
+        /// Headers to set upstream.
+        headers: Vec<(String, String)>,
+        /// Token headers to remove (providers with `forward: false`).
+        strip: Vec<String>,
+        /// The verified tokens, for later checks such as revocation.
+        tokens: Vec<Rc<Verified>>,
+    },
+    Deny {
+        reason: Reason,
+        /// The value a failed claim requirement wanted, for the challenge's `scope`.
+        scope: Option<String>,
+    },
+}
+
+/// What happened along the way, for the filter's stats.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub cache_hits: u32,
+    pub cache_misses: u32,
+    pub host_verifications: u32,
+    pub wasm_verifications: u32,
+}
+
+enum Outcome {
+    Missing,
+    Failed(Reason),
+    Verified(Rc<Verified>, Location),
+}
+
+pub struct Authenticator {
+    pub config: Config,
+    caches: Vec<TokenCache<Rc<Verified>>>,
+}
+
+impl Authenticator {
+    pub fn new(config: Config) -> Self {
+        let caches = config
+            .providers
+            .iter()
+            .map(|p| TokenCache::new(p.jwt_cache_size))
+            .collect();
+        Authenticator { config, caches }
+    }
+
+    pub fn authenticate(
+        &mut self,
+        req: &Request,
+        now: u64,
+        host: Option<&dyn HostCrypto>,
+        tally: &mut Tally,
+    ) -> Decision {
+        let Some(rule_index) = self
+            .config
+            .rules
+            .iter()
+            .position(|r| r.matcher.matches(req.method, req.path))
+        else {
+            return Decision::Pass;
+        };
+        let Some(requirement) = self.config.rules[rule_index].requires.clone() else {
+            return Decision::Pass;
+        };
+        let mut outcomes: Vec<Option<Outcome>> =
+            (0..self.config.providers.len()).map(|_| None).collect();
+        let mut run = Run {
+            auth: self,
+            req,
+            now,
+            host,
+            tally,
+            outcomes: &mut outcomes,
+        };
+        let verified = match run.evaluate(&requirement) {
+            Ok(v) => v,
+            Err(reason) => {
+                return Decision::Deny {
+                    reason,
+                    scope: None,
+                }
+            }
+        };
+        let rule: &Rule = &self.config.rules[rule_index];
+        if let Some(failed) = rule.required_claims.iter().find(|c| {
+            !verified
+                .iter()
+                .any(|&i| claims_of(&outcomes, i).is_some_and(|m| c.is_met(m)))
+        }) {
+            if verified.is_empty() {
+                return Decision::Deny {
+                    reason: Reason::Missing,
+                    scope: None,
+                };
+            }
+            let scope = (failed.claim_path == ["scope"]).then(|| failed.contains.clone());
+            return Decision::Deny {
+                reason: Reason::InsufficientScope,
+                scope,
+            };
+        }
+        let mut headers = Vec::new();
+        let mut strip = Vec::new();
+        let mut tokens = Vec::new();
+        for i in verified {
+            if let Some(Outcome::Verified(v, location)) = &outcomes[i] {
+                headers.extend(v.headers.iter().cloned());
+                if let (false, Location::Header(name)) =
+                    (self.config.providers[i].forward, location)
+                {
+                    strip.push(name.clone());
+                }
+                tokens.push(v.clone());
+            }
+        }
+        Decision::Allow {
+            headers,
+            strip,
+            tokens,
+        }
+    }
+}
+
+fn claims_of(outcomes: &[Option<Outcome>], i: usize) -> Option<&Map<String, Value>> {
+    match outcomes.get(i) {
+        Some(Some(Outcome::Verified(v, _))) => Some(&v.claims),
+        _ => None,
+    }
+}
+
+/// The state of one evaluation: each provider's token is checked at most once per request.
+struct Run<'a, 'r> {
+    auth: &'a mut Authenticator,
+    req: &'a Request<'r>,
+    now: u64,
+    host: Option<&'a dyn HostCrypto>,
+    tally: &'a mut Tally,
+    outcomes: &'a mut Vec<Option<Outcome>>,
+}
+
+impl Run<'_, '_> {
+    /// `Ok` with the indexes of the providers whose tokens verified, or the reason to deny.
+    fn evaluate(&mut self, requirement: &Requirement) -> Result<Vec<usize>, Reason> {
+        match requirement {
+            Requirement::Provider(i) => match self.outcome(*i) {
+                Outcome::Verified(..) => Ok(vec![*i]),
+                Outcome::Missing => Err(Reason::Missing),
+                Outcome::Failed(reason) => Err(*reason),
+            },
+            Requirement::All(list) => {
+                let mut verified = Vec::new();
+                for r in list {
+                    verified.extend(self.evaluate(r)?);
+                }
+                Ok(verified)
+            }
+            Requirement::Any(list) => {
+                let mut worst = Reason::Missing;
+                for r in list {
+                    match self.evaluate(r) {
+                        Ok(v) => return Ok(v),
+                        Err(reason) if reason.severity() > worst.severity() => worst = reason,
+                        Err(_) => {}
+                    }
+                }
+                Err(worst)
+            }
+            // Both look at every provider: a present token must still be a good one
+            // (allow_missing), or is used only if it verifies (allow_missing_or_failed).
+            Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
+                let mut verified = Vec::new();
+                for i in 0..self.auth.config.providers.len() {
+                    match self.outcome(i) {
+                        Outcome::Verified(..) => verified.push(i),
+                        Outcome::Missing => {}
+                        Outcome::Failed(reason) if *requirement == Requirement::AllowMissing => {
+                            return Err(*reason)
+                        }
+                        Outcome::Failed(_) => {}
+                    }
+                }
+                Ok(verified)
+            }
+        }
+    }
+
+    fn outcome(&mut self, i: usize) -> &Outcome {
+        if self.outcomes[i].is_none() {
+            let outcome = self.check_provider(i);
+            self.outcomes[i] = Some(outcome);
+        }
+        self.outcomes[i].as_ref().unwrap_or(&Outcome::Missing)
+    }
+
+    fn check_provider(&mut self, i: usize) -> Outcome {
+        let provider = &self.auth.config.providers[i];
+        let mut tokens = extract::extract(&provider.sources, self.req.headers, self.req.path);
+        let (token, location) = match tokens.len() {
+            0 => return Outcome::Missing,
+            1 => tokens.remove(0),
+            _ => return Outcome::Failed(Reason::MultipleTokens),
+        };
+        if token.len() > self.auth.config.max_token_bytes {
+            return Outcome::Failed(Reason::Malformed);
+        }
+        let cache = &mut self.auth.caches[i];
+        if let Some(v) = cache.get(&token, self.now) {
+            self.tally.cache_hits += 1;
+            return match v
+                .lifetime
+                .check(self.now, provider.policy.clock_skew_seconds)
+            {
+                Ok(()) => Outcome::Verified(v, location),
+                Err(reason) => Outcome::Failed(reason),
+            };
+        }
+        if provider.jwt_cache_size > 0 {
+            self.tally.cache_misses += 1;
+        }
+        match verify_token(provider, &token, self.now, self.host, self.tally) {
+            Ok(v) => {
+                let v = Rc::new(v);
+                if let Some(exp) = v.lifetime.exp {
+                    cache.insert(&token, v.clone(), exp, self.now);
+                }
+                Outcome::Verified(v, location)
+            }
+            Err(reason) => Outcome::Failed(reason),
+        }
+    }
+}
+
+/// Parse, issuer, signature, claims — in that order, as `jwt_authn` does.
+pub fn verify_token(
+    provider: &Provider,
+    token: &str,
+    now: u64,
+    host: Option<&dyn HostCrypto>,
+    tally: &mut Tally,
+) -> Result<Verified, Reason> {
+    let jws = jws::parse(token)?;
+    let claims = strict_json::parse_object(&jws.payload).map_err(|_| Reason::Malformed)?;
+    claims::check_issuer(&claims, &provider.policy)?;
+    let verdict = signature::verify(&provider.keys, &jws, host);
+    match verdict.backend {
+        Some(Backend::Host) => tally.host_verifications += 1,
+        Some(Backend::Wasm) => tally.wasm_verifications += 1,
+        None => {}
+    }
+    if !verdict.valid {
+        return Err(Reason::BadSignature);
+    }
+    let lifetime = claims::check(&claims, jws.typ.as_deref(), &provider.policy, now)?;
+    let headers = upstream_headers(provider, &claims, jws.payload_b64);
+    Ok(Verified {
+        claims,
+        lifetime,
+        headers,
+    })
+}
+
+fn upstream_headers(
+    provider: &Provider,
+    claims: &Map<String, Value>,
+    payload_b64: &str,
+) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = provider
+        .claim_to_headers
+        .iter()
+        .filter_map(|c| {
+            let value = header_value(rules::lookup(claims, &c.claim_path)?)?;
+            Some((c.header_name.clone(), value))
+        })
+        .collect();
+    if let Some(name) = &provider.forward_payload_header {
+        headers.push((name.clone(), payload_b64.to_string()));
+    }
+    headers
+}
+
+/// A claim as a header value: scalars as text, arrays joined with `,`; objects are not sent.
+/// A value with control characters is dropped, so no claim can inject a header (`\r\n`).
+fn header_value(value: &Value) -> Option<String> {
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    let text = match value {
+        Value::Array(items) => items
+            .iter()
+            .map(scalar)
+            .collect::<Option<Vec<_>>>()?
+            .join(","),
+        other => scalar(other)?,
+    };
+    let safe = text.len() <= 8192 && !text.chars().any(|c| c.is_control());
+    safe.then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn header_values() {
+        assert_eq!(header_value(&json!("a b")), Some("a b".into()));
+        assert_eq!(
+            header_value(&json!(["a", 1, true])),
+            Some("a,1,true".into())
+        );
+        assert_eq!(header_value(&json!(5)), Some("5".into()));
+        assert_eq!(header_value(&json!({"a": 1})), None);
+        assert_eq!(header_value(&json!([{"a": 1}])), None);
+        assert_eq!(header_value(&json!("x\r\nx-admin: 1")), None);
+        assert_eq!(header_value(&json!("nul\0")), None);
+    }
+}

@@ -1,0 +1,676 @@
+//! The plugin configuration: parsed and validated once, in `jwt_authn`'s vocabulary. Every error
+//! names the field it is about, so a bad config fails plugin start with one clear line.
+
+use crate::claims::ClaimPolicy;
+use crate::extract::{HeaderSource, Sources};
+use crate::keys::{self, Key};
+use crate::rules::{ClaimRequirement, Matcher, PathMatch};
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
+pub const DEFAULT_JWT_CACHE_SIZE: usize = 100;
+
+#[derive(Debug)]
+pub struct Config {
+    pub providers: Vec<Provider>,
+    pub rules: Vec<Rule>,
+    pub realm: String,
+    pub include_error_description: bool,
+    pub host_crypto: bool,
+    pub max_token_bytes: usize,
+    /// Every header this filter writes upstream; client-sent copies are removed on every request.
+    pub output_headers: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub keys: Vec<Key>,
+    pub policy: ClaimPolicy,
+    pub sources: Sources,
+    pub forward: bool,
+    pub forward_payload_header: Option<String>,
+    pub claim_to_headers: Vec<ClaimToHeader>,
+    pub jwt_cache_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimToHeader {
+    pub header_name: String,
+    pub claim_path: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub matcher: Matcher,
+    /// `None`: a public route, no token needed or checked.
+    pub requires: Option<Requirement>,
+    pub required_claims: Vec<ClaimRequirement>,
+}
+
+/// `jwt_authn`'s `JwtRequirement`, with providers resolved to indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    Provider(usize),
+    Any(Vec<Requirement>),
+    All(Vec<Requirement>),
+    AllowMissing,
+    AllowMissingOrFailed,
+}
+
+// ---- the JSON shape ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default = "default_realm")]
+    realm: String,
+    #[serde(default = "yes")]
+    include_error_description: bool,
+    #[serde(default = "yes")]
+    host_crypto: bool,
+    #[serde(default = "default_max_token_bytes")]
+    max_token_bytes: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    issuer: Option<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    local_jwks: Option<InlineString>,
+    #[serde(default)]
+    pem_keys: Vec<RawPemKey>,
+    #[serde(default)]
+    hmac_secrets: Vec<RawSecret>,
+    algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    from_headers: Vec<RawHeaderSource>,
+    #[serde(default)]
+    from_params: Vec<String>,
+    #[serde(default)]
+    from_cookies: Vec<String>,
+    #[serde(default)]
+    forward: bool,
+    forward_payload_header: Option<String>,
+    #[serde(default)]
+    claim_to_headers: Vec<RawClaimToHeader>,
+    #[serde(default = "default_skew")]
+    clock_skew_seconds: u64,
+    #[serde(default = "yes")]
+    require_expiration: bool,
+    max_lifetime_seconds: Option<u64>,
+    typ: Option<String>,
+    jwt_cache_config: Option<RawCacheConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InlineString {
+    inline_string: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPemKey {
+    pem: String,
+    kid: Option<String>,
+    alg: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    /// The secret's bytes as UTF-8 text, or `secret_base64` for binary secrets.
+    secret: Option<String>,
+    secret_base64: Option<String>,
+    kid: Option<String>,
+    alg: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderSource {
+    name: String,
+    #[serde(default)]
+    value_prefix: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimToHeader {
+    header_name: String,
+    claim_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCacheConfig {
+    jwt_cache_size: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(rename = "match")]
+    match_: RawMatch,
+    requires: Option<RawRequirement>,
+    #[serde(default)]
+    required_claims: Vec<RawClaimRequirement>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    prefix: Option<String>,
+    path: Option<String>,
+    safe_regex: Option<RawRegex>,
+    #[serde(default)]
+    methods: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegex {
+    regex: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimRequirement {
+    claim_name: String,
+    contains: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum RawRequirement {
+    ProviderName(String),
+    RequiresAny(RawRequirementList),
+    RequiresAll(RawRequirementList),
+    AllowMissing(Empty),
+    AllowMissingOrFailed(Empty),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequirementList {
+    requirements: Vec<RawRequirement>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+fn yes() -> bool {
+    true
+}
+fn default_realm() -> String {
+    "jwtguard".into()
+}
+fn default_max_token_bytes() -> usize {
+    DEFAULT_MAX_TOKEN_BYTES
+}
+fn default_skew() -> u64 {
+    60
+}
+
+/// A configuration error: the dotted field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid configuration at {}: {}",
+            self.field, self.message
+        )
+    }
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+const ALL_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl Config {
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            err(
+                if path == "." { "(root)".into() } else { path },
+                e.inner().to_string(),
+            )
+        })?;
+        build(raw)
+    }
+}
+
+fn build(raw: RawConfig) -> Result<Config, ConfigError> {
+    if raw.providers.is_empty() {
+        return Err(err("providers", "at least one provider is required"));
+    }
+    if raw.max_token_bytes == 0 {
+        return Err(err("max_token_bytes", "must be positive"));
+    }
+    header_value_ok(&raw.realm).map_err(|m| err("realm", m))?;
+    let names: Vec<String> = raw.providers.keys().cloned().collect();
+    let mut providers = Vec::with_capacity(raw.providers.len());
+    for (name, p) in raw.providers {
+        providers.push(build_provider(&name, p)?);
+    }
+    let mut rules = Vec::with_capacity(raw.rules.len());
+    for (i, r) in raw.rules.into_iter().enumerate() {
+        rules.push(build_rule(&format!("rules[{i}]"), r, &names)?);
+    }
+    let mut output_headers: Vec<String> = providers
+        .iter()
+        .flat_map(|p| {
+            p.claim_to_headers
+                .iter()
+                .map(|c| c.header_name.clone())
+                .chain(p.forward_payload_header.clone())
+        })
+        .collect();
+    output_headers.sort();
+    output_headers.dedup();
+    Ok(Config {
+        providers,
+        rules,
+        realm: raw.realm,
+        include_error_description: raw.include_error_description,
+        host_crypto: raw.host_crypto,
+        max_token_bytes: raw.max_token_bytes,
+        output_headers,
+    })
+}
+
+fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
+    let at = |field: &str| format!("providers.{name}.{field}");
+    let allowed: Vec<Algorithm> = match &p.algorithms {
+        None => ALL_ALGORITHMS.to_vec(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for a in list {
+                match a.parse::<Algorithm>() {
+                    Ok(alg) => out.push(alg),
+                    Err(_) => {
+                        return Err(err(at("algorithms"), format!("unknown algorithm {a:?}")))
+                    }
+                }
+            }
+            out
+        }
+    };
+    let mut keys = Vec::new();
+    if let Some(jwks) = &p.local_jwks {
+        let parsed = keys::parse_jwks(&jwks.inline_string, &allowed)
+            .map_err(|m| err(at("local_jwks"), m))?;
+        for key in parsed {
+            keys.push(key.map_err(|m| err(at("local_jwks"), m))?);
+        }
+    }
+    for (i, k) in p.pem_keys.iter().enumerate() {
+        let key = keys::from_pem(&k.pem, k.kid.clone(), k.alg.as_deref(), &allowed)
+            .map_err(|m| err(at(&format!("pem_keys[{i}]")), m))?;
+        keys.push(key);
+    }
+    for (i, s) in p.hmac_secrets.iter().enumerate() {
+        let field = at(&format!("hmac_secrets[{i}]"));
+        let secret = match (&s.secret, &s.secret_base64) {
+            (Some(text), None) => text.as_bytes().to_vec(),
+            (None, Some(b64)) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| err(&field, format!("secret_base64: {e}")))?
+            }
+            _ => {
+                return Err(err(
+                    &field,
+                    "exactly one of secret and secret_base64 is required",
+                ))
+            }
+        };
+        keys.push(
+            keys::from_secret(&secret, s.kid.clone(), s.alg.as_deref(), &allowed)
+                .map_err(|m| err(&field, m))?,
+        );
+    }
+    if keys.is_empty() {
+        return Err(err(
+            at("local_jwks"),
+            "the provider has no keys (local_jwks, pem_keys or hmac_secrets)",
+        ));
+    }
+    // Mixing secrets and public keys invites HS/RS confusion (RFC 8725 §2.1).
+    if keys.iter().any(is_hmac) && keys.iter().any(|k| !is_hmac(k)) {
+        return Err(err(
+            at("hmac_secrets"),
+            "a provider cannot mix HMAC secrets with public keys",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for k in &keys {
+        if let Some(kid) = &k.kid {
+            if !seen.insert(kid.clone()) {
+                return Err(err(at("local_jwks"), format!("duplicate kid {kid:?}")));
+            }
+        }
+    }
+    let mut headers = Vec::new();
+    for (i, h) in p.from_headers.iter().enumerate() {
+        headers.push(HeaderSource {
+            name: header_name(&h.name)
+                .map_err(|m| err(at(&format!("from_headers[{i}].name")), m))?,
+            value_prefix: h.value_prefix.clone(),
+        });
+    }
+    let sources = if headers.is_empty() && p.from_params.is_empty() && p.from_cookies.is_empty() {
+        Sources::default_bearer()
+    } else {
+        Sources {
+            headers,
+            params: p.from_params,
+            cookies: p.from_cookies,
+        }
+    };
+    let forward_payload_header = match &p.forward_payload_header {
+        Some(h) => Some(header_name(h).map_err(|m| err(at("forward_payload_header"), m))?),
+        None => None,
+    };
+    let mut claim_to_headers = Vec::new();
+    for (i, c) in p.claim_to_headers.iter().enumerate() {
+        claim_to_headers.push(ClaimToHeader {
+            header_name: header_name(&c.header_name)
+                .map_err(|m| err(at(&format!("claim_to_headers[{i}].header_name")), m))?,
+            claim_path: claim_path(&c.claim_name)
+                .map_err(|m| err(at(&format!("claim_to_headers[{i}].claim_name")), m))?,
+        });
+    }
+    Ok(Provider {
+        name: name.to_string(),
+        keys,
+        policy: ClaimPolicy {
+            issuer: p.issuer,
+            audiences: p.audiences,
+            require_expiration: p.require_expiration,
+            max_lifetime_seconds: p.max_lifetime_seconds,
+            clock_skew_seconds: p.clock_skew_seconds,
+            typ: p.typ,
+        },
+        sources,
+        forward: p.forward,
+        forward_payload_header,
+        claim_to_headers,
+        jwt_cache_size: p
+            .jwt_cache_config
+            .map_or(DEFAULT_JWT_CACHE_SIZE, |c| c.jwt_cache_size),
+    })
+}
+
+fn is_hmac(k: &Key) -> bool {
+    k.algorithms
+        .iter()
+        .all(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
+}
+
+fn build_rule(at: &str, r: RawRule, providers: &[String]) -> Result<Rule, ConfigError> {
+    let m = r.match_;
+    let path = match (m.prefix, m.path, m.safe_regex) {
+        (Some(p), None, None) => PathMatch::Prefix(p),
+        (None, Some(p), None) => PathMatch::Exact(p),
+        (None, None, Some(re)) => PathMatch::Regex(
+            regex_lite::Regex::new(&re.regex)
+                .map_err(|e| err(format!("{at}.match.safe_regex.regex"), e.to_string()))?,
+        ),
+        _ => {
+            return Err(err(
+                format!("{at}.match"),
+                "exactly one of prefix, path and safe_regex is required",
+            ))
+        }
+    };
+    let methods = m.methods.iter().map(|s| s.to_ascii_uppercase()).collect();
+    let requires = match r.requires {
+        Some(req) => Some(build_requirement(
+            &format!("{at}.requires"),
+            req,
+            providers,
+        )?),
+        None => None,
+    };
+    let mut required_claims = Vec::new();
+    for (i, c) in r.required_claims.into_iter().enumerate() {
+        let field = format!("{at}.required_claims[{i}].claim_name");
+        required_claims.push(ClaimRequirement {
+            claim_path: claim_path(&c.claim_name).map_err(|m| err(field, m))?,
+            contains: c.contains,
+        });
+    }
+    if requires.is_none() && !required_claims.is_empty() {
+        return Err(err(
+            format!("{at}.required_claims"),
+            "claims can only be required where a token is required",
+        ));
+    }
+    Ok(Rule {
+        matcher: Matcher { path, methods },
+        requires,
+        required_claims,
+    })
+}
+
+fn build_requirement(
+    at: &str,
+    r: RawRequirement,
+    providers: &[String],
+) -> Result<Requirement, ConfigError> {
+    let list = |l: RawRequirementList, kind: &str| -> Result<Vec<Requirement>, ConfigError> {
+        if l.requirements.is_empty() {
+            return Err(err(
+                format!("{at}.{kind}.requirements"),
+                "must not be empty",
+            ));
+        }
+        l.requirements
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                build_requirement(&format!("{at}.{kind}.requirements[{i}]"), r, providers)
+            })
+            .collect()
+    };
+    Ok(match r {
+        RawRequirement::ProviderName(name) => match providers.iter().position(|p| *p == name) {
+            Some(i) => Requirement::Provider(i),
+            None => {
+                return Err(err(
+                    format!("{at}.provider_name"),
+                    format!("no provider named {name:?}"),
+                ))
+            }
+        },
+        RawRequirement::RequiresAny(l) => Requirement::Any(list(l, "requires_any")?),
+        RawRequirement::RequiresAll(l) => Requirement::All(list(l, "requires_all")?),
+        RawRequirement::AllowMissing(_) => Requirement::AllowMissing,
+        RawRequirement::AllowMissingOrFailed(_) => Requirement::AllowMissingOrFailed,
+    })
+}
+
+/// Header names are compared lower-case; pseudo-headers and non-token characters are refused.
+fn header_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if valid {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(format!("{name:?} is not a valid header name"))
+    }
+}
+
+fn header_value_ok(value: &str) -> Result<(), String> {
+    if value
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{value:?} must be printable ASCII without quotes or backslashes"
+        ))
+    }
+}
+
+fn claim_path(name: &str) -> Result<Vec<String>, String> {
+    let path: Vec<String> = name.split('.').map(String::from).collect();
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(format!("{name:?} is not a claim name or dotted path"));
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::keys::tests::EC_JWK;
+
+    pub fn sample() -> String {
+        let jwks = serde_json::to_string(&format!(r#"{{"keys":[{EC_JWK}]}}"#)).unwrap();
+        format!(
+            r#"{{
+              "providers": {{
+                "ec": {{"issuer": "https://issuer", "audiences": ["api"], "local_jwks": {{"inline_string": {jwks}}},
+                        "claim_to_headers": [{{"header_name": "x-jwt-sub", "claim_name": "sub"}}],
+                        "forward_payload_header": "x-jwt-payload"}},
+                "hs": {{"hmac_secrets": [{{"secret": "0123456789abcdef0123456789abcdef"}}],
+                        "from_headers": [{{"name": "X-Token"}}]}}
+              }},
+              "rules": [
+                {{"match": {{"prefix": "/public"}}}},
+                {{"match": {{"path": "/either"}}, "requires": {{"requires_any": {{"requirements": [{{"provider_name": "ec"}}, {{"provider_name": "hs"}}]}}}}}},
+                {{"match": {{"safe_regex": {{"regex": "/admin/.*"}}, "methods": ["post"]}}, "requires": {{"provider_name": "ec"}},
+                  "required_claims": [{{"claim_name": "scope", "contains": "admin"}}]}}
+              ]
+            }}"#
+        )
+    }
+
+    fn error_of(json: &str) -> ConfigError {
+        Config::parse(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn parses_the_sample() {
+        let c = Config::parse(sample().as_bytes()).unwrap();
+        assert_eq!(c.providers.len(), 2);
+        assert_eq!(c.providers[0].name, "ec");
+        assert_eq!(c.providers[1].sources.headers[0].name, "x-token");
+        assert_eq!(
+            c.rules[1].requires,
+            Some(Requirement::Any(vec![
+                Requirement::Provider(0),
+                Requirement::Provider(1)
+            ]))
+        );
+        assert_eq!(c.rules[2].matcher.methods, vec!["POST"]);
+        assert_eq!(c.output_headers, vec!["x-jwt-payload", "x-jwt-sub"]);
+        assert_eq!(c.providers[0].jwt_cache_size, DEFAULT_JWT_CACHE_SIZE);
+        assert_eq!(c.providers[0].sources, Sources::default_bearer());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                sample().replace(r#""issuer": "https://issuer""#, r#""issuer": 5"#),
+                "providers.ec.issuer",
+            ),
+            (
+                sample().replace("\"audiences\"", "\"audience\""),
+                "providers.ec.audience",
+            ),
+            (
+                sample().replace("0123456789abcdef0123456789abcdef", "short"),
+                "providers.hs.hmac_secrets[0]",
+            ),
+            (
+                sample().replace(r#""provider_name": "hs""#, r#""provider_name": "nope""#),
+                "rules[1].requires.requires_any.requirements[1].provider_name",
+            ),
+            (
+                sample().replace("/admin/.*", "(("),
+                "rules[2].match.safe_regex.regex",
+            ),
+            (
+                sample().replace("\"x-jwt-sub\"", "\"bad header\""),
+                "providers.ec.claim_to_headers[0].header_name",
+            ),
+            (
+                sample().replace("P-256", "P-999"),
+                "providers.ec.local_jwks",
+            ),
+            (r#"{"providers":{}}"#.to_string(), "providers"),
+            ("not json".to_string(), "(root)"),
+        ];
+        for (json, field) in cases {
+            let e = error_of(&json);
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn rule_claims_need_a_requirement_and_one_path_kind() {
+        let e = error_of(&sample().replace(r#"{"match": {"prefix": "/public"}}"#, r#"{"match": {"prefix": "/public"}, "required_claims": [{"claim_name": "a", "contains": "b"}]}"#));
+        assert_eq!(e.field, "rules[0].required_claims");
+        let e = error_of(&sample().replace(
+            r#""prefix": "/public""#,
+            r#""prefix": "/public", "path": "/x""#,
+        ));
+        assert_eq!(e.field, "rules[0].match");
+    }
+
+    #[test]
+    fn duplicate_kids_and_mixed_hmac_are_refused() {
+        let jwks = serde_json::to_string(&format!(r#"{{"keys":[{EC_JWK},{EC_JWK}]}}"#)).unwrap();
+        let e = error_of(&format!(
+            r#"{{"providers":{{"p":{{"local_jwks":{{"inline_string":{jwks}}}}}}}}}"#
+        ));
+        assert!(e.message.contains("duplicate kid"), "{e}");
+        let jwks = serde_json::to_string(&format!(r#"{{"keys":[{EC_JWK}]}}"#)).unwrap();
+        let e = error_of(&format!(
+            r#"{{"providers":{{"p":{{"local_jwks":{{"inline_string":{jwks}}},"hmac_secrets":[{{"secret":"0123456789abcdef0123456789abcdef"}}]}}}}}}"#
+        ));
+        assert_eq!(e.field, "providers.p.hmac_secrets");
+    }
+}

@@ -1,0 +1,197 @@
+//! Strict parsing of a compact JWS (RFC 7515 §7.1): exactly three base64url parts, canonical
+//! encoding, a unique-named JSON header, and no header feature we do not implement.
+
+use crate::reason::Reason;
+use crate::strict_json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{Map, Value};
+
+/// Longest `kid` we compare; identifiers are opaque, but a megabyte one is an attack.
+const MAX_KID_LEN: usize = 256;
+
+/// A compact JWS split and decoded; the signature is not checked yet.
+#[derive(Debug)]
+pub struct Jws<'a> {
+    pub alg: String,
+    pub kid: Option<String>,
+    pub typ: Option<String>,
+    /// `header.payload`, the bytes the signature covers.
+    pub signing_input: &'a str,
+    pub payload_b64: &'a str,
+    pub payload: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// Why a token is not even a well-formed JWS; all map to [`Reason::Malformed`].
+pub fn parse(token: &str) -> Result<Jws<'_>, Malformed> {
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(Malformed("token has characters outside base64url"));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Malformed("token is not three dot-separated parts"));
+    };
+    let signing_input = &token[..h.len() + 1 + p.len()];
+    let header = decode(h).ok_or(Malformed("header is not canonical base64url"))?;
+    let payload = decode(p).ok_or(Malformed("payload is not canonical base64url"))?;
+    let signature = decode(s).ok_or(Malformed("signature is not canonical base64url"))?;
+    if signature.is_empty() {
+        return Err(Malformed("token is unsigned"));
+    }
+    let header =
+        strict_json::parse_object(&header).map_err(|_| Malformed("header is not a JSON object"))?;
+    let (alg, kid, typ) = check_header(&header)?;
+    Ok(Jws {
+        alg,
+        kid,
+        typ,
+        signing_input,
+        payload_b64: p,
+        payload,
+        signature,
+    })
+}
+
+/// Strict base64url: no padding, no whitespace, zero trailing bits (the engine's defaults).
+pub fn decode(part: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(part).ok()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed(pub &'static str);
+
+impl From<Malformed> for Reason {
+    fn from(_: Malformed) -> Reason {
+        Reason::Malformed
+    }
+}
+
+type HeaderFields = (String, Option<String>, Option<String>);
+
+fn check_header(header: &Map<String, Value>) -> Result<HeaderFields, Malformed> {
+    let alg = match header.get("alg") {
+        Some(Value::String(a)) => a.clone(),
+        _ => return Err(Malformed("header has no string alg")),
+    };
+    if alg.eq_ignore_ascii_case("none") {
+        return Err(Malformed("alg none is never accepted"));
+    }
+    // We implement no extension, so any `crit` (even an empty one, RFC 7515 §4.1.11) is fatal;
+    // `b64: false` (RFC 7797) would change what the signature covers; zip/enc mean JWE.
+    for refused in ["crit", "b64", "zip", "enc"] {
+        if header.contains_key(refused) {
+            return Err(Malformed("header uses a feature that is not supported"));
+        }
+    }
+    if let Some(cty) = header.get("cty") {
+        match cty {
+            Value::String(c) if !c.eq_ignore_ascii_case("JWT") => {}
+            _ => return Err(Malformed("nested tokens are not accepted")),
+        }
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) if k.len() <= MAX_KID_LEN => Some(k.clone()),
+        Some(_) => return Err(Malformed("kid is not a short string")),
+    };
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err(Malformed("typ is not a string")),
+    };
+    // `jwk`, `jku`, `x5u` and `x5c` are ignored: keys come only from configuration (RFC 8725 §3.10).
+    Ok((alg, kid, typ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    fn token(header: &str) -> String {
+        format!("{}.{}.c2ln", b64(header), b64(r#"{"sub":"a"}"#))
+    }
+
+    #[test]
+    fn parses_a_well_formed_token() {
+        let t = token(r#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#);
+        let jws = parse(&t).unwrap();
+        assert_eq!(jws.alg, "RS256");
+        assert_eq!(jws.kid.as_deref(), Some("k1"));
+        assert_eq!(jws.signature, b"sig");
+        assert_eq!(jws.payload, br#"{"sub":"a"}"#);
+        assert_eq!(jws.signing_input.matches('.').count(), 1);
+    }
+
+    #[test]
+    fn refuses_non_compact_and_non_canonical_forms() {
+        let good = token(r#"{"alg":"RS256"}"#);
+        assert!(parse(&format!("{good}.")).is_err(), "extra part");
+        assert!(
+            parse(&format!("{good}.x.y")).is_err(),
+            "JWE-like five parts"
+        );
+        assert!(
+            parse(good.rsplit_once('.').unwrap().0).is_err(),
+            "two parts"
+        );
+        assert!(parse(&format!("{good}=")).is_err(), "padding");
+        assert!(
+            parse(&good.replacen('e', "+", 1)).is_err(),
+            "standard alphabet"
+        );
+        assert!(parse(&format!(" {good}")).is_err(), "whitespace");
+        assert!(
+            parse(&format!("{}.{}.", b64(r#"{"alg":"RS256"}"#), b64("{}"))).is_err(),
+            "unsigned"
+        );
+        assert!(
+            parse(r#"{"payload":"x","signatures":[]}"#).is_err(),
+            "JSON serialization"
+        );
+        // "c2k" and "c2l" decode to the same bytes; only the zero-trailing-bits form is valid.
+        assert_eq!(decode("c2k").as_deref(), Some(&b"si"[..]));
+        assert!(decode("c2l").is_none());
+    }
+
+    #[test]
+    fn refuses_dangerous_headers() {
+        for h in [
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"nOnE"}"#,
+            r#"{"alg":"RS256","crit":[]}"#,
+            r#"{"alg":"RS256","crit":["exp"],"exp":1}"#,
+            r#"{"alg":"RS256","b64":false,"crit":["b64"]}"#,
+            r#"{"alg":"RS256","cty":"JWT"}"#,
+            r#"{"alg":"RS256","zip":"DEF"}"#,
+            r#"{"alg":"RS256","alg":"HS256"}"#,
+            r#"{"alg":256}"#,
+            r#"{"alg":"RS256","kid":7}"#,
+            r#"{"kid":"x"}"#,
+            r#"[]"#,
+        ] {
+            assert!(parse(&token(h)).is_err(), "{h}");
+        }
+        let long_kid = format!(
+            r#"{{"alg":"RS256","kid":"{}"}}"#,
+            "a".repeat(MAX_KID_LEN + 1)
+        );
+        assert!(parse(&token(&long_kid)).is_err());
+    }
+
+    #[test]
+    fn header_keys_are_never_taken_from_the_token() {
+        let h = r#"{"alg":"RS256","jku":"http://evil/","jwk":{"kty":"oct","k":"AA"},"x5u":"u","x5c":["c"]}"#;
+        let t = token(h);
+        assert_eq!(parse(&t).unwrap().kid, None);
+    }
+}

@@ -1,0 +1,400 @@
+//! Verification keys from configuration: JWKS, PEM public keys and HMAC secrets, each bound to
+//! the algorithms it may verify (RFC 8725 §3.1) and prepared once for both crypto paths.
+
+use crate::der::{self, Curve};
+use crate::host_crypto;
+use crate::jws;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// RFC 7518 §3.3: RSA keys below 2048 bits must not be used.
+const MIN_RSA_BITS: usize = 2048;
+
+#[derive(Clone)]
+pub struct Key {
+    pub kid: Option<String>,
+    /// The algorithms this key may verify, already intersected with the provider's allowlist.
+    pub algorithms: Vec<Algorithm>,
+    pub decoding: DecodingKey,
+    /// The key as Envoy's `verify_signature` takes it, encoded once; RSA and EC keys only.
+    pub host_key: Option<Vec<u8>>,
+    pub curve: Option<Curve>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("algorithms", &self.algorithms)
+            .finish()
+    }
+}
+
+impl Key {
+    /// Whether this key may verify a token with header `alg` and `kid`. A key without a `kid`
+    /// fits any `kid`, as PEM keys and secrets usually have none.
+    pub fn fits(&self, alg: Algorithm, kid: Option<&str>) -> bool {
+        self.algorithms.contains(&alg)
+            && match (&self.kid, kid) {
+                (Some(mine), Some(theirs)) => mine == theirs,
+                _ => true,
+            }
+    }
+}
+
+/// One JWK as published; unknown members (x5c, x5t, …) are ignored.
+#[derive(Deserialize)]
+struct Jwk {
+    kty: String,
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    key_ops: Option<Vec<String>>,
+    crv: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+    k: Option<String>,
+    d: Option<String>,
+}
+
+/// Parses a JWKS document into one result per key, so the caller decides whether a bad key
+/// fails the whole set (local configuration) or is skipped with a log line (remote sets).
+pub fn parse_jwks(doc: &str, allowed: &[Algorithm]) -> Result<Vec<Result<Key, String>>, String> {
+    let set = crate::strict_json::parse_object(doc.as_bytes())?;
+    let Some(Value::Array(keys)) = set.get("keys") else {
+        return Err("JWKS has no \"keys\" array".into());
+    };
+    Ok(keys.iter().map(|k| parse_jwk(k, allowed)).collect())
+}
+
+fn parse_jwk(value: &Value, allowed: &[Algorithm]) -> Result<Key, String> {
+    let jwk = Jwk::deserialize(value).map_err(|e| format!("JWK: {e}"))?;
+    let label = jwk.kid.as_deref().unwrap_or("(no kid)").to_string();
+    let fail = |msg: &str| format!("JWK {label}: {msg}");
+    if jwk.d.is_some() {
+        return Err(fail("contains private key material"));
+    }
+    if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
+        return Err(fail("use is not \"sig\""));
+    }
+    if jwk
+        .key_ops
+        .as_ref()
+        .is_some_and(|ops| !ops.iter().any(|o| o == "verify"))
+    {
+        return Err(fail("key_ops does not include \"verify\""));
+    }
+    let field = |v: &Option<String>, name: &str| -> Result<Vec<u8>, String> {
+        let s = v
+            .as_deref()
+            .ok_or_else(|| fail(&format!("missing {name}")))?;
+        jws::decode(s).ok_or_else(|| fail(&format!("{name} is not base64url")))
+    };
+    let material = match jwk.kty.as_str() {
+        "RSA" => rsa_material(&field(&jwk.n, "n")?, &field(&jwk.e, "e")?),
+        "EC" => {
+            let (x, y) = (field(&jwk.x, "x")?, field(&jwk.y, "y")?);
+            let mut point = Vec::with_capacity(1 + x.len() + y.len());
+            point.push(4);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            match jwk.crv.as_deref() {
+                Some("P-256") => ec_material(Curve::P256, &point),
+                Some("P-384") => ec_material(Curve::P384, &point),
+                _ => Err("curve is not P-256 or P-384".into()),
+            }
+        }
+        "OKP" => match jwk.crv.as_deref() {
+            Some("Ed25519") => ed_material(&field(&jwk.x, "x")?),
+            _ => Err("OKP curve is not Ed25519".into()),
+        },
+        "oct" => hmac_material(&field(&jwk.k, "k")?),
+        _ => Err("unsupported kty".into()),
+    }
+    .map_err(|e| fail(&e))?;
+    material
+        .into_key(jwk.kid, jwk.alg.as_deref(), allowed)
+        .map_err(|e| fail(&e))
+}
+
+/// Parses a PEM public key (`PUBLIC KEY` or `RSA PUBLIC KEY`); private keys and certificates are
+/// refused so a secret never ends up in the proxy's configuration by mistake.
+pub fn from_pem(
+    pem: &str,
+    kid: Option<String>,
+    alg: Option<&str>,
+    allowed: &[Algorithm],
+) -> Result<Key, String> {
+    let label = pem
+        .trim_start()
+        .strip_prefix("-----BEGIN ")
+        .and_then(|r| r.split_once("-----"))
+        .map(|(l, _)| l);
+    let material = match label {
+        Some("RSA PUBLIC KEY") | Some("PUBLIC KEY") => {
+            if let Ok(k) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
+                let pkcs1 = k.try_get_as_bytes().map_err(|e| e.to_string())?;
+                let parsed = rsa_public(pkcs1)?;
+                rsa_checked(parsed, pkcs1.to_vec())
+            } else if let Ok(k) = DecodingKey::from_ec_pem(pem.as_bytes()) {
+                let point = k.try_get_as_bytes().map_err(|e| e.to_string())?;
+                let curve = if point.len() == 65 {
+                    Curve::P256
+                } else {
+                    Curve::P384
+                };
+                ec_material(curve, point)
+            } else if let Ok(k) = DecodingKey::from_ed_pem(pem.as_bytes()) {
+                ed_material(k.try_get_as_bytes().map_err(|e| e.to_string())?)
+            } else {
+                Err("PEM is not an RSA, P-256, P-384 or Ed25519 public key".into())
+            }
+        }
+        Some(other) => Err(format!("PEM type {other:?} is not a public key")),
+        None => Err("not a PEM block".into()),
+    }?;
+    material.into_key(kid, alg, allowed)
+}
+
+/// An HMAC secret; refused when shorter than the hash of every algorithm it could serve.
+pub fn from_secret(
+    secret: &[u8],
+    kid: Option<String>,
+    alg: Option<&str>,
+    allowed: &[Algorithm],
+) -> Result<Key, String> {
+    hmac_material(secret)?.into_key(kid, alg, allowed)
+}
+
+struct Material {
+    decoding: DecodingKey,
+    /// What this kind of key can verify, before `alg` and the allowlist narrow it.
+    algorithms: Vec<Algorithm>,
+    spki: Option<Vec<u8>>,
+    curve: Option<Curve>,
+}
+
+impl Material {
+    fn into_key(
+        self,
+        kid: Option<String>,
+        alg: Option<&str>,
+        allowed: &[Algorithm],
+    ) -> Result<Key, String> {
+        let mut algorithms = self.algorithms;
+        if let Some(alg) = alg {
+            let alg: Algorithm = alg
+                .parse()
+                .map_err(|_| format!("alg {alg:?} is not a signature algorithm"))?;
+            if !algorithms.contains(&alg) {
+                return Err(format!("alg {alg:?} does not fit this key"));
+            }
+            algorithms = vec![alg];
+        }
+        algorithms.retain(|a| allowed.contains(a));
+        if algorithms.is_empty() {
+            return Err("none of the provider's algorithms fits this key".into());
+        }
+        let host_key = self.spki.as_deref().map(host_crypto::encode_key);
+        Ok(Key {
+            kid,
+            algorithms,
+            decoding: self.decoding,
+            host_key,
+            curve: self.curve,
+        })
+    }
+}
+
+fn rsa_public(pkcs1: &[u8]) -> Result<rsa::RsaPublicKey, String> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    rsa::RsaPublicKey::from_pkcs1_der(pkcs1).map_err(|e| format!("RSA key: {e}"))
+}
+
+fn rsa_material(n: &[u8], e: &[u8]) -> Result<Material, String> {
+    let parsed = rsa::RsaPublicKey::new(
+        rsa::BigUint::from_bytes_be(n),
+        rsa::BigUint::from_bytes_be(e),
+    )
+    .map_err(|e| format!("RSA key: {e}"))?;
+    rsa_checked(parsed, der::rsa_pkcs1(n, e))
+}
+
+fn rsa_checked(parsed: rsa::RsaPublicKey, pkcs1: Vec<u8>) -> Result<Material, String> {
+    use rsa::traits::PublicKeyParts;
+    if parsed.n().bits() < MIN_RSA_BITS {
+        return Err(format!(
+            "RSA key has {} bits, fewer than {MIN_RSA_BITS}",
+            parsed.n().bits()
+        ));
+    }
+    use Algorithm::*;
+    Ok(Material {
+        spki: Some(der::rsa_spki(&pkcs1)),
+        decoding: DecodingKey::from_rsa_der(&pkcs1),
+        algorithms: vec![RS256, RS384, RS512, PS256, PS384, PS512],
+        curve: None,
+    })
+}
+
+fn ec_material(curve: Curve, point: &[u8]) -> Result<Material, String> {
+    // Checking the point is on the curve here means a bad key fails at load, not per request.
+    let (valid, alg) = match curve {
+        Curve::P256 => (
+            p256::PublicKey::from_sec1_bytes(point).is_ok(),
+            Algorithm::ES256,
+        ),
+        Curve::P384 => (
+            p384::PublicKey::from_sec1_bytes(point).is_ok(),
+            Algorithm::ES384,
+        ),
+    };
+    if !valid || point.len() != 1 + 2 * curve.field_len() {
+        return Err("EC point is not a valid uncompressed point on its curve".into());
+    }
+    Ok(Material {
+        spki: Some(der::ec_spki(curve, point)),
+        decoding: DecodingKey::from_ec_der(point),
+        algorithms: vec![alg],
+        curve: Some(curve),
+    })
+}
+
+fn ed_material(x: &[u8]) -> Result<Material, String> {
+    let bytes: &[u8; 32] = x
+        .try_into()
+        .map_err(|_| "Ed25519 key is not 32 bytes".to_string())?;
+    ed25519_dalek::VerifyingKey::from_bytes(bytes)
+        .map_err(|_| "Ed25519 key is not a valid point".to_string())?;
+    Ok(Material {
+        decoding: DecodingKey::from_ed_der(x),
+        algorithms: vec![Algorithm::EdDSA],
+        spki: None,
+        curve: None,
+    })
+}
+
+fn hmac_material(secret: &[u8]) -> Result<Material, String> {
+    // RFC 7518 §3.2: the key must be at least as long as the hash output.
+    let algorithms: Vec<_> = [
+        (Algorithm::HS256, 32),
+        (Algorithm::HS384, 48),
+        (Algorithm::HS512, 64),
+    ]
+    .into_iter()
+    .filter(|(_, min)| secret.len() >= *min)
+    .map(|(a, _)| a)
+    .collect();
+    if algorithms.is_empty() {
+        return Err(format!(
+            "HMAC secret has {} bytes, fewer than the 32 HS256 needs",
+            secret.len()
+        ));
+    }
+    Ok(Material {
+        decoding: DecodingKey::from_secret(secret),
+        algorithms,
+        spki: None,
+        curve: None,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use Algorithm::*;
+
+    pub const ALL: &[Algorithm] = &[
+        HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA,
+    ];
+
+    pub const EC_JWK: &str = r#"{"kty":"EC","crv":"P-256","kid":"ec1","x":"04N0xi21hshyvBp7I167sbE_bXqyqkAPfefdklMO7wY","y":"UI8exy-C06a7DUnjIdENkxeFtHM4-l_41LqEw9nVgmw"}"#;
+
+    #[test]
+    fn ec_jwk_binds_es256_only() {
+        let keys = parse_jwks(&format!(r#"{{"keys":[{EC_JWK}]}}"#), ALL).unwrap();
+        let key = keys[0].as_ref().unwrap();
+        assert_eq!(key.algorithms, vec![ES256]);
+        assert!(key.fits(ES256, Some("ec1")));
+        assert!(key.fits(ES256, None));
+        assert!(!key.fits(ES256, Some("other")));
+        assert!(!key.fits(HS256, Some("ec1")), "no HS/ES confusion");
+        assert_eq!(key.host_key.as_ref().unwrap().len(), 93);
+    }
+
+    #[test]
+    fn keys_not_for_signatures_are_refused() {
+        for extra in [
+            r#","use":"enc""#,
+            r#","key_ops":["encrypt"]"#,
+            r#","d":"AAAA""#,
+            r#","alg":"HS256""#,
+            r#","alg":"ES384""#,
+        ] {
+            let jwk = EC_JWK.replace(r#""kid":"ec1""#, &format!(r#""kid":"ec1"{extra}"#));
+            let keys = parse_jwks(&format!(r#"{{"keys":[{jwk}]}}"#), ALL).unwrap();
+            assert!(keys[0].is_err(), "{extra}");
+        }
+    }
+
+    #[test]
+    fn invalid_points_and_unknown_curves_are_refused() {
+        let off_curve = EC_JWK.replace("UI8exy", "UI8exz");
+        let p521 = EC_JWK.replace("P-256", "P-521");
+        for jwk in [off_curve, p521] {
+            assert!(parse_jwks(&format!(r#"{{"keys":[{jwk}]}}"#), ALL).unwrap()[0].is_err());
+        }
+        assert!(parse_jwks(r#"{"keys":[{"kty":"XYZ"}]}"#, ALL).unwrap()[0].is_err());
+        assert!(parse_jwks(r#"{"nokeys":[]}"#, ALL).is_err());
+    }
+
+    #[test]
+    fn allowlist_narrows_and_can_empty_a_key() {
+        let keys = parse_jwks(&format!(r#"{{"keys":[{EC_JWK}]}}"#), &[RS256]).unwrap();
+        assert!(keys[0].is_err());
+    }
+
+    #[test]
+    fn short_hmac_secrets_are_refused_at_load() {
+        assert!(from_secret(&[1; 31], None, None, ALL).is_err());
+        assert_eq!(
+            from_secret(&[1; 32], None, None, ALL).unwrap().algorithms,
+            vec![HS256]
+        );
+        assert_eq!(
+            from_secret(&[1; 64], None, None, ALL).unwrap().algorithms,
+            vec![HS256, HS384, HS512]
+        );
+        assert!(from_secret(&[1; 32], None, Some("HS512"), ALL).is_err());
+        assert!(from_secret(&[1; 32], None, Some("RS256"), ALL).is_err());
+    }
+
+    #[test]
+    fn pem_private_keys_and_garbage_are_refused() {
+        assert!(from_pem(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
+            None,
+            None,
+            ALL
+        )
+        .is_err());
+        assert!(from_pem(
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
+            None,
+            None,
+            ALL
+        )
+        .is_err());
+        assert!(from_pem("hello", None, None, ALL).is_err());
+    }
+
+    #[test]
+    fn small_rsa_keys_are_refused() {
+        let err = rsa_material(&[0xc5; 128], &[1, 0, 1]).err().unwrap();
+        assert!(err.contains("1024 bits"), "{err}");
+    }
+}

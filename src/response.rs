@@ -1,0 +1,129 @@
+//! Denial responses per RFC 6750 §3: status, `WWW-Authenticate` challenge and a JSON body.
+
+use crate::reason::Reason;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+/// What a response needs beyond the reason; fixed per filter configuration.
+#[derive(Debug, Clone)]
+pub struct ResponseStyle {
+    pub realm: String,
+    pub include_error_description: bool,
+}
+
+/// The RFC 6750 error code of a reason; `None` for a request without credentials, which
+/// must get a bare challenge (§3.1).
+fn error_code(reason: Reason) -> Option<&'static str> {
+    match reason {
+        Reason::Missing => None,
+        Reason::MultipleTokens => Some("invalid_request"),
+        Reason::InsufficientScope => Some("insufficient_scope"),
+        _ => Some("invalid_token"),
+    }
+}
+
+pub fn status(reason: Reason) -> u32 {
+    match reason {
+        Reason::MultipleTokens => 400,
+        Reason::InsufficientScope => 403,
+        _ => 401,
+    }
+}
+
+/// Builds the denial. `scope` is the scope a route needs, named in the challenge when known.
+pub fn denial(style: &ResponseStyle, reason: Reason, scope: Option<&str>) -> Response {
+    let mut challenge = format!("Bearer realm=\"{}\"", style.realm);
+    let code = error_code(reason);
+    if let Some(code) = code {
+        challenge.push_str(&format!(", error=\"{code}\""));
+        if style.include_error_description {
+            challenge.push_str(&format!(", error_description=\"{}\"", reason.description()));
+        }
+        if let Some(scope) = scope.filter(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        }) {
+            challenge.push_str(&format!(", scope=\"{scope}\""));
+        }
+    }
+    let mut body = serde_json::Map::new();
+    body.insert("error".into(), code.unwrap_or("unauthorized").into());
+    if style.include_error_description {
+        body.insert("error_description".into(), reason.description().into());
+    }
+    Response {
+        status: status(reason),
+        headers: vec![
+            ("www-authenticate", challenge),
+            ("content-type", "application/json".into()),
+            ("cache-control", "no-store".into()),
+        ],
+        body: serde_json::Value::Object(body).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn style(desc: bool) -> ResponseStyle {
+        ResponseStyle {
+            realm: "api".into(),
+            include_error_description: desc,
+        }
+    }
+
+    fn header(r: &Response) -> &str {
+        &r.headers[0].1
+    }
+
+    #[test]
+    fn missing_token_gets_a_bare_challenge() {
+        let r = denial(&style(true), Reason::Missing, None);
+        assert_eq!(r.status, 401);
+        assert_eq!(header(&r), r#"Bearer realm="api""#);
+        assert_eq!(
+            r.body,
+            r#"{"error":"unauthorized","error_description":"bearer token required"}"#
+        );
+    }
+
+    #[test]
+    fn invalid_token_names_the_reason_unless_turned_off() {
+        let r = denial(&style(true), Reason::Expired, None);
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            header(&r),
+            r#"Bearer realm="api", error="invalid_token", error_description="token expired""#
+        );
+        let r = denial(&style(false), Reason::Expired, None);
+        assert_eq!(header(&r), r#"Bearer realm="api", error="invalid_token""#);
+        assert_eq!(r.body, r#"{"error":"invalid_token"}"#);
+    }
+
+    #[test]
+    fn two_methods_is_400_and_scope_is_403() {
+        let r = denial(&style(true), Reason::MultipleTokens, None);
+        assert_eq!((r.status, r.body.contains("invalid_request")), (400, true));
+        let r = denial(
+            &style(false),
+            Reason::InsufficientScope,
+            Some("orders:read"),
+        );
+        assert_eq!(r.status, 403);
+        assert_eq!(
+            header(&r),
+            r#"Bearer realm="api", error="insufficient_scope", scope="orders:read""#
+        );
+        let r = denial(&style(false), Reason::InsufficientScope, Some("a\"b"));
+        assert!(
+            !header(&r).contains("scope=\""),
+            "unsafe scope values are left out"
+        );
+    }
+}
