@@ -1,0 +1,728 @@
+//! End-to-end: the built filter in a real Envoy, in front of an echo upstream.
+
+mod support;
+
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::envoy::{bootstrap, jwtguard_filter, static_cluster, Envoy, Listener};
+use support::tokens::{now, sign_raw, KeyPair};
+use support::upstream::Echo;
+use support::{http, scratch_dir, wait_for, Reply};
+
+const ISSUER: &str = "https://issuer.test";
+const HS_SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!";
+
+struct Keys {
+    rsa: KeyPair,
+    ec: KeyPair,
+    ed: KeyPair,
+    ps: KeyPair,
+    es384: KeyPair,
+    stranger: KeyPair,
+}
+
+impl Keys {
+    fn generate(dir: &std::path::Path) -> Keys {
+        Keys {
+            rsa: KeyPair::generate(dir, Algorithm::RS256, "rsa1"),
+            ec: KeyPair::generate(dir, Algorithm::ES256, "ec1"),
+            ed: KeyPair::generate(dir, Algorithm::EdDSA, "ed1"),
+            ps: KeyPair::generate(dir, Algorithm::PS256, "ps1"),
+            es384: KeyPair::generate(dir, Algorithm::ES384, "ec384"),
+            stranger: KeyPair::generate(dir, Algorithm::RS256, "rsa1"),
+        }
+    }
+
+    /// The RSA key is published without `alg`, so it serves RS256/384/512 and PS*; the others
+    /// are bound to their one algorithm.
+    fn jwks(&self) -> String {
+        let mut rsa = self.rsa.jwk();
+        rsa.as_object_mut().unwrap().remove("alg");
+        json!({"keys": [rsa, self.ec.jwk(), self.ed.jwk(), self.ps.jwk(), self.es384.jwk()]})
+            .to_string()
+    }
+}
+
+fn claims(extra: Value) -> Value {
+    let t = now();
+    let mut c = json!({"iss": ISSUER, "aud": "api", "sub": "alice", "iat": t, "exp": t + 600,
+                       "roles": ["reader", "writer"], "org": {"tier": "gold"}, "scope": "orders:read"});
+    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+fn plugin_config(keys: &Keys, overrides: Value) -> Value {
+    let mut config = json!({
+        "providers": {
+            "main": {
+                "issuer": ISSUER,
+                "audiences": ["api"],
+                "local_jwks": {"inline_string": keys.jwks()},
+                "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                "from_params": ["access_token"],
+                "from_cookies": ["jwt"],
+                "claim_to_headers": [
+                    {"header_name": "x-jwt-sub", "claim_name": "sub"},
+                    {"header_name": "x-jwt-roles", "claim_name": "roles"},
+                    {"header_name": "x-jwt-tier", "claim_name": "org.tier"}
+                ],
+                "forward_payload_header": "x-jwt-payload",
+                "clock_skew_seconds": 0
+            },
+            "hs": {
+                "issuer": "https://hs.test",
+                "hmac_secrets": [{"secret": HS_SECRET}],
+                "from_headers": [{"name": "x-api-token"}],
+                "forward": true,
+                "claim_to_headers": [{"header_name": "x-hs-sub", "claim_name": "sub"}]
+            }
+        },
+        "rules": [
+            {"match": {"prefix": "/public"}},
+            {"match": {"prefix": "/admin"}, "requires": {"provider_name": "main"},
+             "required_claims": [{"claim_name": "scope", "contains": "admin"}]},
+            {"match": {"prefix": "/either"}, "requires": {"requires_any": {"requirements": [{"provider_name": "main"}, {"provider_name": "hs"}]}}},
+            {"match": {"prefix": "/both"}, "requires": {"requires_all": {"requirements": [{"provider_name": "main"}, {"provider_name": "hs"}]}}},
+            {"match": {"prefix": "/optional"}, "requires": {"requires_any": {"requirements": [{"provider_name": "main"}, {"allow_missing": {}}]}}},
+            {"match": {"safe_regex": {"regex": "/orders/[0-9]+"}, "methods": ["DELETE"]}, "requires": {"provider_name": "main"},
+             "required_claims": [{"claim_name": "roles", "contains": "writer"}]},
+            {"match": {"prefix": "/api"}, "requires": {"provider_name": "main"}}
+        ]
+    });
+    if let (Some(c), Some(o)) = (config.as_object_mut(), overrides.as_object()) {
+        for (k, v) in o {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    config
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn get(envoy: &Envoy, listener: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    http("GET", &envoy.url(listener, path), headers)
+}
+
+fn assert_denied(reply: &Reply, status: u16, challenge: &str) {
+    assert_eq!(reply.status, status, "{reply:?}");
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(challenge),
+        "{reply:?}"
+    );
+    let body: Value = serde_json::from_str(&reply.body).expect("JSON error body");
+    assert!(body["error"].is_string(), "{body}");
+}
+
+struct Setup {
+    envoy: Envoy,
+    keys: Keys,
+    _echo: Echo,
+}
+
+fn setup(name: &str, overrides: Value) -> Setup {
+    let dir = scratch_dir(name);
+    let keys = Keys::generate(&dir);
+    let echo = Echo::start();
+    let quiet = plugin_config(
+        &keys,
+        json!({"include_error_description": false, "realm": "quiet"}),
+    );
+    let listeners = [
+        Listener {
+            name: "main".into(),
+            filters: vec![jwtguard_filter("main", &plugin_config(&keys, overrides))],
+            cluster: "upstream".into(),
+        },
+        Listener {
+            name: "quiet".into(),
+            filters: vec![jwtguard_filter("quiet", &quiet)],
+            cluster: "upstream".into(),
+        },
+    ];
+    let envoy = Envoy::start(
+        &dir,
+        &bootstrap(&listeners, &[static_cluster("upstream", echo.port)]),
+    );
+    Setup {
+        envoy,
+        keys,
+        _echo: echo,
+    }
+}
+
+#[test]
+fn valid_tokens_reach_the_upstream_with_claim_headers() {
+    let s = setup("valid", json!({}));
+    let token = s.keys.rsa.sign(&claims(json!({})));
+    let reply = get(
+        &s.envoy,
+        "main",
+        "/api/orders",
+        &[("authorization", &bearer(&token)), ("x-jwt-sub", "mallory")],
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = reply.echoed();
+    assert_eq!(
+        seen["x-jwt-sub"], "alice",
+        "the client's x-jwt-sub is replaced"
+    );
+    assert_eq!(
+        seen["x-jwt-roles"], "reader,writer",
+        "array claims are joined"
+    );
+    assert_eq!(seen["x-jwt-tier"], "gold", "nested claims");
+    assert_eq!(
+        seen["x-jwt-payload"],
+        token.split('.').nth(1).unwrap(),
+        "payload header is the base64url payload"
+    );
+    assert!(
+        seen.get("authorization").is_none(),
+        "forward: false strips the token"
+    );
+
+    for (name, key) in [
+        ("ES256", &s.keys.ec),
+        ("EdDSA", &s.keys.ed),
+        ("PS256", &s.keys.ps),
+        ("ES384", &s.keys.es384),
+    ] {
+        let reply = get(
+            &s.envoy,
+            "main",
+            "/api",
+            &[("authorization", &bearer(&key.sign(&claims(json!({})))))],
+        );
+        assert_eq!(reply.status, 200, "{name}: {reply:?}");
+    }
+    assert!(s.envoy.counter("wasmcustom.jwtguard.allowed") >= 5);
+}
+
+#[test]
+fn token_sources_and_spoofed_headers() {
+    let s = setup("sources", json!({}));
+    let token = s.keys.rsa.sign(&claims(json!({})));
+    let by_param = get(&s.envoy, "main", &format!("/api?access_token={token}"), &[]);
+    assert_eq!(by_param.status, 200, "{by_param:?}");
+    let by_cookie = get(
+        &s.envoy,
+        "main",
+        "/api",
+        &[("cookie", &format!("a=b; jwt={token}"))],
+    );
+    assert_eq!(by_cookie.status, 200, "{by_cookie:?}");
+    assert_eq!(by_cookie.echoed()["x-jwt-sub"], "alice");
+
+    let twice = get(
+        &s.envoy,
+        "main",
+        &format!("/api?access_token={token}"),
+        &[("authorization", &bearer(&token))],
+    );
+    assert_denied(
+        &twice,
+        400,
+        r#"Bearer realm="jwtguard", error="invalid_request", error_description="token sent by more than one method""#,
+    );
+
+    // Public and unmatched routes need no token, but spoofed identity headers never pass.
+    for path in ["/public/x", "/unmatched"] {
+        let reply = get(
+            &s.envoy,
+            "main",
+            path,
+            &[
+                ("x-jwt-sub", "mallory"),
+                ("x-jwt-payload", "e30"),
+                ("x-hs-sub", "m"),
+            ],
+        );
+        assert_eq!(reply.status, 200, "{path}");
+        let seen = reply.echoed();
+        for h in ["x-jwt-sub", "x-jwt-payload", "x-hs-sub"] {
+            assert!(seen.get(h).is_none(), "{path}: {h} was forwarded");
+        }
+    }
+
+    // A token verified by a provider with forward: true stays on the request.
+    let hs = sign_raw(
+        r#"{"alg":"HS256"}"#,
+        &json!({"iss": "https://hs.test", "sub": "svc", "exp": now() + 60}).to_string(),
+        &jsonwebtoken::EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        Algorithm::HS256,
+    );
+    let reply = get(&s.envoy, "main", "/either", &[("x-api-token", &hs)]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.echoed()["x-api-token"], hs.as_str());
+    assert_eq!(reply.echoed()["x-hs-sub"], "svc");
+}
+
+#[test]
+fn every_denial_has_its_rfc6750_response() {
+    let s = setup("denials", json!({}));
+    let e = &s.envoy;
+    let t = now();
+    let denied =
+        |path: &str, token: &str| get(e, "main", path, &[("authorization", &bearer(token))]);
+    let invalid = |desc: &str| {
+        format!(r#"Bearer realm="jwtguard", error="invalid_token", error_description="{desc}""#)
+    };
+
+    let missing = get(e, "main", "/api", &[]);
+    assert_denied(&missing, 401, r#"Bearer realm="jwtguard""#);
+    assert_eq!(
+        get(
+            e,
+            "main",
+            "/api",
+            &[("authorization", "Basic dXNlcjpwdw==")]
+        )
+        .status,
+        401
+    );
+
+    let cases: Vec<(String, &str)> = vec![
+        (
+            s.keys.rsa.sign(&claims(json!({"exp": t - 10}))),
+            "token expired",
+        ),
+        (
+            s.keys.rsa.sign(&claims(json!({"nbf": t + 300}))),
+            "token not yet valid",
+        ),
+        (
+            s.keys
+                .rsa
+                .sign(&claims(json!({"iss": "https://evil.test"}))),
+            "token issuer is not accepted",
+        ),
+        (
+            s.keys.rsa.sign(&claims(json!({"aud": "other"}))),
+            "token audience is not accepted",
+        ),
+        (
+            s.keys.stranger.sign(&claims(json!({}))),
+            "token signature is invalid",
+        ),
+        (
+            s.keys.rsa.sign(&claims(json!({"exp": "never"}))),
+            "token is malformed",
+        ),
+        ("not.a.jwt".to_string(), "token is malformed"),
+        (
+            format!(
+                "{}.",
+                sign_raw(
+                    r#"{"alg":"none"}"#,
+                    "{}",
+                    &jsonwebtoken::EncodingKey::from_secret(b"x"),
+                    Algorithm::HS256
+                )
+                .rsplit_once('.')
+                .unwrap()
+                .0
+            ),
+            "token is malformed",
+        ),
+        (format!("{}x", "a".repeat(9000)), "token is malformed"),
+    ];
+    for (token, description) in &cases {
+        assert_denied(&denied("/api", token), 401, &invalid(description));
+    }
+    // A tampered payload keeps the signature of another.
+    let good = s.keys.rsa.sign(&claims(json!({})));
+    let other = s.keys.rsa.sign(&claims(json!({"sub": "root"})));
+    let parts: Vec<&str> = good.split('.').collect();
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        other.split('.').nth(1).unwrap(),
+        parts[2]
+    );
+    assert_denied(
+        &denied("/api", &tampered),
+        401,
+        &invalid("token signature is invalid"),
+    );
+
+    let no_scope = denied("/admin", &good);
+    assert_denied(
+        &no_scope,
+        403,
+        r#"Bearer realm="jwtguard", error="insufficient_scope", error_description="token lacks a required claim", scope="admin""#,
+    );
+    assert_eq!(
+        denied(
+            "/admin",
+            &s.keys
+                .rsa
+                .sign(&claims(json!({"scope": "orders:read admin"})))
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        http(
+            "DELETE",
+            &e.url("main", "/orders/7"),
+            &[("authorization", &bearer(&good))]
+        )
+        .status,
+        200
+    );
+    let reader = s.keys.rsa.sign(&claims(json!({"roles": ["reader"]})));
+    assert_eq!(
+        http(
+            "DELETE",
+            &e.url("main", "/orders/7"),
+            &[("authorization", &bearer(&reader))]
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        http(
+            "GET",
+            &e.url("main", "/orders/7"),
+            &[("authorization", &bearer(&reader))]
+        )
+        .status,
+        200,
+        "rule is for DELETE only"
+    );
+
+    // Requirement trees.
+    assert_eq!(get(e, "main", "/optional", &[]).status, 200);
+    assert_eq!(denied("/optional", &good).status, 200);
+    assert_eq!(
+        denied("/optional", &cases[0].0).status,
+        401,
+        "allow_missing still refuses a bad token"
+    );
+    assert_eq!(
+        denied("/both", &good).status,
+        401,
+        "requires_all needs the hs token too"
+    );
+
+    // The description can be turned off; the realm is configurable.
+    let quiet = get(
+        e,
+        "quiet",
+        "/api",
+        &[("authorization", &bearer(&cases[0].0))],
+    );
+    assert_denied(
+        &quiet,
+        401,
+        r#"Bearer realm="quiet", error="invalid_token""#,
+    );
+    assert_eq!(quiet.body, r#"{"error":"invalid_token"}"#);
+
+    assert!(e.counter("wasmcustom.jwtguard.denied.expired") >= 1);
+    assert!(e.counter("wasmcustom.jwtguard.denied.missing") >= 1);
+    let prom = e.prometheus();
+    for reason in [
+        "missing",
+        "malformed",
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "wrong_issuer",
+        "wrong_audience",
+        "insufficient_scope",
+    ] {
+        assert!(
+            prom.contains(&format!("jwtguard_denied_{reason}")),
+            "{reason} missing from /stats/prometheus"
+        );
+    }
+}
+
+#[test]
+fn verified_tokens_are_cached_but_never_past_expiry() {
+    let s = setup("cache", json!({}));
+    let e = &s.envoy;
+    let exp = now() + 2;
+    let token = s.keys.rsa.sign(&claims(json!({"exp": exp})));
+    let (hits, misses) = (
+        e.counter("wasmcustom.jwtguard.jwt_cache_hit"),
+        e.counter("wasmcustom.jwtguard.jwt_cache_miss"),
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            get(e, "main", "/api", &[("authorization", &bearer(&token))]).status,
+            200
+        );
+    }
+    assert_eq!(e.counter("wasmcustom.jwtguard.jwt_cache_miss") - misses, 1);
+    assert_eq!(e.counter("wasmcustom.jwtguard.jwt_cache_hit") - hits, 2);
+    // A different token never hits, even with the same claims but another signature.
+    let other = s.keys.ec.sign(&claims(json!({"exp": exp})));
+    assert_eq!(
+        get(e, "main", "/api", &[("authorization", &bearer(&other))]).status,
+        200
+    );
+    assert_eq!(e.counter("wasmcustom.jwtguard.jwt_cache_miss") - misses, 2);
+
+    let refused_at = wait_for(
+        "the cached token to expire",
+        Duration::from_secs(10),
+        || {
+            let r = get(e, "main", "/api", &[("authorization", &bearer(&token))]);
+            (r.status == 401).then(|| (now(), r))
+        },
+    );
+    assert!(refused_at.0 >= exp, "refused before exp");
+    assert!(refused_at
+        .1
+        .header("www-authenticate")
+        .unwrap()
+        .contains("token expired"));
+}
+
+#[test]
+fn host_and_wasm_crypto_give_identical_verdicts() {
+    let dir = scratch_dir("crypto");
+    let keys = Keys::generate(&dir);
+    let echo = Echo::start();
+    let no_cache = |host: bool| {
+        let mut c = plugin_config(&keys, json!({"host_crypto": host}));
+        c["providers"]["main"]["jwt_cache_config"] = json!({"jwt_cache_size": 0});
+        c
+    };
+    let listeners = [
+        Listener {
+            name: "host".into(),
+            filters: vec![jwtguard_filter("host", &no_cache(true))],
+            cluster: "upstream".into(),
+        },
+        Listener {
+            name: "wasm".into(),
+            filters: vec![jwtguard_filter("wasm", &no_cache(false))],
+            cluster: "upstream".into(),
+        },
+    ];
+    let envoy = Envoy::start(
+        &dir,
+        &bootstrap(&listeners, &[static_cluster("upstream", echo.port)]),
+    );
+    wait_for(
+        "host crypto to be detected",
+        Duration::from_secs(10),
+        || {
+            envoy
+                .log_text()
+                .contains("crypto: Envoy verify_signature")
+                .then_some(())
+        },
+    );
+
+    let ec_key = keys.ec.encoding_key();
+    let good_ec = keys.ec.sign(&claims(json!({})));
+    let ec_header = r#"{"alg":"ES256","kid":"ec1"}"#;
+    let ec_input = good_ec.rsplit_once('.').unwrap().0;
+    let raw_sig = support::tokens::decode(good_ec.rsplit_once('.').unwrap().1);
+    let zero_sig = format!("{ec_input}.{}", support::tokens::encode(&[0u8; 64]));
+    let der_sig = format!(
+        "{ec_input}.{}",
+        support::tokens::encode(&p256_der(&raw_sig))
+    );
+    let mut flipped = raw_sig.clone();
+    flipped[40] ^= 1;
+    let flipped_sig = format!("{ec_input}.{}", support::tokens::encode(&flipped));
+    let mut tokens: Vec<(String, String)> = vec![
+        ("rs256".into(), keys.rsa.sign(&claims(json!({})))),
+        ("es256".into(), good_ec.clone()),
+        ("es384".into(), keys.es384.sign(&claims(json!({})))),
+        ("ps256".into(), keys.ps.sign(&claims(json!({})))),
+        ("eddsa".into(), keys.ed.sign(&claims(json!({})))),
+        ("stranger".into(), keys.stranger.sign(&claims(json!({})))),
+        ("es256 r=s=0".into(), zero_sig),
+        ("es256 DER signature".into(), der_sig),
+        ("es256 flipped bit".into(), flipped_sig),
+        (
+            "es256 key as RS256".into(),
+            sign_raw(
+                r#"{"alg":"RS256","kid":"ec1"}"#,
+                &claims(json!({})).to_string(),
+                &keys.rsa.encoding_key(),
+                Algorithm::RS256,
+            ),
+        ),
+        (
+            "es256 fresh".into(),
+            sign_raw(
+                ec_header,
+                &claims(json!({"sub": "bob"})).to_string(),
+                &ec_key,
+                Algorithm::ES256,
+            ),
+        ),
+    ];
+    for alg in [Algorithm::RS384, Algorithm::RS512] {
+        let header = json!({"alg": support::tokens::alg_name(alg), "kid": "rsa1"}).to_string();
+        tokens.push((
+            format!("{alg:?}"),
+            sign_raw(
+                &header,
+                &claims(json!({})).to_string(),
+                &keys.rsa.encoding_key(),
+                alg,
+            ),
+        ));
+    }
+    let verdicts = |listener: &str| -> Vec<u16> {
+        tokens
+            .iter()
+            .map(|(_, t)| get(&envoy, listener, "/api", &[("authorization", &bearer(t))]).status)
+            .collect()
+    };
+    let host_before = envoy.counter("wasmcustom.jwtguard.verify.host_crypto");
+    let on_host = verdicts("host");
+    let host_used = envoy.counter("wasmcustom.jwtguard.verify.host_crypto") - host_before;
+    let wasm_before = envoy.counter("wasmcustom.jwtguard.verify.wasm_crypto");
+    let in_wasm = verdicts("wasm");
+    assert_eq!(
+        envoy.counter("wasmcustom.jwtguard.verify.host_crypto") - host_before,
+        host_used,
+        "wasm listener used the host"
+    );
+    let wasm_used = envoy.counter("wasmcustom.jwtguard.verify.wasm_crypto") - wasm_before;
+    // Every token but the one no key fits ("es256 key as RS256") is verified once.
+    assert_eq!(
+        wasm_used,
+        tokens.len() as u64 - 1,
+        "the wasm listener verifies everything in wasm"
+    );
+    assert_eq!(
+        host_used,
+        tokens.len() as u64 - 3,
+        "the host listener sends all but PS256 and EdDSA to Envoy"
+    );
+    for (i, (name, _)) in tokens.iter().enumerate() {
+        assert_eq!(
+            on_host[i], in_wasm[i],
+            "{name}: host {} vs wasm {}",
+            on_host[i], in_wasm[i]
+        );
+    }
+    let expected: Vec<u16> = vec![
+        200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 200, 200, 200,
+    ];
+    assert_eq!(
+        on_host,
+        expected,
+        "{:?}",
+        tokens.iter().map(|t| &t.0).collect::<Vec<_>>()
+    );
+}
+
+/// A raw P-256 r‖s signature as DER, the form JWS forbids.
+fn p256_der(raw: &[u8]) -> Vec<u8> {
+    p256::ecdsa::Signature::from_slice(raw)
+        .expect("signature")
+        .to_der()
+        .as_bytes()
+        .to_vec()
+}
+
+#[test]
+fn bad_configuration_fails_plugin_start_naming_the_field() {
+    let dir = scratch_dir("badconfig");
+    let echo = Echo::start();
+    let bad =
+        json!({"providers": {"main": {"issuer": 5, "hmac_secrets": [{"secret": HS_SECRET}]}}});
+    let listeners = [Listener {
+        name: "main".into(),
+        filters: vec![jwtguard_filter("main", &bad)],
+        cluster: "upstream".into(),
+    }];
+    let started = Instant::now();
+    let log = match Envoy::try_start(
+        &dir,
+        &bootstrap(&listeners, &[static_cluster("upstream", echo.port)]),
+    ) {
+        Err(log) => log,
+        Ok(envoy) => panic!("envoy accepted a bad plugin config:\n{}", envoy.log_text()),
+    };
+    assert!(
+        log.contains("jwtguard: invalid configuration at providers.main.issuer: invalid type"),
+        "{log}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn hostile_input_never_kills_the_vm() {
+    let s = setup("hostile", json!({}));
+    let e = &s.envoy;
+    let good = s.keys.rsa.sign(&claims(json!({})));
+    let (h, p, _) = {
+        let v: Vec<&str> = good.split('.').collect();
+        (v[0].to_string(), v[1].to_string(), v[2].to_string())
+    };
+    let hostile = [
+        String::new(),
+        ".".into(),
+        "..".into(),
+        "....".into(),
+        format!("{h}.{p}"),
+        format!("{h}.{p}.AAAA.BBBB.CCCC"),
+        format!("{h}.{}.x", "e30".repeat(2000)),
+        format!(
+            "{}.{p}.x",
+            support::tokens::encode(b"{\"alg\":\"RS256\",\"kid\":\"\\u0000../../etc/passwd\"}")
+        ),
+        format!(
+            "{}.{p}.x",
+            support::tokens::encode("{\"alg\":\"RS256\"".repeat(1).as_bytes())
+        ),
+        format!(
+            "{}.{}.x",
+            support::tokens::encode(b"{\"alg\":\"HS256\"}"),
+            support::tokens::encode(
+                format!("{}1{}", "[".repeat(5000), "]".repeat(5000)).as_bytes()
+            )
+        ),
+        format!(
+            "{}.{}.x",
+            support::tokens::encode(b"{\"alg\":\"ES256\",\"kid\":\"ec1\"}"),
+            support::tokens::encode(b"{\"exp\":1e400}")
+        ),
+        "\u{00e9}\u{00e9}.\u{00e9}.x".into(),
+    ];
+    for token in &hostile {
+        let r = http(
+            "GET",
+            &e.url("main", "/api"),
+            &[(
+                "authorization",
+                &format!("Bearer {}", token.replace(|c: char| !c.is_ascii(), "_")),
+            )],
+        );
+        assert!(r.status == 401 || r.status == 400, "{token:.80}: {r:?}");
+    }
+    let weird_headers = [
+        ("cookie", ";;;=;jwt=;jwt"),
+        ("authorization", "Bearer"),
+        ("authorization", "bearer      "),
+    ];
+    for (k, v) in weird_headers {
+        assert_eq!(get(e, "main", "/api", &[(k, v)]).status, 401);
+    }
+    assert_eq!(
+        get(e, "main", "/api", &[("authorization", &bearer(&good))]).status,
+        200,
+        "VM still serves"
+    );
+    assert!(!e.log_text().contains("panicked"), "a panic was logged");
+}

@@ -1,0 +1,209 @@
+//! A real Envoy (from the project venv) with the built filter, on ephemeral ports.
+
+use super::{repo_root, wait_for};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub fn envoy_binary() -> PathBuf {
+    std::env::var_os("JWTGUARD_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
+}
+
+pub fn wasm_file() -> PathBuf {
+    let path = std::env::var_os("JWTGUARD_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/jwtguard.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `make wasm`",
+        path.display()
+    );
+    path
+}
+
+/// The `envoy.filters.http.wasm` entry that loads jwtguard with `plugin_config`.
+pub fn jwtguard_filter(vm_id: &str, plugin_config: &Value) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "jwtguard",
+                "root_id": "jwtguard",
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config.to_string()},
+                "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": wasm_file()}}}
+            }
+        }
+    })
+}
+
+/// One listener: its HTTP filters (the router is appended) and the cluster its routes go to.
+pub struct Listener {
+    pub name: String,
+    pub filters: Vec<Value>,
+    pub cluster: String,
+}
+
+pub fn static_cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+        ]}]}
+    })
+}
+
+pub fn bootstrap(listeners: &[Listener], clusters: &[Value]) -> Value {
+    let listeners: Vec<Value> = listeners
+        .iter()
+        .map(|l| {
+            let mut filters = l.filters.clone();
+            filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+            json!({
+                "name": l.name,
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": l.name,
+                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                            {"match": {"prefix": "/"}, "route": {"cluster": l.cluster}}
+                        ]}]},
+                        "http_filters": filters
+                    }
+                }]}]
+            })
+        })
+        .collect();
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters}
+    })
+}
+
+pub struct Envoy {
+    child: Child,
+    pub admin: u16,
+    pub ports: HashMap<String, u16>,
+    pub log: PathBuf,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until it is live with every listener bound.
+    pub fn start(dir: &Path, config: &Value) -> Envoy {
+        Self::try_start(dir, config).unwrap_or_else(|log| panic!("envoy did not start:\n{log}"))
+    }
+
+    /// Like `start`, but returns Envoy's log if it exits before becoming ready.
+    pub fn try_start(dir: &Path, config: &Value) -> Result<Envoy, String> {
+        let config_path = dir.join("envoy.json");
+        let admin_path = dir.join("admin.txt");
+        let log = dir.join("envoy.log");
+        let _ = std::fs::remove_file(&admin_path);
+        std::fs::write(
+            &config_path,
+            serde_json::to_vec_pretty(config).expect("serialize"),
+        )
+        .expect("write config");
+        let mut child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&config_path)
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--component-log-level",
+                "wasm:debug",
+                "--file-flush-interval-msec",
+                "50",
+            ])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn envoy (run `make deps` first)");
+        let admin = wait_for("envoy admin address", Duration::from_secs(60), || {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(Err(std::fs::read_to_string(&log).unwrap_or_default()));
+            }
+            let text = std::fs::read_to_string(&admin_path).ok()?;
+            text.trim().rsplit(':').next()?.parse::<u16>().ok().map(Ok)
+        })?;
+        let envoy_log = log.clone();
+        let mut envoy = Envoy {
+            child,
+            admin,
+            ports: HashMap::new(),
+            log,
+        };
+        let ports = wait_for("envoy listeners", Duration::from_secs(60), || {
+            if let Ok(Some(_)) = envoy.child.try_wait() {
+                return Some(Err(std::fs::read_to_string(&envoy_log).unwrap_or_default()));
+            }
+            envoy.listener_ports().map(Ok)
+        })?;
+        envoy.ports = ports;
+        Ok(envoy)
+    }
+
+    fn admin_get(&self, path: &str) -> Option<String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin);
+        ureq::get(&url)
+            .timeout(Duration::from_secs(5))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()
+    }
+
+    fn listener_ports(&self) -> Option<HashMap<String, u16>> {
+        if self.admin_get("/ready")?.trim() != "LIVE" {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&self.admin_get("/listeners?format=json")?).ok()?;
+        let mut ports = HashMap::new();
+        for l in v["listener_statuses"].as_array()? {
+            let port = l["local_address"]["socket_address"]["port_value"].as_u64()?;
+            ports.insert(l["name"].as_str()?.to_string(), u16::try_from(port).ok()?);
+        }
+        Some(ports)
+    }
+
+    pub fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports[listener])
+    }
+
+    /// A counter's value, 0 if Envoy does not know it yet.
+    pub fn counter(&self, name: &str) -> u64 {
+        let text = self
+            .admin_get(&format!("/stats?filter=^{name}$"))
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn prometheus(&self) -> String {
+        self.admin_get("/stats/prometheus").unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
