@@ -45,14 +45,23 @@ impl ClaimRequirement {
     pub fn is_met(&self, claims: &Map<String, Value>) -> bool {
         match lookup(claims, &self.claim_path) {
             Some(Value::String(s)) => s.split(' ').any(|v| v == self.contains),
-            Some(Value::Array(items)) => items.iter().any(|v| match v {
-                Value::String(s) => *s == self.contains,
-                other => other.to_string() == self.contains,
-            }),
-            Some(Value::Number(n)) => n.to_string() == self.contains,
-            Some(Value::Bool(b)) => b.to_string() == self.contains,
-            _ => false,
+            Some(Value::Array(items)) => items
+                .iter()
+                .any(|v| scalar_text(v).is_some_and(|t| t == self.contains)),
+            Some(other) => scalar_text(other).is_some_and(|t| t == self.contains),
+            None => false,
         }
+    }
+}
+
+/// A scalar claim as text (strings as they are, numbers and booleans in JSON form); `None` for
+/// null, arrays and objects.
+pub fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 

@@ -3,8 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod envoy;
-pub mod tokens;
-pub mod upstream;
+pub use jwtguard_demo::{echo, tokens};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -1,4 +1,5 @@
-//! Test keys (made fresh with `openssl` for each run; nothing private is committed) and tokens.
+//! Keys (made fresh with `openssl`; nothing private is committed), JWKS and tokens for the demo
+//! and the tests. Panics on failure: these are development tools, never part of the filter.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -65,6 +66,24 @@ impl KeyPair {
             Algorithm::EdDSA => openssl(&["genpkey", "-algorithm", "ED25519", "-out", p]),
             other => panic!("no key pair for {other:?}"),
         };
+        let public_pem = openssl(&["pkey", "-in", p, "-pubout"]);
+        let private_pem = std::fs::read_to_string(&private).expect("read key");
+        KeyPair {
+            alg,
+            kid: kid.to_string(),
+            private_pem,
+            public_pem,
+        }
+    }
+
+    /// The key `kid` in `dir`, generated on first use.
+    pub fn load_or_generate(dir: &Path, alg: Algorithm, kid: &str) -> KeyPair {
+        let private = dir.join(format!("{kid}.pem"));
+        if !private.exists() {
+            std::fs::create_dir_all(dir).expect("create key dir");
+            return KeyPair::generate(dir, alg, kid);
+        }
+        let p = private.to_str().expect("path");
         let public_pem = openssl(&["pkey", "-in", p, "-pubout"]);
         let private_pem = std::fs::read_to_string(&private).expect("read key");
         KeyPair {

