@@ -671,6 +671,6 @@ pub(crate) mod tests {
         let e = error_of(&format!(
             r#"{{"providers":{{"p":{{"local_jwks":{{"inline_string":{jwks}}},"hmac_secrets":[{{"secret":"0123456789abcdef0123456789abcdef"}}]}}}}}}"#
         ));
-        assert_eq!(e.field, "providers.p.hmac_secrets");
+        assert_eq!(e.field, "providers.p");
     }
 }

@@ -136,16 +136,12 @@ fn setup(name: &str, overrides: Value) -> Setup {
         json!({"include_error_description": false, "realm": "quiet"}),
     );
     let listeners = [
-        Listener {
-            name: "main".into(),
-            filters: vec![jwtguard_filter("main", &plugin_config(&keys, overrides))],
-            cluster: "upstream".into(),
-        },
-        Listener {
-            name: "quiet".into(),
-            filters: vec![jwtguard_filter("quiet", &quiet)],
-            cluster: "upstream".into(),
-        },
+        Listener::to_cluster(
+            "main",
+            vec![jwtguard_filter("main", &plugin_config(&keys, overrides))],
+            "upstream",
+        ),
+        Listener::to_cluster("quiet", vec![jwtguard_filter("quiet", &quiet)], "upstream"),
     ];
     let envoy = Envoy::start(
         &dir,
@@ -500,16 +496,16 @@ fn host_and_wasm_crypto_give_identical_verdicts() {
         c
     };
     let listeners = [
-        Listener {
-            name: "host".into(),
-            filters: vec![jwtguard_filter("host", &no_cache(true))],
-            cluster: "upstream".into(),
-        },
-        Listener {
-            name: "wasm".into(),
-            filters: vec![jwtguard_filter("wasm", &no_cache(false))],
-            cluster: "upstream".into(),
-        },
+        Listener::to_cluster(
+            "host",
+            vec![jwtguard_filter("host", &no_cache(true))],
+            "upstream",
+        ),
+        Listener::to_cluster(
+            "wasm",
+            vec![jwtguard_filter("wasm", &no_cache(false))],
+            "upstream",
+        ),
     ];
     let envoy = Envoy::start(
         &dir,
@@ -641,11 +637,11 @@ fn bad_configuration_fails_plugin_start_naming_the_field() {
     let echo = Echo::start("127.0.0.1:0").expect("echo upstream");
     let bad =
         json!({"providers": {"main": {"issuer": 5, "hmac_secrets": [{"secret": HS_SECRET}]}}});
-    let listeners = [Listener {
-        name: "main".into(),
-        filters: vec![jwtguard_filter("main", &bad)],
-        cluster: "upstream".into(),
-    }];
+    let listeners = [Listener::to_cluster(
+        "main",
+        vec![jwtguard_filter("main", &bad)],
+        "upstream",
+    )];
     let started = Instant::now();
     let log = match Envoy::try_start(
         &dir,

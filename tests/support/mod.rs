@@ -2,39 +2,13 @@
 //! Every process binds 127.0.0.1 on an ephemeral port and is killed when its handle drops.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-pub mod envoy;
-pub use jwtguard_demo::{echo, tokens};
+pub use jwtguard_demo::{echo, envoy, tokens, wait_for};
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use std::time::Duration;
 
 /// A fresh directory under `target/e2e/` for one test's files.
-pub fn scratch_dir(name: &str) -> PathBuf {
-    let dir = repo_root()
-        .join("target/e2e")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
-
-/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    jwtguard_demo::scratch_dir("e2e", name)
 }
 
 /// A response reduced to what tests look at.

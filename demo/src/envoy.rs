@@ -1,6 +1,7 @@
-//! A real Envoy (from the project venv) with the built filter, on ephemeral ports.
+//! A real Envoy (from the project venv) with the built filter, on ephemeral ports: the harness
+//! of the end-to-end tests and the benchmarks.
 
-use super::{repo_root, wait_for};
+use crate::{repo_root, wait_for};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,11 +42,28 @@ pub fn jwtguard_filter(vm_id: &str, plugin_config: &Value) -> Value {
     })
 }
 
-/// One listener: its HTTP filters (the router is appended) and the cluster its routes go to.
+/// One listener: its HTTP filters (the router is appended) and where its routes go.
 pub struct Listener {
     pub name: String,
     pub filters: Vec<Value>,
-    pub cluster: String,
+    pub target: Target,
+}
+
+pub enum Target {
+    /// Every route goes to this cluster.
+    Cluster(String),
+    /// Envoy answers 200 itself, so only the filters' cost is measured.
+    DirectResponse,
+}
+
+impl Listener {
+    pub fn to_cluster(name: &str, filters: Vec<Value>, cluster: &str) -> Listener {
+        Listener {
+            name: name.into(),
+            filters,
+            target: Target::Cluster(cluster.into()),
+        }
+    }
 }
 
 pub fn static_cluster(name: &str, port: u16) -> Value {
@@ -61,6 +79,10 @@ pub fn bootstrap(listeners: &[Listener], clusters: &[Value]) -> Value {
     let listeners: Vec<Value> = listeners
         .iter()
         .map(|l| {
+            let route = match &l.target {
+                Target::Cluster(c) => json!({"match": {"prefix": "/"}, "route": {"cluster": c}}),
+                Target::DirectResponse => json!({"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}),
+            };
             let mut filters = l.filters.clone();
             filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
             json!({
@@ -71,9 +93,7 @@ pub fn bootstrap(listeners: &[Listener], clusters: &[Value]) -> Value {
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": l.name,
-                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-                            {"match": {"prefix": "/"}, "route": {"cluster": l.cluster}}
-                        ]}]},
+                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
                         "http_filters": filters
                     }
                 }]}]
@@ -108,6 +128,11 @@ impl Envoy {
 
     /// Like `start`, but returns Envoy's log if it exits before becoming ready.
     pub fn try_start(dir: &Path, config: &Value) -> Result<Envoy, String> {
+        Self::try_start_with(dir, config, 1)
+    }
+
+    /// Starts Envoy with `concurrency` workers; the log's wasm component is at debug.
+    pub fn try_start_with(dir: &Path, config: &Value, concurrency: u32) -> Result<Envoy, String> {
         let config_path = dir.join("envoy.json");
         let admin_path = dir.join("admin.txt");
         let log = dir.join("envoy.log");
@@ -120,9 +145,9 @@ impl Envoy {
         let mut child = Command::new(envoy_binary())
             .arg("-c")
             .arg(&config_path)
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
             .args([
-                "--concurrency",
-                "1",
                 "--disable-hot-restart",
                 "--component-log-level",
                 "wasm:debug",
@@ -201,6 +226,10 @@ impl Envoy {
 
     pub fn prometheus(&self) -> String {
         self.admin_get("/stats/prometheus").unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log_text(&self) -> String {

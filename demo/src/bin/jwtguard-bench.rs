@@ -1,0 +1,292 @@
+//! The filter benchmark: one Envoy (`--concurrency 1`), one listener per variant, each ending in
+//! the same `direct_response`, so differences are the auth filters' cost. wrk on loopback; the
+//! variants interleaved over several rounds; medians. The steadiest figure on a small noisy
+//! machine is Envoy's CPU time per request (from /proc), so that is the headline, always as a
+//! ratio to the no-auth baseline and to Envoy's native `jwt_authn` measured in the same run.
+//!
+//! Usage: jwtguard-bench [SECONDS_PER_RUN] [ROUNDS]   (defaults 5 and 3; see bench/README.md)
+
+use jsonwebtoken::{Algorithm, EncodingKey};
+use jwtguard_demo::envoy::{bootstrap, jwtguard_filter, wasm_file, Envoy, Listener, Target};
+use jwtguard_demo::tokens::{now, sign_raw, KeyPair};
+use jwtguard_demo::{scratch_dir, wait_for};
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+
+const ISSUER: &str = "https://bench.jwtguard.local";
+const HS_SECRET: &str = "a-benchmark-hmac-secret-of-32-bytes!";
+
+struct Variant {
+    name: String,
+    listener: Listener,
+    token: Option<String>,
+}
+
+struct Sample {
+    rps: f64,
+    cpu_us_per_req: f64,
+    p99_ms: f64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let dir = scratch_dir("bench", "filter");
+
+    let rsa = KeyPair::generate(&dir, Algorithm::RS256, "rsa");
+    let ec = KeyPair::generate(&dir, Algorithm::ES256, "ec");
+    let hs_jwk = json!({"kty": "oct", "kid": "hs", "alg": "HS256", "k": jwtguard_demo::tokens::encode(HS_SECRET.as_bytes())});
+    let public_jwks = json!({"keys": [rsa.jwk(), ec.jwk()]}).to_string();
+    let hmac_jwks = json!({"keys": [hs_jwk]}).to_string();
+    let t = now();
+    let claims = json!({"iss": ISSUER, "aud": "bench", "sub": "alice", "iat": t, "exp": t + 3600});
+    let hs_token = sign_raw(
+        r#"{"alg":"HS256","kid":"hs"}"#,
+        &claims.to_string(),
+        &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        Algorithm::HS256,
+    );
+    let tokens = [
+        ("RS256", rsa.sign(&claims), &public_jwks),
+        ("ES256", ec.sign(&claims), &public_jwks),
+        ("HS256", hs_token, &hmac_jwks),
+    ];
+
+    let mut variants = vec![Variant {
+        name: "no auth (baseline)".into(),
+        listener: listener("baseline", vec![]),
+        token: None,
+    }];
+    for (alg, token, jwks) in &tokens {
+        for (cached, suffix) in [(false, "no cache"), (true, "cache")] {
+            let id = format!("native_{alg}_{}", if cached { "cache" } else { "nocache" });
+            variants.push(Variant {
+                name: format!("native jwt_authn {alg}, {suffix}"),
+                listener: listener(&id, vec![native_filter(jwks, cached)]),
+                token: Some(token.clone()),
+            });
+            let id = format!(
+                "jwtguard_{alg}_{}",
+                if cached { "cache" } else { "nocache" }
+            );
+            variants.push(Variant {
+                name: format!("jwtguard {alg}, {suffix}"),
+                listener: listener(
+                    &id,
+                    vec![jwtguard_filter(&id, &jwtguard_config(jwks, cached))],
+                ),
+                token: Some(token.clone()),
+            });
+        }
+    }
+    let listeners: Vec<Listener> = variants
+        .iter()
+        .map(|v| Listener {
+            name: v.listener.name.clone(),
+            filters: v.listener.filters.clone(),
+            target: Target::DirectResponse,
+        })
+        .collect();
+    let envoy = Envoy::try_start_with(&dir, &bootstrap(&listeners, &[]), 1)
+        .unwrap_or_else(|log| panic!("envoy did not start:\n{log}"));
+    wait_for("every jwtguard VM", Duration::from_secs(30), || {
+        (envoy.log_text().matches("jwtguard: providers").count() >= 12).then_some(())
+    });
+
+    for v in &variants {
+        let url = envoy.url(&v.listener.name, "/");
+        let status = ureq::get(&url)
+            .set(
+                "authorization",
+                &format!("Bearer {}", v.token.clone().unwrap_or_default()),
+            )
+            .call()
+            .map(|r| r.status())
+            .unwrap_or(0);
+        assert_eq!(status, 200, "{} does not answer 200", v.name);
+        run_wrk(&envoy, &url, v.token.as_deref(), 1); // warm-up
+    }
+    let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        eprintln!("round {round}/{rounds}");
+        for (i, v) in variants.iter().enumerate() {
+            samples[i].push(run_wrk(
+                &envoy,
+                &envoy.url(&v.listener.name, "/"),
+                v.token.as_deref(),
+                seconds,
+            ));
+        }
+    }
+    let rss_all = rss_kib(envoy.pid());
+    drop(envoy);
+    report(&variants, &samples, seconds, rounds);
+    let (rss_plain, rss_one) = rss_with_and_without_filter(&dir, &public_jwks);
+    println!();
+    println!(
+        "- `.wasm` size: {} bytes ({})",
+        std::fs::metadata(wasm_file()).map(|m| m.len()).unwrap_or(0),
+        wasm_file().display()
+    );
+    println!("- Envoy RSS, idle, `--concurrency 1`: no filter {} MiB; one jwtguard listener {} MiB; this run's {} listeners ({} wasm VMs) {} MiB", rss_plain / 1024, rss_one / 1024, variants.len(), 6, rss_all / 1024);
+}
+
+fn listener(name: &str, filters: Vec<Value>) -> Listener {
+    Listener {
+        name: name.into(),
+        filters,
+        target: Target::DirectResponse,
+    }
+}
+
+fn jwtguard_config(jwks: &str, cached: bool) -> Value {
+    json!({
+        "providers": {"bench": {"issuer": ISSUER, "audiences": ["bench"], "local_jwks": {"inline_string": jwks},
+                                "forward": true, "jwt_cache_config": {"jwt_cache_size": if cached { 100 } else { 0 }}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]
+    })
+}
+
+fn native_filter(jwks: &str, cached: bool) -> Value {
+    let mut provider = json!({"issuer": ISSUER, "audiences": ["bench"], "local_jwks": {"inline_string": jwks}, "forward": true});
+    if cached {
+        provider["jwt_cache_config"] = json!({"jwt_cache_size": 100});
+    }
+    json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"bench": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]
+        }
+    })
+}
+
+/// Envoy's user+system CPU time in microseconds.
+fn cpu_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    ticks * 1e6 / 100.0 // USER_HZ is 100 on Linux
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn run_wrk(envoy: &Envoy, url: &str, token: Option<&str>, seconds: u32) -> Sample {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", "-c16", &format!("-d{seconds}s"), "--latency"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let before = cpu_us(envoy.pid());
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("run wrk (make deps installs it)");
+    let cpu = cpu_us(envoy.pid()) - before;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in")
+                .map(|(n, _)| n.trim().to_string())
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let non_2xx = text.contains("Non-2xx");
+    assert!(
+        !non_2xx && requests > 0.0,
+        "wrk against {url} failed:\n{text}"
+    );
+    let p99_ms = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| latency_ms(v.trim()))
+        .unwrap_or(f64::NAN);
+    Sample {
+        rps,
+        cpu_us_per_req: cpu / requests,
+        p99_ms,
+    }
+}
+
+fn latency_ms(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+fn report(variants: &[Variant], samples: &[Vec<Sample>], seconds: u32, rounds: usize) {
+    let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+    let base_cpu = med(0, |s| s.cpu_us_per_req);
+    println!("wrk -t1 -c16 -d{seconds}s --latency per variant, {rounds} interleaved rounds, medians; Envoy --concurrency 1.");
+    println!();
+    println!("| variant | rps | Envoy CPU µs/req | × baseline | overhead µs/req | overhead ÷ native's | p99 ms |");
+    println!("|---|---|---|---|---|---|---|");
+    for (i, v) in variants.iter().enumerate() {
+        let cpu = med(i, |s| s.cpu_us_per_req);
+        let overhead = cpu - base_cpu;
+        let native_overhead = variants
+            .iter()
+            .position(|n| n.name == v.name.replace("jwtguard", "native jwt_authn"))
+            .filter(|&n| n != i)
+            .map(|n| med(n, |s| s.cpu_us_per_req) - base_cpu);
+        let vs_native = native_overhead.map_or("".to_string(), |n| format!("{:.2}", overhead / n));
+        println!(
+            "| {} | {:.0} | {:.1} | {:.2} | {:.1} | {} | {:.2} |",
+            v.name,
+            med(i, |s| s.rps),
+            cpu,
+            cpu / base_cpu,
+            overhead,
+            vs_native,
+            med(i, |s| s.p99_ms)
+        );
+    }
+}
+
+fn rss_with_and_without_filter(dir: &std::path::Path, jwks: &str) -> (u64, u64) {
+    let mut rss = Vec::new();
+    for filters in [
+        vec![],
+        vec![jwtguard_filter("rss", &jwtguard_config(jwks, true))],
+    ] {
+        let sub = dir.join(format!("rss{}", rss.len()));
+        std::fs::create_dir_all(&sub).expect("dir");
+        let envoy = Envoy::try_start_with(&sub, &bootstrap(&[listener("l", filters)], &[]), 1)
+            .expect("envoy");
+        let _ = ureq::get(&envoy.url("l", "/")).call();
+        rss.push(rss_kib(envoy.pid()));
+    }
+    (rss[0], rss[1])
+}
