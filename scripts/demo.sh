@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 state=.demo
 mkdir -p "$state"
 demo=target/release/jwtguard-demo
-wasm=target/wasm32-wasip1/release/jwtguard.wasm
+wasm=target/jwtguard.wasm
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

@@ -73,11 +73,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(config: Config) -> Self {
-        let caches = config
-            .providers
-            .iter()
-            .map(|p| TokenCache::new(p.jwt_cache_size))
-            .collect();
+        let caches = config.providers.iter().map(|p| TokenCache::new(p.jwt_cache_size)).collect();
         Authenticator { config, caches }
     }
 
@@ -88,53 +84,29 @@ impl Authenticator {
         host: Option<&dyn HostCrypto>,
         tally: &mut Tally,
     ) -> Decision {
-        let Some(rule_index) = self
-            .config
-            .rules
-            .iter()
-            .position(|r| r.matcher.matches(req.method, req.path))
-        else {
+        let Some(rule_index) = self.config.rules.iter().position(|r| r.matcher.matches(req.method, req.path)) else {
             return Decision::Pass;
         };
         let Some(requirement) = self.config.rules[rule_index].requires.clone() else {
             return Decision::Pass;
         };
-        let mut outcomes: Vec<Option<Outcome>> =
-            (0..self.config.providers.len()).map(|_| None).collect();
-        let mut run = Run {
-            auth: self,
-            req,
-            now,
-            host,
-            tally,
-            outcomes: &mut outcomes,
-        };
+        let mut outcomes: Vec<Option<Outcome>> = (0..self.config.providers.len()).map(|_| None).collect();
+        let mut run = Run { auth: self, req, now, host, tally, outcomes: &mut outcomes };
         let verified = match run.evaluate(&requirement) {
             Ok(v) => v,
-            Err(reason) => {
-                return Decision::Deny {
-                    reason,
-                    scope: None,
-                }
-            }
+            Err(reason) => return Decision::Deny { reason, scope: None },
         };
         let rule: &Rule = &self.config.rules[rule_index];
-        if let Some(failed) = rule.required_claims.iter().find(|c| {
-            !verified
-                .iter()
-                .any(|&i| claims_of(&outcomes, i).is_some_and(|m| c.is_met(m)))
-        }) {
+        if let Some(failed) = rule
+            .required_claims
+            .iter()
+            .find(|c| !verified.iter().any(|&i| claims_of(&outcomes, i).is_some_and(|m| c.is_met(m))))
+        {
             if verified.is_empty() {
-                return Decision::Deny {
-                    reason: Reason::Missing,
-                    scope: None,
-                };
+                return Decision::Deny { reason: Reason::Missing, scope: None };
             }
             let scope = (failed.claim_path == ["scope"]).then(|| failed.contains.clone());
-            return Decision::Deny {
-                reason: Reason::InsufficientScope,
-                scope,
-            };
+            return Decision::Deny { reason: Reason::InsufficientScope, scope };
         }
         let mut headers = Vec::new();
         let mut strip = Vec::new();
@@ -142,19 +114,13 @@ impl Authenticator {
         for i in verified {
             if let Some(Outcome::Verified(v, location)) = &outcomes[i] {
                 headers.extend(v.headers.iter().cloned());
-                if let (false, Location::Header(name)) =
-                    (self.config.providers[i].forward, location)
-                {
+                if let (false, Location::Header(name)) = (self.config.providers[i].forward, location) {
                     strip.push(name.clone());
                 }
                 tokens.push(v.clone());
             }
         }
-        Decision::Allow {
-            headers,
-            strip,
-            tokens,
-        }
+        Decision::Allow { headers, strip, tokens }
     }
 }
 
@@ -210,9 +176,7 @@ impl Run<'_, '_> {
                     match self.outcome(i) {
                         Outcome::Verified(..) => verified.push(i),
                         Outcome::Missing => {}
-                        Outcome::Failed(reason) if *requirement == Requirement::AllowMissing => {
-                            return Err(*reason)
-                        }
+                        Outcome::Failed(reason) if *requirement == Requirement::AllowMissing => return Err(*reason),
                         Outcome::Failed(_) => {}
                     }
                 }
@@ -243,10 +207,7 @@ impl Run<'_, '_> {
         let cache = &mut self.auth.caches[i];
         if let Some(v) = cache.get(&token, self.now) {
             self.tally.cache_hits += 1;
-            return match v
-                .lifetime
-                .check(self.now, provider.policy.clock_skew_seconds)
-            {
+            return match v.lifetime.check(self.now, provider.policy.clock_skew_seconds) {
                 Ok(()) => Outcome::Verified(v, location),
                 Err(reason) => Outcome::Failed(reason),
             };
@@ -289,18 +250,10 @@ pub fn verify_token(
     }
     let lifetime = claims::check(&claims, jws.typ.as_deref(), &provider.policy, now)?;
     let headers = upstream_headers(provider, &claims, jws.payload_b64);
-    Ok(Verified {
-        claims,
-        lifetime,
-        headers,
-    })
+    Ok(Verified { claims, lifetime, headers })
 }
 
-fn upstream_headers(
-    provider: &Provider,
-    claims: &Map<String, Value>,
-    payload_b64: &str,
-) -> Vec<(String, String)> {
+fn upstream_headers(provider: &Provider, claims: &Map<String, Value>, payload_b64: &str) -> Vec<(String, String)> {
     let mut headers: Vec<(String, String)> = provider
         .claim_to_headers
         .iter()
@@ -325,11 +278,7 @@ fn header_value(value: &Value) -> Option<String> {
         _ => None,
     };
     let text = match value {
-        Value::Array(items) => items
-            .iter()
-            .map(scalar)
-            .collect::<Option<Vec<_>>>()?
-            .join(","),
+        Value::Array(items) => items.iter().map(scalar).collect::<Option<Vec<_>>>()?.join(","),
         other => scalar(other)?,
     };
     let safe = text.len() <= 8192 && !text.chars().any(|c| c.is_control());
@@ -344,10 +293,7 @@ mod tests {
     #[test]
     fn header_values() {
         assert_eq!(header_value(&json!("a b")), Some("a b".into()));
-        assert_eq!(
-            header_value(&json!(["a", 1, true])),
-            Some("a,1,true".into())
-        );
+        assert_eq!(header_value(&json!(["a", 1, true])), Some("a,1,true".into()));
         assert_eq!(header_value(&json!(5)), Some("5".into()));
         assert_eq!(header_value(&json!({"a": 1})), None);
         assert_eq!(header_value(&json!([{"a": 1}])), None);

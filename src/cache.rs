@@ -13,11 +13,7 @@ pub struct TokenCache<V> {
 
 impl<V: Clone> TokenCache<V> {
     pub fn new(capacity: usize) -> Self {
-        TokenCache {
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-            capacity,
-        }
+        TokenCache { entries: HashMap::new(), order: VecDeque::new(), capacity }
     }
 
     /// The cached value if present and `now` is before its expiry; expired entries are dropped.

@@ -121,9 +121,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
         None => Ok(None),
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
             (Some(v), _) if v as f64 <= MAX_NUMERIC_DATE => Ok(Some(v)),
-            (None, Some(f)) if f.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&f) => {
-                Ok(Some(f as u64))
-            }
+            (None, Some(f)) if f.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&f) => Ok(Some(f as u64)),
             _ => Err(Reason::Malformed),
         },
         Some(_) => Err(Reason::Malformed),
@@ -154,26 +152,13 @@ mod tests {
     #[test]
     fn issuer_is_byte_exact() {
         let p = policy();
-        assert_eq!(
-            check_issuer(&claims(json!({"iss":"https://issuer"})), &p),
-            Ok(())
-        );
-        for iss in [
-            json!("https://issuer/"),
-            json!("HTTPS://issuer"),
-            json!(null),
-        ] {
+        assert_eq!(check_issuer(&claims(json!({"iss":"https://issuer"})), &p), Ok(()));
+        for iss in [json!("https://issuer/"), json!("HTTPS://issuer"), json!(null)] {
             let r = check_issuer(&claims(json!({ "iss": iss })), &p);
             assert!(r.is_err(), "{iss}");
         }
-        assert_eq!(
-            check_issuer(&claims(json!({})), &p),
-            Err(Reason::WrongIssuer)
-        );
-        assert_eq!(
-            check_issuer(&claims(json!({})), &ClaimPolicy::default()),
-            Ok(())
-        );
+        assert_eq!(check_issuer(&claims(json!({})), &p), Err(Reason::WrongIssuer));
+        assert_eq!(check_issuer(&claims(json!({})), &ClaimPolicy::default()), Ok(()));
     }
 
     #[test]
@@ -186,26 +171,16 @@ mod tests {
         assert_eq!(ok(json!([])), Err(Reason::WrongAudience));
         assert_eq!(ok(json!([1])), Err(Reason::Malformed));
         assert_eq!(ok(json!({"a":"api"})), Err(Reason::Malformed));
-        assert_eq!(
-            check(&claims(json!({"exp": NOW + 10})), None, &p, NOW),
-            Err(Reason::WrongAudience)
-        );
+        assert_eq!(check(&claims(json!({"exp": NOW + 10})), None, &p, NOW), Err(Reason::WrongAudience));
     }
 
     #[test]
     fn expiry_and_not_before_with_skew() {
-        let p = ClaimPolicy {
-            require_expiration: true,
-            clock_skew_seconds: 60,
-            ..Default::default()
-        };
+        let p = ClaimPolicy { require_expiration: true, clock_skew_seconds: 60, ..Default::default() };
         let at = |c: Value, now| check(&claims(c), None, &p, now).map(|_| ());
         assert_eq!(at(json!({"exp": NOW}), NOW + 59), Ok(()));
         assert_eq!(at(json!({"exp": NOW}), NOW + 60), Err(Reason::Expired));
-        assert_eq!(
-            at(json!({"exp": NOW, "nbf": NOW - 10}), NOW - 71),
-            Err(Reason::NotYetValid)
-        );
+        assert_eq!(at(json!({"exp": NOW, "nbf": NOW - 10}), NOW - 71), Err(Reason::NotYetValid));
         assert_eq!(at(json!({"exp": NOW, "nbf": NOW + 60}), NOW), Ok(()));
         assert_eq!(at(json!({}), NOW), Err(Reason::InvalidClaims));
         let lax = ClaimPolicy::default();
@@ -226,61 +201,30 @@ mod tests {
         ] {
             for name in ["exp", "nbf", "iat"] {
                 let c = claims(json!({ name: bad.clone() }));
-                assert_eq!(
-                    check(&c, None, &p, NOW),
-                    Err(Reason::Malformed),
-                    "{name}={bad}"
-                );
+                assert_eq!(check(&c, None, &p, NOW), Err(Reason::Malformed), "{name}={bad}");
             }
         }
-        let float = check(
-            &claims(json!({"exp": (NOW + 5) as f64 + 0.5})),
-            None,
-            &p,
-            NOW,
-        )
-        .unwrap();
+        let float = check(&claims(json!({"exp": (NOW + 5) as f64 + 0.5})), None, &p, NOW).unwrap();
         assert_eq!(float.exp, Some(NOW + 5));
     }
 
     #[test]
     fn max_lifetime_needs_iat_and_exp() {
-        let p = ClaimPolicy {
-            max_lifetime_seconds: Some(3600),
-            ..Default::default()
-        };
+        let p = ClaimPolicy { max_lifetime_seconds: Some(3600), ..Default::default() };
         let c = |v: Value| check(&claims(v), None, &p, NOW).map(|_| ());
         assert_eq!(c(json!({"iat": NOW, "exp": NOW + 3600})), Ok(()));
-        assert_eq!(
-            c(json!({"iat": NOW, "exp": NOW + 3601})),
-            Err(Reason::InvalidClaims)
-        );
+        assert_eq!(c(json!({"iat": NOW, "exp": NOW + 3601})), Err(Reason::InvalidClaims));
         assert_eq!(c(json!({"exp": NOW + 10})), Err(Reason::InvalidClaims));
     }
 
     #[test]
     fn typ_and_string_claims() {
-        let p = ClaimPolicy {
-            typ: Some("at+jwt".into()),
-            ..Default::default()
-        };
+        let p = ClaimPolicy { typ: Some("at+jwt".into()), ..Default::default() };
         assert!(check(&claims(json!({})), Some("application/AT+JWT"), &p, NOW).is_ok());
-        assert_eq!(
-            check(&claims(json!({})), Some("JWT"), &p, NOW),
-            Err(Reason::InvalidClaims)
-        );
-        assert_eq!(
-            check(&claims(json!({})), None, &p, NOW),
-            Err(Reason::InvalidClaims)
-        );
+        assert_eq!(check(&claims(json!({})), Some("JWT"), &p, NOW), Err(Reason::InvalidClaims));
+        assert_eq!(check(&claims(json!({})), None, &p, NOW), Err(Reason::InvalidClaims));
         let any = ClaimPolicy::default();
-        assert_eq!(
-            check(&claims(json!({"sub": 5})), None, &any, NOW),
-            Err(Reason::Malformed)
-        );
-        assert_eq!(
-            check(&claims(json!({"jti": []})), None, &any, NOW),
-            Err(Reason::Malformed)
-        );
+        assert_eq!(check(&claims(json!({"sub": 5})), None, &any, NOW), Err(Reason::Malformed));
+        assert_eq!(check(&claims(json!({"jti": []})), None, &any, NOW), Err(Reason::Malformed));
     }
 }

@@ -230,19 +230,12 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "invalid configuration at {}: {}",
-            self.field, self.message
-        )
+        write!(f, "invalid configuration at {}: {}", self.field, self.message)
     }
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field: field.into(),
-        message: message.into(),
-    }
+    ConfigError { field: field.into(), message: message.into() }
 }
 
 const ALL_ALGORITHMS: &[Algorithm] = &[
@@ -265,10 +258,7 @@ impl Config {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            err(
-                if path == "." { "(root)".into() } else { path },
-                e.inner().to_string(),
-            )
+            err(if path == "." { "(root)".into() } else { path }, e.inner().to_string())
         })?;
         build(raw)
     }
@@ -293,12 +283,7 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let mut output_headers: Vec<String> = providers
         .iter()
-        .flat_map(|p| {
-            p.claim_to_headers
-                .iter()
-                .map(|c| c.header_name.clone())
-                .chain(p.forward_payload_header.clone())
-        })
+        .flat_map(|p| p.claim_to_headers.iter().map(|c| c.header_name.clone()).chain(p.forward_payload_header.clone()))
         .collect();
     output_headers.sort();
     output_headers.dedup();
@@ -322,9 +307,7 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
             for a in list {
                 match a.parse::<Algorithm>() {
                     Ok(alg) => out.push(alg),
-                    Err(_) => {
-                        return Err(err(at("algorithms"), format!("unknown algorithm {a:?}")))
-                    }
+                    Err(_) => return Err(err(at("algorithms"), format!("unknown algorithm {a:?}"))),
                 }
             }
             out
@@ -332,8 +315,7 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
     };
     let mut keys = Vec::new();
     if let Some(jwks) = &p.local_jwks {
-        let parsed = keys::parse_jwks(&jwks.inline_string, &allowed)
-            .map_err(|m| err(at("local_jwks"), m))?;
+        let parsed = keys::parse_jwks(&jwks.inline_string, &allowed).map_err(|m| err(at("local_jwks"), m))?;
         for key in parsed {
             keys.push(key.map_err(|m| err(at("local_jwks"), m))?);
         }
@@ -353,30 +335,16 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
                     .decode(b64)
                     .map_err(|e| err(&field, format!("secret_base64: {e}")))?
             }
-            _ => {
-                return Err(err(
-                    &field,
-                    "exactly one of secret and secret_base64 is required",
-                ))
-            }
+            _ => return Err(err(&field, "exactly one of secret and secret_base64 is required")),
         };
-        keys.push(
-            keys::from_secret(&secret, s.kid.clone(), s.alg.as_deref(), &allowed)
-                .map_err(|m| err(&field, m))?,
-        );
+        keys.push(keys::from_secret(&secret, s.kid.clone(), s.alg.as_deref(), &allowed).map_err(|m| err(&field, m))?);
     }
     if keys.is_empty() {
-        return Err(err(
-            at("local_jwks"),
-            "the provider has no keys (local_jwks, pem_keys or hmac_secrets)",
-        ));
+        return Err(err(at("local_jwks"), "the provider has no keys (local_jwks, pem_keys or hmac_secrets)"));
     }
     // Mixing secrets and public keys invites HS/RS confusion (RFC 8725 §2.1).
     if keys.iter().any(is_hmac) && keys.iter().any(|k| !is_hmac(k)) {
-        return Err(err(
-            at("hmac_secrets"),
-            "a provider cannot mix HMAC secrets with public keys",
-        ));
+        return Err(err(format!("providers.{name}"), "a provider cannot mix HMAC secrets (oct keys) with public keys"));
     }
     let mut seen = std::collections::HashSet::new();
     for k in &keys {
@@ -389,19 +357,14 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
     let mut headers = Vec::new();
     for (i, h) in p.from_headers.iter().enumerate() {
         headers.push(HeaderSource {
-            name: header_name(&h.name)
-                .map_err(|m| err(at(&format!("from_headers[{i}].name")), m))?,
+            name: header_name(&h.name).map_err(|m| err(at(&format!("from_headers[{i}].name")), m))?,
             value_prefix: h.value_prefix.clone(),
         });
     }
     let sources = if headers.is_empty() && p.from_params.is_empty() && p.from_cookies.is_empty() {
         Sources::default_bearer()
     } else {
-        Sources {
-            headers,
-            params: p.from_params,
-            cookies: p.from_cookies,
-        }
+        Sources { headers, params: p.from_params, cookies: p.from_cookies }
     };
     let forward_payload_header = match &p.forward_payload_header {
         Some(h) => Some(header_name(h).map_err(|m| err(at("forward_payload_header"), m))?),
@@ -431,16 +394,12 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
         forward: p.forward,
         forward_payload_header,
         claim_to_headers,
-        jwt_cache_size: p
-            .jwt_cache_config
-            .map_or(DEFAULT_JWT_CACHE_SIZE, |c| c.jwt_cache_size),
+        jwt_cache_size: p.jwt_cache_config.map_or(DEFAULT_JWT_CACHE_SIZE, |c| c.jwt_cache_size),
     })
 }
 
 fn is_hmac(k: &Key) -> bool {
-    k.algorithms
-        .iter()
-        .all(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
+    k.algorithms.iter().all(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
 }
 
 fn build_rule(at: &str, r: RawRule, providers: &[String]) -> Result<Rule, ConfigError> {
@@ -452,20 +411,11 @@ fn build_rule(at: &str, r: RawRule, providers: &[String]) -> Result<Rule, Config
             regex_lite::Regex::new(&re.regex)
                 .map_err(|e| err(format!("{at}.match.safe_regex.regex"), e.to_string()))?,
         ),
-        _ => {
-            return Err(err(
-                format!("{at}.match"),
-                "exactly one of prefix, path and safe_regex is required",
-            ))
-        }
+        _ => return Err(err(format!("{at}.match"), "exactly one of prefix, path and safe_regex is required")),
     };
     let methods = m.methods.iter().map(|s| s.to_ascii_uppercase()).collect();
     let requires = match r.requires {
-        Some(req) => Some(build_requirement(
-            &format!("{at}.requires"),
-            req,
-            providers,
-        )?),
+        Some(req) => Some(build_requirement(&format!("{at}.requires"), req, providers)?),
         None => None,
     };
     let mut required_claims = Vec::new();
@@ -477,47 +427,26 @@ fn build_rule(at: &str, r: RawRule, providers: &[String]) -> Result<Rule, Config
         });
     }
     if requires.is_none() && !required_claims.is_empty() {
-        return Err(err(
-            format!("{at}.required_claims"),
-            "claims can only be required where a token is required",
-        ));
+        return Err(err(format!("{at}.required_claims"), "claims can only be required where a token is required"));
     }
-    Ok(Rule {
-        matcher: Matcher { path, methods },
-        requires,
-        required_claims,
-    })
+    Ok(Rule { matcher: Matcher { path, methods }, requires, required_claims })
 }
 
-fn build_requirement(
-    at: &str,
-    r: RawRequirement,
-    providers: &[String],
-) -> Result<Requirement, ConfigError> {
+fn build_requirement(at: &str, r: RawRequirement, providers: &[String]) -> Result<Requirement, ConfigError> {
     let list = |l: RawRequirementList, kind: &str| -> Result<Vec<Requirement>, ConfigError> {
         if l.requirements.is_empty() {
-            return Err(err(
-                format!("{at}.{kind}.requirements"),
-                "must not be empty",
-            ));
+            return Err(err(format!("{at}.{kind}.requirements"), "must not be empty"));
         }
         l.requirements
             .into_iter()
             .enumerate()
-            .map(|(i, r)| {
-                build_requirement(&format!("{at}.{kind}.requirements[{i}]"), r, providers)
-            })
+            .map(|(i, r)| build_requirement(&format!("{at}.{kind}.requirements[{i}]"), r, providers))
             .collect()
     };
     Ok(match r {
         RawRequirement::ProviderName(name) => match providers.iter().position(|p| *p == name) {
             Some(i) => Requirement::Provider(i),
-            None => {
-                return Err(err(
-                    format!("{at}.provider_name"),
-                    format!("no provider named {name:?}"),
-                ))
-            }
+            None => return Err(err(format!("{at}.provider_name"), format!("no provider named {name:?}"))),
         },
         RawRequirement::RequiresAny(l) => Requirement::Any(list(l, "requires_any")?),
         RawRequirement::RequiresAll(l) => Requirement::All(list(l, "requires_all")?),
@@ -528,10 +457,7 @@ fn build_requirement(
 
 /// Header names are compared lower-case; pseudo-headers and non-token characters are refused.
 fn header_name(name: &str) -> Result<String, String> {
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if valid {
         Ok(name.to_ascii_lowercase())
     } else {
@@ -540,15 +466,10 @@ fn header_name(name: &str) -> Result<String, String> {
 }
 
 fn header_value_ok(value: &str) -> Result<(), String> {
-    if value
-        .bytes()
-        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
-    {
+    if value.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') {
         Ok(())
     } else {
-        Err(format!(
-            "{value:?} must be printable ASCII without quotes or backslashes"
-        ))
+        Err(format!("{value:?} must be printable ASCII without quotes or backslashes"))
     }
 }
 
@@ -598,10 +519,7 @@ pub(crate) mod tests {
         assert_eq!(c.providers[1].sources.headers[0].name, "x-token");
         assert_eq!(
             c.rules[1].requires,
-            Some(Requirement::Any(vec![
-                Requirement::Provider(0),
-                Requirement::Provider(1)
-            ]))
+            Some(Requirement::Any(vec![Requirement::Provider(0), Requirement::Provider(1)]))
         );
         assert_eq!(c.rules[2].matcher.methods, vec!["POST"]);
         assert_eq!(c.output_headers, vec!["x-jwt-payload", "x-jwt-sub"]);
@@ -612,34 +530,16 @@ pub(crate) mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (
-                sample().replace(r#""issuer": "https://issuer""#, r#""issuer": 5"#),
-                "providers.ec.issuer",
-            ),
-            (
-                sample().replace("\"audiences\"", "\"audience\""),
-                "providers.ec.audience",
-            ),
-            (
-                sample().replace("0123456789abcdef0123456789abcdef", "short"),
-                "providers.hs.hmac_secrets[0]",
-            ),
+            (sample().replace(r#""issuer": "https://issuer""#, r#""issuer": 5"#), "providers.ec.issuer"),
+            (sample().replace("\"audiences\"", "\"audience\""), "providers.ec.audience"),
+            (sample().replace("0123456789abcdef0123456789abcdef", "short"), "providers.hs.hmac_secrets[0]"),
             (
                 sample().replace(r#""provider_name": "hs""#, r#""provider_name": "nope""#),
                 "rules[1].requires.requires_any.requirements[1].provider_name",
             ),
-            (
-                sample().replace("/admin/.*", "(("),
-                "rules[2].match.safe_regex.regex",
-            ),
-            (
-                sample().replace("\"x-jwt-sub\"", "\"bad header\""),
-                "providers.ec.claim_to_headers[0].header_name",
-            ),
-            (
-                sample().replace("P-256", "P-999"),
-                "providers.ec.local_jwks",
-            ),
+            (sample().replace("/admin/.*", "(("), "rules[2].match.safe_regex.regex"),
+            (sample().replace("\"x-jwt-sub\"", "\"bad header\""), "providers.ec.claim_to_headers[0].header_name"),
+            (sample().replace("P-256", "P-999"), "providers.ec.local_jwks"),
             (r#"{"providers":{}}"#.to_string(), "providers"),
             ("not json".to_string(), "(root)"),
         ];
@@ -651,21 +551,19 @@ pub(crate) mod tests {
 
     #[test]
     fn rule_claims_need_a_requirement_and_one_path_kind() {
-        let e = error_of(&sample().replace(r#"{"match": {"prefix": "/public"}}"#, r#"{"match": {"prefix": "/public"}, "required_claims": [{"claim_name": "a", "contains": "b"}]}"#));
-        assert_eq!(e.field, "rules[0].required_claims");
         let e = error_of(&sample().replace(
-            r#""prefix": "/public""#,
-            r#""prefix": "/public", "path": "/x""#,
+            r#"{"match": {"prefix": "/public"}}"#,
+            r#"{"match": {"prefix": "/public"}, "required_claims": [{"claim_name": "a", "contains": "b"}]}"#,
         ));
+        assert_eq!(e.field, "rules[0].required_claims");
+        let e = error_of(&sample().replace(r#""prefix": "/public""#, r#""prefix": "/public", "path": "/x""#));
         assert_eq!(e.field, "rules[0].match");
     }
 
     #[test]
     fn duplicate_kids_and_mixed_hmac_are_refused() {
         let jwks = serde_json::to_string(&format!(r#"{{"keys":[{EC_JWK},{EC_JWK}]}}"#)).unwrap();
-        let e = error_of(&format!(
-            r#"{{"providers":{{"p":{{"local_jwks":{{"inline_string":{jwks}}}}}}}}}"#
-        ));
+        let e = error_of(&format!(r#"{{"providers":{{"p":{{"local_jwks":{{"inline_string":{jwks}}}}}}}}}"#));
         assert!(e.message.contains("duplicate kid"), "{e}");
         let jwks = serde_json::to_string(&format!(r#"{{"keys":[{EC_JWK}]}}"#)).unwrap();
         let e = error_of(&format!(

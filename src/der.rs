@@ -6,19 +6,19 @@ const INTEGER: u8 = 0x02;
 const BIT_STRING: u8 = 0x03;
 
 /// rsaEncryption (1.2.840.113549.1.1.1) with its NULL parameters.
-const RSA_ALGORITHM: &[u8] = &[
-    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-];
+const RSA_ALGORITHM: &[u8] =
+    &[0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00];
 /// id-ecPublicKey (1.2.840.10045.2.1) with prime256v1 (1.2.840.10045.3.1.7).
 const P256_ALGORITHM: &[u8] = &[
-    0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
-    0xce, 0x3d, 0x03, 0x01, 0x07,
+    0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03,
+    0x01, 0x07,
 ];
 /// id-ecPublicKey with secp384r1 (1.3.132.0.34).
-const P384_ALGORITHM: &[u8] = &[
-    0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04,
-    0x00, 0x22,
-];
+const P384_ALGORITHM: &[u8] =
+    &[0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+
+/// Ed25519 (1.3.101.112) as it appears inside a SubjectPublicKeyInfo.
+const ED25519_ALGORITHM: &[u8] = &[0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Curve {
@@ -120,6 +120,61 @@ pub fn ecdsa_signature(curve: Curve, raw: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The key inside a SubjectPublicKeyInfo we know how to use.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PublicKey<'a> {
+    /// PKCS#1 `RSAPublicKey`.
+    Rsa(&'a [u8]),
+    /// Uncompressed SEC1 point.
+    Ec(Curve, &'a [u8]),
+    /// The 32-byte Ed25519 key.
+    Ed25519(&'a [u8]),
+}
+
+/// Reads one TLV with `tag` from the front of `input`: (content, rest). Definite lengths only.
+fn read_tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = input.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (bytes, after) = rest.split_at(n);
+        rest = after;
+        bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// Parses a DER SubjectPublicKeyInfo (the body of a `PUBLIC KEY` PEM) into a key we support.
+pub fn parse_spki(der: &[u8]) -> Option<PublicKey<'_>> {
+    let (spki, trailing) = read_tlv(der, SEQUENCE)?;
+    let (algorithm, rest) = read_tlv(spki, SEQUENCE)?;
+    let algorithm_tlv = &spki[..spki.len() - rest.len()];
+    let (bits, after) = read_tlv(rest, BIT_STRING)?;
+    if !trailing.is_empty() || !after.is_empty() {
+        return None;
+    }
+    let _ = algorithm;
+    let (&unused, key) = bits.split_first()?;
+    if unused != 0 {
+        return None;
+    }
+    match algorithm_tlv {
+        a if a == RSA_ALGORITHM => Some(PublicKey::Rsa(key)),
+        a if a == P256_ALGORITHM => Some(PublicKey::Ec(Curve::P256, key)),
+        a if a == P384_ALGORITHM => Some(PublicKey::Ec(Curve::P384, key)),
+        a if a == ED25519_ALGORITHM => Some(PublicKey::Ed25519(key)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +232,23 @@ mod tests {
         assert!(ecdsa_signature(Curve::P256, &[1u8; 63]).is_none());
         assert!(ecdsa_signature(Curve::P384, &[1u8; 64]).is_none());
         assert!(ecdsa_signature(Curve::P384, &[1u8; 96]).is_some());
+    }
+
+    #[test]
+    fn spki_round_trips_and_refuses_garbage() {
+        let point = [4u8; 65];
+        assert_eq!(parse_spki(&ec_spki(Curve::P256, &point)), Some(PublicKey::Ec(Curve::P256, &point[..])));
+        let pkcs1 = rsa_pkcs1(&[0xc3; 256], &[1, 0, 1]);
+        assert_eq!(parse_spki(&rsa_spki(&pkcs1)), Some(PublicKey::Rsa(&pkcs1[..])));
+        let ed = spki(ED25519_ALGORITHM, &[9; 32]);
+        assert_eq!(parse_spki(&ed), Some(PublicKey::Ed25519(&[9; 32][..])));
+        let mut trailing = rsa_spki(&pkcs1);
+        trailing.push(0);
+        assert_eq!(parse_spki(&trailing), None);
+        let truncated = rsa_spki(&pkcs1);
+        assert_eq!(parse_spki(&truncated[..truncated.len() - 1]), None);
+        assert_eq!(parse_spki(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(parse_spki(&[]), None);
     }
 
     #[test]

@@ -20,10 +20,7 @@ impl Sources {
     /// `jwt_authn`'s default when a provider names no source.
     pub fn default_bearer() -> Sources {
         Sources {
-            headers: vec![HeaderSource {
-                name: "authorization".into(),
-                value_prefix: "Bearer ".into(),
-            }],
+            headers: vec![HeaderSource { name: "authorization".into(), value_prefix: "Bearer ".into() }],
             params: vec!["access_token".into()],
             cookies: vec![],
         }
@@ -38,23 +35,27 @@ pub enum Location {
     Cookie,
 }
 
-/// The request data extraction reads; the glue fetches these from the host.
+/// The request headers as extraction reads them; the glue fetches them from the host once.
 pub trait RequestHeaders {
-    fn header(&self, lower_case_name: &str) -> Option<String>;
+    /// Every value of the header, in order (a header may be repeated).
+    fn values(&self, lower_case_name: &str) -> Vec<&str>;
+}
+
+/// Headers as the (name, value) pairs the host hands over, names already lower-case.
+impl RequestHeaders for Vec<(String, String)> {
+    fn values(&self, name: &str) -> Vec<&str> {
+        self.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
 }
 
 /// Every token the sources yield, each with where it came from. Two or more distinct tokens
 /// mean the client used more than one method (RFC 6750 §2: a 400); the same token twice
 /// (an app that sends header and cookie alike) also counts, as RFC 6750 forbids it too.
-pub fn extract(
-    sources: &Sources,
-    headers: &dyn RequestHeaders,
-    path: &str,
-) -> Vec<(String, Location)> {
+pub fn extract(sources: &Sources, headers: &dyn RequestHeaders, path: &str) -> Vec<(String, Location)> {
     let mut found = Vec::new();
     for source in &sources.headers {
-        if let Some(value) = headers.header(&source.name) {
-            if let Some(token) = strip_prefix_ignore_case(&value, &source.value_prefix) {
+        for value in headers.values(&source.name) {
+            if let Some(token) = strip_prefix_ignore_case(value, &source.value_prefix) {
                 let token = token.trim();
                 if !token.is_empty() {
                     found.push((token.to_string(), Location::Header(source.name.clone())));
@@ -74,7 +75,7 @@ pub fn extract(
         }
     }
     if !sources.cookies.is_empty() {
-        if let Some(cookie_header) = headers.header("cookie") {
+        for cookie_header in headers.values("cookie") {
             for pair in cookie_header.split(';') {
                 let (name, value) = pair.trim().split_once('=').unwrap_or((pair.trim(), ""));
                 let value = value.trim_matches('"');
@@ -90,34 +91,22 @@ pub fn extract(
 /// Auth schemes are case-insensitive (RFC 7235 §2.1), so `bearer x` counts as `Bearer x`.
 fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
     let head = value.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &value[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &value[prefix.len()..])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    struct Map(HashMap<&'static str, &'static str>);
-    impl RequestHeaders for Map {
-        fn header(&self, name: &str) -> Option<String> {
-            self.0.get(name).map(|v| v.to_string())
-        }
-    }
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> Map {
-        Map(pairs.iter().copied().collect())
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn bearer_header_case_insensitive_scheme() {
         let s = Sources::default_bearer();
         let got = extract(&s, &headers(&[("authorization", "bearer abc")]), "/");
-        assert_eq!(
-            got,
-            vec![("abc".to_string(), Location::Header("authorization".into()))]
-        );
+        assert_eq!(got, vec![("abc".to_string(), Location::Header("authorization".into()))]);
         assert!(extract(&s, &headers(&[("authorization", "Basic abc")]), "/").is_empty());
         assert!(extract(&s, &headers(&[("authorization", "Bearer ")]), "/").is_empty());
         assert!(extract(&s, &headers(&[("authorization", "Bear")]), "/").is_empty());
@@ -126,34 +115,18 @@ mod tests {
 
     #[test]
     fn params_and_cookies() {
-        let s = Sources {
-            headers: vec![],
-            params: vec!["token".into()],
-            cookies: vec!["jwt".into()],
-        };
-        let got = extract(
-            &s,
-            &headers(&[("cookie", "a=1; jwt=xyz; b=2")]),
-            "/p?x=1&token=abc#f",
-        );
-        assert_eq!(
-            got,
-            vec![
-                ("abc".into(), Location::Param),
-                ("xyz".into(), Location::Cookie)
-            ]
-        );
+        let s = Sources { headers: vec![], params: vec!["token".into()], cookies: vec!["jwt".into()] };
+        let got = extract(&s, &headers(&[("cookie", "a=1; jwt=xyz; b=2")]), "/p?x=1&token=abc#f");
+        assert_eq!(got, vec![("abc".into(), Location::Param), ("xyz".into(), Location::Cookie)]);
         assert!(extract(&s, &headers(&[]), "/p?tokenx=1&token=").is_empty());
     }
 
     #[test]
     fn two_methods_yield_two_tokens() {
         let s = Sources::default_bearer();
-        let got = extract(
-            &s,
-            &headers(&[("authorization", "Bearer a")]),
-            "/?access_token=a",
-        );
+        let got = extract(&s, &headers(&[("authorization", "Bearer a")]), "/?access_token=a");
         assert_eq!(got.len(), 2);
+        let repeated = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(extract(&s, &repeated, "/").len(), 2, "a repeated header is two methods too");
     }
 }

@@ -10,7 +10,7 @@ use crate::response::{self, ResponseStyle};
 use log::{debug, error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
@@ -74,9 +74,7 @@ struct Metrics {
 
 impl Metrics {
     fn define() -> Option<Metrics> {
-        let counter = |name: &str| {
-            hostcalls::define_metric(MetricType::Counter, &format!("jwtguard.{name}")).ok()
-        };
+        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, &format!("jwtguard.{name}")).ok();
         let mut denied = Vec::new();
         for reason in Reason::ALL {
             denied.push((reason, counter(&format!("denied.{}", reason.name()))?));
@@ -138,36 +136,21 @@ impl RootContext for Root {
             error!("jwtguard: the host refused to define stats");
             return false;
         };
-        let host =
-            (config.host_crypto && host_crypto::self_test(&EnvoyCrypto)).then_some(EnvoyCrypto);
+        let host = (config.host_crypto && host_crypto::self_test(&EnvoyCrypto)).then_some(EnvoyCrypto);
         if config.host_crypto && host.is_none() {
             warn!("jwtguard: the host has no working verify_signature; RS*/ES* verify in wasm (slower)");
         }
-        let providers: Vec<String> = config
-            .providers
-            .iter()
-            .map(|p| format!("{} ({} keys)", p.name, p.keys.len()))
-            .collect();
+        let providers: Vec<String> =
+            config.providers.iter().map(|p| format!("{} ({} keys)", p.name, p.keys.len())).collect();
         info!(
             "jwtguard: providers {}; {} rules; crypto: {}",
             providers.join(", "),
             config.rules.len(),
-            if host.is_some() {
-                "Envoy verify_signature for RS*/ES*, wasm for the rest"
-            } else {
-                "wasm"
-            }
+            if host.is_some() { "Envoy verify_signature for RS*/ES*, wasm for the rest" } else { "wasm" }
         );
-        let style = ResponseStyle {
-            realm: config.realm.clone(),
-            include_error_description: config.include_error_description,
-        };
-        self.shared = Some(Rc::new(Shared {
-            auth: RefCell::new(Authenticator::new(config)),
-            style,
-            metrics,
-            host,
-        }));
+        let style =
+            ResponseStyle { realm: config.realm.clone(), include_error_description: config.include_error_description };
+        self.shared = Some(Rc::new(Shared { auth: RefCell::new(Authenticator::new(config)), style, metrics, host }));
         true
     }
 
@@ -187,35 +170,24 @@ struct Filter {
 
 impl Context for Filter {}
 
-struct HostHeaders<'a>(&'a Filter);
-
-impl RequestHeaders for HostHeaders<'_> {
-    fn header(&self, name: &str) -> Option<String> {
-        self.0.get_http_request_header(name)
-    }
-}
-
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let shared = self.shared.clone();
         let Ok(mut auth) = shared.auth.try_borrow_mut() else {
             return self.deny(Reason::Malformed, None);
         };
+        // One host call for all headers: cheaper than one per header we look at.
+        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
         // A client must never be able to send what looks like a verified claim.
         for name in &auth.config.output_headers {
-            self.set_http_request_header(name, None);
+            if headers.iter().any(|(k, _)| k == name) {
+                self.set_http_request_header(name, None);
+            }
         }
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        let now = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let request = Request {
-            method: &method,
-            path: &path,
-            headers: &HostHeaders(self),
-        };
+        let pseudo = |name: &str| headers.values(name).first().copied().unwrap_or("");
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        let now = self.get_current_time().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let request = Request { method, path, headers: &headers };
         let mut tally = Tally::default();
         let host = shared.host.as_ref().map(|h| h as &dyn HostCrypto);
         let decision = auth.authenticate(&request, now, host, &mut tally);

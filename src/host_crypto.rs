@@ -24,10 +24,7 @@ const SELF_TEST_TEXT: &[u8] = b"jwtguard host crypto self-test";
 pub fn self_test(host: &dyn HostCrypto) -> bool {
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
-    let (Ok(key), Ok(signature)) = (
-        STANDARD.decode(SELF_TEST_KEY),
-        STANDARD.decode(SELF_TEST_SIGNATURE),
-    ) else {
+    let (Ok(key), Ok(signature)) = (STANDARD.decode(SELF_TEST_KEY), STANDARD.decode(SELF_TEST_SIGNATURE)) else {
         return false;
     };
     let key = encode_key(&key);
@@ -59,8 +56,7 @@ pub fn encode_key(spki: &[u8]) -> Vec<u8> {
 
 /// Complete arguments: the prepared key field, then hash, signature and signed text.
 pub fn encode_arguments(key_field: &[u8], hash: &str, signature: &[u8], text: &[u8]) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(key_field.len() + hash.len() + signature.len() + text.len() + 16);
+    let mut out = Vec::with_capacity(key_field.len() + hash.len() + signature.len() + text.len() + 16);
     out.extend_from_slice(key_field);
     push_bytes_field(&mut out, 1, hash.as_bytes());
     push_bytes_field(&mut out, 3, signature);
@@ -112,10 +108,7 @@ mod tests {
         let key = encode_key(&[0xaa; 200]);
         assert_eq!(&key[..3], &[0x12, 0xc8, 0x01]); // field 2, varint 200
         let args = encode_arguments(&key, "sha256", b"s", b"t");
-        assert_eq!(
-            &args[key.len()..],
-            &[0x0a, 6, b's', b'h', b'a', b'2', b'5', b'6', 0x1a, 1, b's', 0x22, 1, b't']
-        );
+        assert_eq!(&args[key.len()..], &[0x0a, 6, b's', b'h', b'a', b'2', b'5', b'6', 0x1a, 1, b's', 0x22, 1, b't']);
     }
 
     /// Stands in for Envoy with RustCrypto, decoding the arguments this module encodes.
@@ -134,14 +127,7 @@ mod tests {
             let key = rsa::RsaPublicKey::from_public_key_der(&fields[&2]).ok()?;
             assert_eq!(fields[&1], b"sha256");
             let digest = <sha2::Sha256 as sha2::Digest>::digest(&fields[&4]);
-            Some(
-                key.verify(
-                    rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
-                    &digest,
-                    &fields[&3],
-                )
-                .is_ok(),
-            )
+            Some(key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, &fields[&3]).is_ok())
         }
     }
 
@@ -155,10 +141,7 @@ mod tests {
     #[test]
     fn self_test_passes_on_a_correct_host_only() {
         assert!(self_test(&SoftHost));
-        assert!(
-            !self_test(&BrokenHost(Some(true))),
-            "a host that accepts everything"
-        );
+        assert!(!self_test(&BrokenHost(Some(true))), "a host that accepts everything");
         assert!(!self_test(&BrokenHost(Some(false))));
         assert!(!self_test(&BrokenHost(None)), "a host without the function");
     }
@@ -169,17 +152,9 @@ mod tests {
         assert_eq!(decode_result(&[0x08, 0x00]), Some(false));
         assert_eq!(decode_result(&[]), Some(false));
         assert_eq!(decode_result(&[0x12, 0x03, b'b', b'a', b'd']), Some(false));
-        assert_eq!(
-            decode_result(&[0x12, 0x09, b'x']),
-            None,
-            "length past the end"
-        );
+        assert_eq!(decode_result(&[0x12, 0x09, b'x']), None, "length past the end");
         assert_eq!(decode_result(&[0x08]), None, "truncated varint");
-        assert_eq!(
-            decode_result(&[0x0d, 0, 0, 0, 0]),
-            None,
-            "fixed32 is not in this message"
-        );
+        assert_eq!(decode_result(&[0x0d, 0, 0, 0, 0]), None, "fixed32 is not in this message");
         assert_eq!(decode_result(&[0xff; 12]), None);
     }
 }

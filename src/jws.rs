@@ -25,16 +25,11 @@ pub struct Jws<'a> {
 
 /// Why a token is not even a well-formed JWS; all map to [`Reason::Malformed`].
 pub fn parse(token: &str) -> Result<Jws<'_>, Malformed> {
-    if !token
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
+    if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
         return Err(Malformed("token has characters outside base64url"));
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(Malformed("token is not three dot-separated parts"));
     };
     let signing_input = &token[..h.len() + 1 + p.len()];
@@ -44,18 +39,9 @@ pub fn parse(token: &str) -> Result<Jws<'_>, Malformed> {
     if signature.is_empty() {
         return Err(Malformed("token is unsigned"));
     }
-    let header =
-        strict_json::parse_object(&header).map_err(|_| Malformed("header is not a JSON object"))?;
+    let header = strict_json::parse_object(&header).map_err(|_| Malformed("header is not a JSON object"))?;
     let (alg, kid, typ) = check_header(&header)?;
-    Ok(Jws {
-        alg,
-        kid,
-        typ,
-        signing_input,
-        payload_b64: p,
-        payload,
-        signature,
-    })
+    Ok(Jws { alg, kid, typ, signing_input, payload_b64: p, payload, signature })
 }
 
 /// Strict base64url: no padding, no whitespace, zero trailing bits (the engine's defaults).
@@ -136,28 +122,13 @@ mod tests {
     fn refuses_non_compact_and_non_canonical_forms() {
         let good = token(r#"{"alg":"RS256"}"#);
         assert!(parse(&format!("{good}.")).is_err(), "extra part");
-        assert!(
-            parse(&format!("{good}.x.y")).is_err(),
-            "JWE-like five parts"
-        );
-        assert!(
-            parse(good.rsplit_once('.').unwrap().0).is_err(),
-            "two parts"
-        );
+        assert!(parse(&format!("{good}.x.y")).is_err(), "JWE-like five parts");
+        assert!(parse(good.rsplit_once('.').unwrap().0).is_err(), "two parts");
         assert!(parse(&format!("{good}=")).is_err(), "padding");
-        assert!(
-            parse(&good.replacen('e', "+", 1)).is_err(),
-            "standard alphabet"
-        );
+        assert!(parse(&good.replacen('e', "+", 1)).is_err(), "standard alphabet");
         assert!(parse(&format!(" {good}")).is_err(), "whitespace");
-        assert!(
-            parse(&format!("{}.{}.", b64(r#"{"alg":"RS256"}"#), b64("{}"))).is_err(),
-            "unsigned"
-        );
-        assert!(
-            parse(r#"{"payload":"x","signatures":[]}"#).is_err(),
-            "JSON serialization"
-        );
+        assert!(parse(&format!("{}.{}.", b64(r#"{"alg":"RS256"}"#), b64("{}"))).is_err(), "unsigned");
+        assert!(parse(r#"{"payload":"x","signatures":[]}"#).is_err(), "JSON serialization");
         // "c2k" and "c2l" decode to the same bytes; only the zero-trailing-bits form is valid.
         assert_eq!(decode("c2k").as_deref(), Some(&b"si"[..]));
         assert!(decode("c2l").is_none());
@@ -181,10 +152,7 @@ mod tests {
         ] {
             assert!(parse(&token(h)).is_err(), "{h}");
         }
-        let long_kid = format!(
-            r#"{{"alg":"RS256","kid":"{}"}}"#,
-            "a".repeat(MAX_KID_LEN + 1)
-        );
+        let long_kid = format!(r#"{{"alg":"RS256","kid":"{}"}}"#, "a".repeat(MAX_KID_LEN + 1));
         assert!(parse(&token(&long_kid)).is_err());
     }
 

@@ -44,10 +44,7 @@ pub fn denial(style: &ResponseStyle, reason: Reason, scope: Option<&str>) -> Res
         if style.include_error_description {
             challenge.push_str(&format!(", error_description=\"{}\"", reason.description()));
         }
-        if let Some(scope) = scope.filter(|s| {
-            s.bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        }) {
+        if let Some(scope) = scope.filter(|s| s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
             challenge.push_str(&format!(", scope=\"{scope}\""));
         }
     }
@@ -72,10 +69,7 @@ mod tests {
     use super::*;
 
     fn style(desc: bool) -> ResponseStyle {
-        ResponseStyle {
-            realm: "api".into(),
-            include_error_description: desc,
-        }
+        ResponseStyle { realm: "api".into(), include_error_description: desc }
     }
 
     fn header(r: &Response) -> &str {
@@ -87,20 +81,14 @@ mod tests {
         let r = denial(&style(true), Reason::Missing, None);
         assert_eq!(r.status, 401);
         assert_eq!(header(&r), r#"Bearer realm="api""#);
-        assert_eq!(
-            r.body,
-            r#"{"error":"unauthorized","error_description":"bearer token required"}"#
-        );
+        assert_eq!(r.body, r#"{"error":"unauthorized","error_description":"bearer token required"}"#);
     }
 
     #[test]
     fn invalid_token_names_the_reason_unless_turned_off() {
         let r = denial(&style(true), Reason::Expired, None);
         assert_eq!(r.status, 401);
-        assert_eq!(
-            header(&r),
-            r#"Bearer realm="api", error="invalid_token", error_description="token expired""#
-        );
+        assert_eq!(header(&r), r#"Bearer realm="api", error="invalid_token", error_description="token expired""#);
         let r = denial(&style(false), Reason::Expired, None);
         assert_eq!(header(&r), r#"Bearer realm="api", error="invalid_token""#);
         assert_eq!(r.body, r#"{"error":"invalid_token"}"#);
@@ -110,20 +98,10 @@ mod tests {
     fn two_methods_is_400_and_scope_is_403() {
         let r = denial(&style(true), Reason::MultipleTokens, None);
         assert_eq!((r.status, r.body.contains("invalid_request")), (400, true));
-        let r = denial(
-            &style(false),
-            Reason::InsufficientScope,
-            Some("orders:read"),
-        );
+        let r = denial(&style(false), Reason::InsufficientScope, Some("orders:read"));
         assert_eq!(r.status, 403);
-        assert_eq!(
-            header(&r),
-            r#"Bearer realm="api", error="insufficient_scope", scope="orders:read""#
-        );
+        assert_eq!(header(&r), r#"Bearer realm="api", error="insufficient_scope", scope="orders:read""#);
         let r = denial(&style(false), Reason::InsufficientScope, Some("a\"b"));
-        assert!(
-            !header(&r).contains("scope=\""),
-            "unsafe scope values are left out"
-        );
+        assert!(!header(&r).contains("scope=\""), "unsafe scope values are left out");
     }
 }

@@ -24,9 +24,7 @@ impl Matcher {
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Exact(p) => path == p,
-            PathMatch::Regex(re) => re
-                .find(path)
-                .is_some_and(|m| m.start() == 0 && m.end() == path.len()),
+            PathMatch::Regex(re) => re.find(path).is_some_and(|m| m.start() == 0 && m.end() == path.len()),
         };
         path_ok && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
     }
@@ -45,9 +43,7 @@ impl ClaimRequirement {
     pub fn is_met(&self, claims: &Map<String, Value>) -> bool {
         match lookup(claims, &self.claim_path) {
             Some(Value::String(s)) => s.split(' ').any(|v| v == self.contains),
-            Some(Value::Array(items)) => items
-                .iter()
-                .any(|v| scalar_text(v).is_some_and(|t| t == self.contains)),
+            Some(Value::Array(items)) => items.iter().any(|v| scalar_text(v).is_some_and(|t| t == self.contains)),
             Some(other) => scalar_text(other).is_some_and(|t| t == self.contains),
             None => false,
         }
@@ -68,8 +64,7 @@ pub fn scalar_text(value: &Value) -> Option<String> {
 /// Follows a dotted claim path; `None` if any step is missing or not an object.
 pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
-    rest.iter()
-        .try_fold(claims.get(first)?, |v, step| v.as_object()?.get(step))
+    rest.iter().try_fold(claims.get(first)?, |v, step| v.as_object()?.get(step))
 }
 
 #[cfg(test)]
@@ -78,10 +73,7 @@ mod tests {
     use serde_json::json;
 
     fn m(path: PathMatch, methods: &[&str]) -> Matcher {
-        Matcher {
-            path,
-            methods: methods.iter().map(|s| s.to_string()).collect(),
-        }
+        Matcher { path, methods: methods.iter().map(|s| s.to_string()).collect() }
     }
 
     #[test]
@@ -93,21 +85,16 @@ mod tests {
         assert!(exact.matches("POST", "/logout?next=/"));
         assert!(!exact.matches("GET", "/logout"));
         assert!(!exact.matches("POST", "/logout/x"));
-        let re = m(
-            PathMatch::Regex(regex_lite::Regex::new("/users/[0-9]+").unwrap()),
-            &[],
-        );
+        let re = m(PathMatch::Regex(regex_lite::Regex::new("/users/[0-9]+").unwrap()), &[]);
         assert!(re.matches("GET", "/users/42"));
-        assert!(
-            !re.matches("GET", "/users/42/x"),
-            "regex must match the whole path"
-        );
+        assert!(!re.matches("GET", "/users/42/x"), "regex must match the whole path");
         assert!(!re.matches("GET", "/x/users/42"));
     }
 
     #[test]
     fn claim_requirements() {
-        let claims = json!({"scope": "orders:read orders:write", "roles": ["admin", 7], "org": {"tier": "gold"}, "n": 3});
+        let claims =
+            json!({"scope": "orders:read orders:write", "roles": ["admin", 7], "org": {"tier": "gold"}, "n": 3});
         let claims = claims.as_object().unwrap();
         let req = |path: &str, v: &str| ClaimRequirement {
             claim_path: path.split('.').map(String::from).collect(),

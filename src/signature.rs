@@ -25,10 +25,7 @@ pub struct Verdict {
 /// Chooses the keys that may verify `jws` and tries them. A token without `kid` is accepted
 /// only when exactly one key fits, so an attacker cannot make us try every key.
 pub fn verify(keys: &[Key], jws: &Jws, host: Option<&dyn HostCrypto>) -> Verdict {
-    let mut verdict = Verdict {
-        valid: false,
-        backend: None,
-    };
+    let mut verdict = Verdict { valid: false, backend: None };
     let Ok(alg) = jws.alg.parse::<Algorithm>() else {
         return verdict;
     };
@@ -39,10 +36,7 @@ pub fn verify(keys: &[Key], jws: &Jws, host: Option<&dyn HostCrypto>) -> Verdict
     }
     for key in fitting() {
         let (valid, backend) = verify_with(key, alg, jws, host);
-        verdict = Verdict {
-            valid,
-            backend: Some(backend),
-        };
+        verdict = Verdict { valid, backend: Some(backend) };
         if valid {
             break;
         }
@@ -51,12 +45,7 @@ pub fn verify(keys: &[Key], jws: &Jws, host: Option<&dyn HostCrypto>) -> Verdict
 }
 
 /// Verifies with one key; returns the verdict and the backend that gave it.
-pub fn verify_with(
-    key: &Key,
-    alg: Algorithm,
-    jws: &Jws,
-    host: Option<&dyn HostCrypto>,
-) -> (bool, Backend) {
+pub fn verify_with(key: &Key, alg: Algorithm, jws: &Jws, host: Option<&dyn HostCrypto>) -> (bool, Backend) {
     if let (Some(host), Some(host_key)) = (host, key.host_key.as_deref()) {
         if let Some(verdict) = verify_on_host(host, host_key, key, alg, jws) {
             return (verdict, Backend::Host);
@@ -65,13 +54,7 @@ pub fn verify_with(
     (verify_in_wasm(key, alg, jws), Backend::Wasm)
 }
 
-fn verify_on_host(
-    host: &dyn HostCrypto,
-    host_key: &[u8],
-    key: &Key,
-    alg: Algorithm,
-    jws: &Jws,
-) -> Option<bool> {
+fn verify_on_host(host: &dyn HostCrypto, host_key: &[u8], key: &Key, alg: Algorithm, jws: &Jws) -> Option<bool> {
     let (hash, ecdsa) = match alg {
         Algorithm::RS256 => ("sha256", false),
         Algorithm::RS384 => ("sha384", false),
@@ -81,10 +64,7 @@ fn verify_on_host(
         _ => return None, // PSS padding and EdDSA cannot be asked of the host
     };
     let args = if ecdsa {
-        let Some(signature) = key
-            .curve
-            .and_then(|c| der::ecdsa_signature(c, &jws.signature))
-        else {
+        let Some(signature) = key.curve.and_then(|c| der::ecdsa_signature(c, &jws.signature)) else {
             return Some(false);
         };
         host_crypto::encode_arguments(host_key, hash, &signature, jws.signing_input.as_bytes())
@@ -97,9 +77,7 @@ fn verify_on_host(
 fn verify_in_wasm(key: &Key, alg: Algorithm, jws: &Jws) -> bool {
     use jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
     match (DEFAULT_PROVIDER.verifier_factory)(&alg, &key.decoding) {
-        Ok(verifier) => verifier
-            .verify(jws.signing_input.as_bytes(), &jws.signature)
-            .is_ok(),
+        Ok(verifier) => verifier.verify(jws.signing_input.as_bytes(), &jws.signature).is_ok(),
         Err(_) => false,
     }
 }

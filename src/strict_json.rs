@@ -10,9 +10,7 @@ use std::fmt;
 /// Parses `bytes` as a JSON object whose names are unique at every level.
 pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = de
-        .deserialize_any(StrictVisitor)
-        .map_err(|e| e.to_string())?;
+    let value = de.deserialize_any(StrictVisitor).map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     match value {
         Value::Object(map) => Ok(map),
@@ -46,9 +44,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Value::from(v))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        serde_json::Number::from_f64(v)
-            .map(Value::Number)
-            .ok_or_else(|| E::custom("number out of range"))
+        serde_json::Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("number out of range"))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
         Ok(Value::String(v.to_owned()))
@@ -90,9 +86,7 @@ mod tests {
 
     #[test]
     fn rejects_duplicates_at_any_depth() {
-        assert!(parse_object(br#"{"sub":"a","sub":"b"}"#)
-            .unwrap_err()
-            .contains("duplicate"));
+        assert!(parse_object(br#"{"sub":"a","sub":"b"}"#).unwrap_err().contains("duplicate"));
         assert!(parse_object(br#"{"a":{"x":1,"x":2}}"#).is_err());
         assert!(parse_object(br#"{"a":[{"x":1,"x":2}]}"#).is_err());
     }

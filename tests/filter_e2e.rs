@@ -39,8 +39,7 @@ impl Keys {
     fn jwks(&self) -> String {
         let mut rsa = self.rsa.jwk();
         rsa.as_object_mut().unwrap().remove("alg");
-        json!({"keys": [rsa, self.ec.jwk(), self.ed.jwk(), self.ps.jwk(), self.es384.jwk()]})
-            .to_string()
+        json!({"keys": [rsa, self.ec.jwk(), self.ed.jwk(), self.ps.jwk(), self.es384.jwk()]}).to_string()
     }
 }
 
@@ -112,11 +111,7 @@ fn get(envoy: &Envoy, listener: &str, path: &str, headers: &[(&str, &str)]) -> R
 
 fn assert_denied(reply: &Reply, status: u16, challenge: &str) {
     assert_eq!(reply.status, status, "{reply:?}");
-    assert_eq!(
-        reply.header("www-authenticate"),
-        Some(challenge),
-        "{reply:?}"
-    );
+    assert_eq!(reply.header("www-authenticate"), Some(challenge), "{reply:?}");
     let body: Value = serde_json::from_str(&reply.body).expect("JSON error body");
     assert!(body["error"].is_string(), "{body}");
 }
@@ -131,72 +126,30 @@ fn setup(name: &str, overrides: Value) -> Setup {
     let dir = scratch_dir(name);
     let keys = Keys::generate(&dir);
     let echo = Echo::start("127.0.0.1:0").expect("echo upstream");
-    let quiet = plugin_config(
-        &keys,
-        json!({"include_error_description": false, "realm": "quiet"}),
-    );
+    let quiet = plugin_config(&keys, json!({"include_error_description": false, "realm": "quiet"}));
     let listeners = [
-        Listener::to_cluster(
-            "main",
-            vec![jwtguard_filter("main", &plugin_config(&keys, overrides))],
-            "upstream",
-        ),
+        Listener::to_cluster("main", vec![jwtguard_filter("main", &plugin_config(&keys, overrides))], "upstream"),
         Listener::to_cluster("quiet", vec![jwtguard_filter("quiet", &quiet)], "upstream"),
     ];
-    let envoy = Envoy::start(
-        &dir,
-        &bootstrap(&listeners, &[static_cluster("upstream", echo.port)]),
-    );
-    Setup {
-        envoy,
-        keys,
-        _echo: echo,
-    }
+    let envoy = Envoy::start(&dir, &bootstrap(&listeners, &[static_cluster("upstream", echo.port)]));
+    Setup { envoy, keys, _echo: echo }
 }
 
 #[test]
 fn valid_tokens_reach_the_upstream_with_claim_headers() {
     let s = setup("valid", json!({}));
     let token = s.keys.rsa.sign(&claims(json!({})));
-    let reply = get(
-        &s.envoy,
-        "main",
-        "/api/orders",
-        &[("authorization", &bearer(&token)), ("x-jwt-sub", "mallory")],
-    );
+    let reply = get(&s.envoy, "main", "/api/orders", &[("authorization", &bearer(&token)), ("x-jwt-sub", "mallory")]);
     assert_eq!(reply.status, 200, "{reply:?}");
     let seen = reply.echoed();
-    assert_eq!(
-        seen["x-jwt-sub"], "alice",
-        "the client's x-jwt-sub is replaced"
-    );
-    assert_eq!(
-        seen["x-jwt-roles"], "reader,writer",
-        "array claims are joined"
-    );
+    assert_eq!(seen["x-jwt-sub"], "alice", "the client's x-jwt-sub is replaced");
+    assert_eq!(seen["x-jwt-roles"], "reader,writer", "array claims are joined");
     assert_eq!(seen["x-jwt-tier"], "gold", "nested claims");
-    assert_eq!(
-        seen["x-jwt-payload"],
-        token.split('.').nth(1).unwrap(),
-        "payload header is the base64url payload"
-    );
-    assert!(
-        seen.get("authorization").is_none(),
-        "forward: false strips the token"
-    );
+    assert_eq!(seen["x-jwt-payload"], token.split('.').nth(1).unwrap(), "payload header is the base64url payload");
+    assert!(seen.get("authorization").is_none(), "forward: false strips the token");
 
-    for (name, key) in [
-        ("ES256", &s.keys.ec),
-        ("EdDSA", &s.keys.ed),
-        ("PS256", &s.keys.ps),
-        ("ES384", &s.keys.es384),
-    ] {
-        let reply = get(
-            &s.envoy,
-            "main",
-            "/api",
-            &[("authorization", &bearer(&key.sign(&claims(json!({})))))],
-        );
+    for (name, key) in [("ES256", &s.keys.ec), ("EdDSA", &s.keys.ed), ("PS256", &s.keys.ps), ("ES384", &s.keys.es384)] {
+        let reply = get(&s.envoy, "main", "/api", &[("authorization", &bearer(&key.sign(&claims(json!({})))))]);
         assert_eq!(reply.status, 200, "{name}: {reply:?}");
     }
     assert!(s.envoy.counter("wasmcustom.jwtguard.allowed") >= 5);
@@ -208,21 +161,11 @@ fn token_sources_and_spoofed_headers() {
     let token = s.keys.rsa.sign(&claims(json!({})));
     let by_param = get(&s.envoy, "main", &format!("/api?access_token={token}"), &[]);
     assert_eq!(by_param.status, 200, "{by_param:?}");
-    let by_cookie = get(
-        &s.envoy,
-        "main",
-        "/api",
-        &[("cookie", &format!("a=b; jwt={token}"))],
-    );
+    let by_cookie = get(&s.envoy, "main", "/api", &[("cookie", &format!("a=b; jwt={token}"))]);
     assert_eq!(by_cookie.status, 200, "{by_cookie:?}");
     assert_eq!(by_cookie.echoed()["x-jwt-sub"], "alice");
 
-    let twice = get(
-        &s.envoy,
-        "main",
-        &format!("/api?access_token={token}"),
-        &[("authorization", &bearer(&token))],
-    );
+    let twice = get(&s.envoy, "main", &format!("/api?access_token={token}"), &[("authorization", &bearer(&token))]);
     assert_denied(
         &twice,
         400,
@@ -231,16 +174,8 @@ fn token_sources_and_spoofed_headers() {
 
     // Public and unmatched routes need no token, but spoofed identity headers never pass.
     for path in ["/public/x", "/unmatched"] {
-        let reply = get(
-            &s.envoy,
-            "main",
-            path,
-            &[
-                ("x-jwt-sub", "mallory"),
-                ("x-jwt-payload", "e30"),
-                ("x-hs-sub", "m"),
-            ],
-        );
+        let reply =
+            get(&s.envoy, "main", path, &[("x-jwt-sub", "mallory"), ("x-jwt-payload", "e30"), ("x-hs-sub", "m")]);
         assert_eq!(reply.status, 200, "{path}");
         let seen = reply.echoed();
         for h in ["x-jwt-sub", "x-jwt-payload", "x-hs-sub"] {
@@ -266,65 +201,28 @@ fn every_denial_has_its_rfc6750_response() {
     let s = setup("denials", json!({}));
     let e = &s.envoy;
     let t = now();
-    let denied =
-        |path: &str, token: &str| get(e, "main", path, &[("authorization", &bearer(token))]);
-    let invalid = |desc: &str| {
-        format!(r#"Bearer realm="jwtguard", error="invalid_token", error_description="{desc}""#)
-    };
+    let denied = |path: &str, token: &str| get(e, "main", path, &[("authorization", &bearer(token))]);
+    let invalid = |desc: &str| format!(r#"Bearer realm="jwtguard", error="invalid_token", error_description="{desc}""#);
 
     let missing = get(e, "main", "/api", &[]);
     assert_denied(&missing, 401, r#"Bearer realm="jwtguard""#);
-    assert_eq!(
-        get(
-            e,
-            "main",
-            "/api",
-            &[("authorization", "Basic dXNlcjpwdw==")]
-        )
-        .status,
-        401
-    );
+    assert_eq!(get(e, "main", "/api", &[("authorization", "Basic dXNlcjpwdw==")]).status, 401);
 
     let cases: Vec<(String, &str)> = vec![
-        (
-            s.keys.rsa.sign(&claims(json!({"exp": t - 10}))),
-            "token expired",
-        ),
-        (
-            s.keys.rsa.sign(&claims(json!({"nbf": t + 300}))),
-            "token not yet valid",
-        ),
-        (
-            s.keys
-                .rsa
-                .sign(&claims(json!({"iss": "https://evil.test"}))),
-            "token issuer is not accepted",
-        ),
-        (
-            s.keys.rsa.sign(&claims(json!({"aud": "other"}))),
-            "token audience is not accepted",
-        ),
-        (
-            s.keys.stranger.sign(&claims(json!({}))),
-            "token signature is invalid",
-        ),
-        (
-            s.keys.rsa.sign(&claims(json!({"exp": "never"}))),
-            "token is malformed",
-        ),
+        (s.keys.rsa.sign(&claims(json!({"exp": t - 10}))), "token expired"),
+        (s.keys.rsa.sign(&claims(json!({"nbf": t + 300}))), "token not yet valid"),
+        (s.keys.rsa.sign(&claims(json!({"iss": "https://evil.test"}))), "token issuer is not accepted"),
+        (s.keys.rsa.sign(&claims(json!({"aud": "other"}))), "token audience is not accepted"),
+        (s.keys.stranger.sign(&claims(json!({}))), "token signature is invalid"),
+        (s.keys.rsa.sign(&claims(json!({"exp": "never"}))), "token is malformed"),
         ("not.a.jwt".to_string(), "token is malformed"),
         (
             format!(
                 "{}.",
-                sign_raw(
-                    r#"{"alg":"none"}"#,
-                    "{}",
-                    &jsonwebtoken::EncodingKey::from_secret(b"x"),
-                    Algorithm::HS256
-                )
-                .rsplit_once('.')
-                .unwrap()
-                .0
+                sign_raw(r#"{"alg":"none"}"#, "{}", &jsonwebtoken::EncodingKey::from_secret(b"x"), Algorithm::HS256)
+                    .rsplit_once('.')
+                    .unwrap()
+                    .0
             ),
             "token is malformed",
         ),
@@ -337,17 +235,8 @@ fn every_denial_has_its_rfc6750_response() {
     let good = s.keys.rsa.sign(&claims(json!({})));
     let other = s.keys.rsa.sign(&claims(json!({"sub": "root"})));
     let parts: Vec<&str> = good.split('.').collect();
-    let tampered = format!(
-        "{}.{}.{}",
-        parts[0],
-        other.split('.').nth(1).unwrap(),
-        parts[2]
-    );
-    assert_denied(
-        &denied("/api", &tampered),
-        401,
-        &invalid("token signature is invalid"),
-    );
+    let tampered = format!("{}.{}.{}", parts[0], other.split('.').nth(1).unwrap(), parts[2]);
+    assert_denied(&denied("/api", &tampered), 401, &invalid("token signature is invalid"));
 
     let no_scope = denied("/admin", &good);
     assert_denied(
@@ -355,42 +244,12 @@ fn every_denial_has_its_rfc6750_response() {
         403,
         r#"Bearer realm="jwtguard", error="insufficient_scope", error_description="token lacks a required claim", scope="admin""#,
     );
-    assert_eq!(
-        denied(
-            "/admin",
-            &s.keys
-                .rsa
-                .sign(&claims(json!({"scope": "orders:read admin"})))
-        )
-        .status,
-        200
-    );
-    assert_eq!(
-        http(
-            "DELETE",
-            &e.url("main", "/orders/7"),
-            &[("authorization", &bearer(&good))]
-        )
-        .status,
-        200
-    );
+    assert_eq!(denied("/admin", &s.keys.rsa.sign(&claims(json!({"scope": "orders:read admin"})))).status, 200);
+    assert_eq!(http("DELETE", &e.url("main", "/orders/7"), &[("authorization", &bearer(&good))]).status, 200);
     let reader = s.keys.rsa.sign(&claims(json!({"roles": ["reader"]})));
+    assert_eq!(http("DELETE", &e.url("main", "/orders/7"), &[("authorization", &bearer(&reader))]).status, 403);
     assert_eq!(
-        http(
-            "DELETE",
-            &e.url("main", "/orders/7"),
-            &[("authorization", &bearer(&reader))]
-        )
-        .status,
-        403
-    );
-    assert_eq!(
-        http(
-            "GET",
-            &e.url("main", "/orders/7"),
-            &[("authorization", &bearer(&reader))]
-        )
-        .status,
+        http("GET", &e.url("main", "/orders/7"), &[("authorization", &bearer(&reader))]).status,
         200,
         "rule is for DELETE only"
     );
@@ -398,29 +257,12 @@ fn every_denial_has_its_rfc6750_response() {
     // Requirement trees.
     assert_eq!(get(e, "main", "/optional", &[]).status, 200);
     assert_eq!(denied("/optional", &good).status, 200);
-    assert_eq!(
-        denied("/optional", &cases[0].0).status,
-        401,
-        "allow_missing still refuses a bad token"
-    );
-    assert_eq!(
-        denied("/both", &good).status,
-        401,
-        "requires_all needs the hs token too"
-    );
+    assert_eq!(denied("/optional", &cases[0].0).status, 401, "allow_missing still refuses a bad token");
+    assert_eq!(denied("/both", &good).status, 401, "requires_all needs the hs token too");
 
     // The description can be turned off; the realm is configurable.
-    let quiet = get(
-        e,
-        "quiet",
-        "/api",
-        &[("authorization", &bearer(&cases[0].0))],
-    );
-    assert_denied(
-        &quiet,
-        401,
-        r#"Bearer realm="quiet", error="invalid_token""#,
-    );
+    let quiet = get(e, "quiet", "/api", &[("authorization", &bearer(&cases[0].0))]);
+    assert_denied(&quiet, 401, r#"Bearer realm="quiet", error="invalid_token""#);
     assert_eq!(quiet.body, r#"{"error":"invalid_token"}"#);
 
     assert!(e.counter("wasmcustom.jwtguard.denied.expired") >= 1);
@@ -436,10 +278,7 @@ fn every_denial_has_its_rfc6750_response() {
         "wrong_audience",
         "insufficient_scope",
     ] {
-        assert!(
-            prom.contains(&format!("jwtguard_denied_{reason}")),
-            "{reason} missing from /stats/prometheus"
-        );
+        assert!(prom.contains(&format!("jwtguard_denied_{reason}")), "{reason} missing from /stats/prometheus");
     }
 }
 
@@ -449,40 +288,24 @@ fn verified_tokens_are_cached_but_never_past_expiry() {
     let e = &s.envoy;
     let exp = now() + 2;
     let token = s.keys.rsa.sign(&claims(json!({"exp": exp})));
-    let (hits, misses) = (
-        e.counter("wasmcustom.jwtguard.jwt_cache_hit"),
-        e.counter("wasmcustom.jwtguard.jwt_cache_miss"),
-    );
+    let (hits, misses) =
+        (e.counter("wasmcustom.jwtguard.jwt_cache_hit"), e.counter("wasmcustom.jwtguard.jwt_cache_miss"));
     for _ in 0..3 {
-        assert_eq!(
-            get(e, "main", "/api", &[("authorization", &bearer(&token))]).status,
-            200
-        );
+        assert_eq!(get(e, "main", "/api", &[("authorization", &bearer(&token))]).status, 200);
     }
     assert_eq!(e.counter("wasmcustom.jwtguard.jwt_cache_miss") - misses, 1);
     assert_eq!(e.counter("wasmcustom.jwtguard.jwt_cache_hit") - hits, 2);
     // A different token never hits, even with the same claims but another signature.
     let other = s.keys.ec.sign(&claims(json!({"exp": exp})));
-    assert_eq!(
-        get(e, "main", "/api", &[("authorization", &bearer(&other))]).status,
-        200
-    );
+    assert_eq!(get(e, "main", "/api", &[("authorization", &bearer(&other))]).status, 200);
     assert_eq!(e.counter("wasmcustom.jwtguard.jwt_cache_miss") - misses, 2);
 
-    let refused_at = wait_for(
-        "the cached token to expire",
-        Duration::from_secs(10),
-        || {
-            let r = get(e, "main", "/api", &[("authorization", &bearer(&token))]);
-            (r.status == 401).then(|| (now(), r))
-        },
-    );
+    let refused_at = wait_for("the cached token to expire", Duration::from_secs(10), || {
+        let r = get(e, "main", "/api", &[("authorization", &bearer(&token))]);
+        (r.status == 401).then(|| (now(), r))
+    });
     assert!(refused_at.0 >= exp, "refused before exp");
-    assert!(refused_at
-        .1
-        .header("www-authenticate")
-        .unwrap()
-        .contains("token expired"));
+    assert!(refused_at.1.header("www-authenticate").unwrap().contains("token expired"));
 }
 
 #[test]
@@ -496,31 +319,13 @@ fn host_and_wasm_crypto_give_identical_verdicts() {
         c
     };
     let listeners = [
-        Listener::to_cluster(
-            "host",
-            vec![jwtguard_filter("host", &no_cache(true))],
-            "upstream",
-        ),
-        Listener::to_cluster(
-            "wasm",
-            vec![jwtguard_filter("wasm", &no_cache(false))],
-            "upstream",
-        ),
+        Listener::to_cluster("host", vec![jwtguard_filter("host", &no_cache(true))], "upstream"),
+        Listener::to_cluster("wasm", vec![jwtguard_filter("wasm", &no_cache(false))], "upstream"),
     ];
-    let envoy = Envoy::start(
-        &dir,
-        &bootstrap(&listeners, &[static_cluster("upstream", echo.port)]),
-    );
-    wait_for(
-        "host crypto to be detected",
-        Duration::from_secs(10),
-        || {
-            envoy
-                .log_text()
-                .contains("crypto: Envoy verify_signature")
-                .then_some(())
-        },
-    );
+    let envoy = Envoy::start(&dir, &bootstrap(&listeners, &[static_cluster("upstream", echo.port)]));
+    wait_for("host crypto to be detected", Duration::from_secs(10), || {
+        envoy.log_text().contains("crypto: Envoy verify_signature").then_some(())
+    });
 
     let ec_key = keys.ec.encoding_key();
     let good_ec = keys.ec.sign(&claims(json!({})));
@@ -528,10 +333,7 @@ fn host_and_wasm_crypto_give_identical_verdicts() {
     let ec_input = good_ec.rsplit_once('.').unwrap().0;
     let raw_sig = support::tokens::decode(good_ec.rsplit_once('.').unwrap().1);
     let zero_sig = format!("{ec_input}.{}", support::tokens::encode(&[0u8; 64]));
-    let der_sig = format!(
-        "{ec_input}.{}",
-        support::tokens::encode(&p256_der(&raw_sig))
-    );
+    let der_sig = format!("{ec_input}.{}", support::tokens::encode(&p256_der(&raw_sig)));
     let mut flipped = raw_sig.clone();
     flipped[40] ^= 1;
     let flipped_sig = format!("{ec_input}.{}", support::tokens::encode(&flipped));
@@ -556,31 +358,18 @@ fn host_and_wasm_crypto_give_identical_verdicts() {
         ),
         (
             "es256 fresh".into(),
-            sign_raw(
-                ec_header,
-                &claims(json!({"sub": "bob"})).to_string(),
-                &ec_key,
-                Algorithm::ES256,
-            ),
+            sign_raw(ec_header, &claims(json!({"sub": "bob"})).to_string(), &ec_key, Algorithm::ES256),
         ),
     ];
     for alg in [Algorithm::RS384, Algorithm::RS512] {
         let header = json!({"alg": support::tokens::alg_name(alg), "kid": "rsa1"}).to_string();
         tokens.push((
             format!("{alg:?}"),
-            sign_raw(
-                &header,
-                &claims(json!({})).to_string(),
-                &keys.rsa.encoding_key(),
-                alg,
-            ),
+            sign_raw(&header, &claims(json!({})).to_string(), &keys.rsa.encoding_key(), alg),
         ));
     }
     let verdicts = |listener: &str| -> Vec<u16> {
-        tokens
-            .iter()
-            .map(|(_, t)| get(&envoy, listener, "/api", &[("authorization", &bearer(t))]).status)
-            .collect()
+        tokens.iter().map(|(_, t)| get(&envoy, listener, "/api", &[("authorization", &bearer(t))]).status).collect()
     };
     let host_before = envoy.counter("wasmcustom.jwtguard.verify.host_crypto");
     let on_host = verdicts("host");
@@ -594,66 +383,32 @@ fn host_and_wasm_crypto_give_identical_verdicts() {
     );
     let wasm_used = envoy.counter("wasmcustom.jwtguard.verify.wasm_crypto") - wasm_before;
     // Every token but the one no key fits ("es256 key as RS256") is verified once.
-    assert_eq!(
-        wasm_used,
-        tokens.len() as u64 - 1,
-        "the wasm listener verifies everything in wasm"
-    );
-    assert_eq!(
-        host_used,
-        tokens.len() as u64 - 3,
-        "the host listener sends all but PS256 and EdDSA to Envoy"
-    );
+    assert_eq!(wasm_used, tokens.len() as u64 - 1, "the wasm listener verifies everything in wasm");
+    assert_eq!(host_used, tokens.len() as u64 - 3, "the host listener sends all but PS256 and EdDSA to Envoy");
     for (i, (name, _)) in tokens.iter().enumerate() {
-        assert_eq!(
-            on_host[i], in_wasm[i],
-            "{name}: host {} vs wasm {}",
-            on_host[i], in_wasm[i]
-        );
+        assert_eq!(on_host[i], in_wasm[i], "{name}: host {} vs wasm {}", on_host[i], in_wasm[i]);
     }
-    let expected: Vec<u16> = vec![
-        200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 200, 200, 200,
-    ];
-    assert_eq!(
-        on_host,
-        expected,
-        "{:?}",
-        tokens.iter().map(|t| &t.0).collect::<Vec<_>>()
-    );
+    let expected: Vec<u16> = vec![200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 200, 200, 200];
+    assert_eq!(on_host, expected, "{:?}", tokens.iter().map(|t| &t.0).collect::<Vec<_>>());
 }
 
 /// A raw P-256 r‖s signature as DER, the form JWS forbids.
 fn p256_der(raw: &[u8]) -> Vec<u8> {
-    p256::ecdsa::Signature::from_slice(raw)
-        .expect("signature")
-        .to_der()
-        .as_bytes()
-        .to_vec()
+    p256::ecdsa::Signature::from_slice(raw).expect("signature").to_der().as_bytes().to_vec()
 }
 
 #[test]
 fn bad_configuration_fails_plugin_start_naming_the_field() {
     let dir = scratch_dir("badconfig");
     let echo = Echo::start("127.0.0.1:0").expect("echo upstream");
-    let bad =
-        json!({"providers": {"main": {"issuer": 5, "hmac_secrets": [{"secret": HS_SECRET}]}}});
-    let listeners = [Listener::to_cluster(
-        "main",
-        vec![jwtguard_filter("main", &bad)],
-        "upstream",
-    )];
+    let bad = json!({"providers": {"main": {"issuer": 5, "hmac_secrets": [{"secret": HS_SECRET}]}}});
+    let listeners = [Listener::to_cluster("main", vec![jwtguard_filter("main", &bad)], "upstream")];
     let started = Instant::now();
-    let log = match Envoy::try_start(
-        &dir,
-        &bootstrap(&listeners, &[static_cluster("upstream", echo.port)]),
-    ) {
+    let log = match Envoy::try_start(&dir, &bootstrap(&listeners, &[static_cluster("upstream", echo.port)])) {
         Err(log) => log,
         Ok(envoy) => panic!("envoy accepted a bad plugin config:\n{}", envoy.log_text()),
     };
-    assert!(
-        log.contains("jwtguard: invalid configuration at providers.main.issuer: invalid type"),
-        "{log}"
-    );
+    assert!(log.contains("jwtguard: invalid configuration at providers.main.issuer: invalid type"), "{log}");
     assert!(started.elapsed() < Duration::from_secs(60));
 }
 
@@ -674,17 +429,12 @@ fn hostile_input_never_kills_the_vm() {
         format!("{h}.{p}"),
         format!("{h}.{p}.AAAA.BBBB.CCCC"),
         format!("{h}.{}.x", "e30".repeat(2000)),
-        format!(
-            "{}.{p}.x",
-            support::tokens::encode(b"{\"alg\":\"RS256\",\"kid\":\"\\u0000../../etc/passwd\"}")
-        ),
+        format!("{}.{p}.x", support::tokens::encode(b"{\"alg\":\"RS256\",\"kid\":\"\\u0000../../etc/passwd\"}")),
         format!("{}.{p}.x", support::tokens::encode(b"{\"alg\":\"RS256\"")),
         format!(
             "{}.{}.x",
             support::tokens::encode(b"{\"alg\":\"HS256\"}"),
-            support::tokens::encode(
-                format!("{}1{}", "[".repeat(5000), "]".repeat(5000)).as_bytes()
-            )
+            support::tokens::encode(format!("{}1{}", "[".repeat(5000), "]".repeat(5000)).as_bytes())
         ),
         format!(
             "{}.{}.x",
@@ -697,25 +447,14 @@ fn hostile_input_never_kills_the_vm() {
         let r = http(
             "GET",
             &e.url("main", "/api"),
-            &[(
-                "authorization",
-                &format!("Bearer {}", token.replace(|c: char| !c.is_ascii(), "_")),
-            )],
+            &[("authorization", &format!("Bearer {}", token.replace(|c: char| !c.is_ascii(), "_")))],
         );
         assert!(r.status == 401 || r.status == 400, "{token:.80}: {r:?}");
     }
-    let weird_headers = [
-        ("cookie", ";;;=;jwt=;jwt"),
-        ("authorization", "Bearer"),
-        ("authorization", "bearer      "),
-    ];
+    let weird_headers = [("cookie", ";;;=;jwt=;jwt"), ("authorization", "Bearer"), ("authorization", "bearer      ")];
     for (k, v) in weird_headers {
         assert_eq!(get(e, "main", "/api", &[(k, v)]).status, 401);
     }
-    assert_eq!(
-        get(e, "main", "/api", &[("authorization", &bearer(&good))]).status,
-        200,
-        "VM still serves"
-    );
+    assert_eq!(get(e, "main", "/api", &[("authorization", &bearer(&good))]).status, 200, "VM still serves");
     assert!(!e.log_text().contains("panicked"), "a panic was logged");
 }

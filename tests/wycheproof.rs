@@ -24,9 +24,7 @@ const DELIBERATELY_REJECTED: &[(u64, &str)] = &[
 const IDENTICAL_TO_357: &[u64] = &[367, 370];
 
 fn vectors(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testvectors/wycheproof")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testvectors/wycheproof").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("vector JSON")
 }
@@ -53,9 +51,7 @@ fn public_part(key: &Value) -> Value {
 /// Loads the key set as a provider would; `None` when the configuration is refused.
 fn provider_keys(jwks: &Value) -> Option<Vec<jwtguard::keys::Key>> {
     let config = json!({"providers": {"p": {"local_jwks": {"inline_string": jwks.to_string()}}}});
-    Config::parse(config.to_string().as_bytes())
-        .ok()
-        .map(|mut c| c.providers.remove(0).keys)
+    Config::parse(config.to_string().as_bytes()).ok().map(|mut c| c.providers.remove(0).keys)
 }
 
 fn accepts(keys: &Option<Vec<jwtguard::keys::Key>>, token: &str) -> bool {
@@ -81,11 +77,7 @@ fn run(file: &str) -> (usize, Vec<String>) {
     for group in doc["testGroups"].as_array().expect("groups") {
         let key = group.get("public").unwrap_or(&group["private"]);
         let key = public_part(key);
-        let jwks = if key.get("keys").is_some() {
-            key
-        } else {
-            json!({"keys": [key]})
-        };
+        let jwks = if key.get("keys").is_some() { key } else { json!({"keys": [key]}) };
         let keys = provider_keys(&jwks);
         for test in group["tests"].as_array().expect("tests") {
             count += 1;
@@ -93,16 +85,12 @@ fn run(file: &str) -> (usize, Vec<String>) {
             let accepted = accepts(&keys, test["jws"].as_str().unwrap_or(""));
             let expected = test["result"] == "valid";
             let is_signature_file = file.contains("signature");
-            let deliberate =
-                is_signature_file && DELIBERATELY_REJECTED.iter().any(|(t, _)| *t == id);
-            let contradictory =
-                is_signature_file && IDENTICAL_TO_357.contains(&id) && jws_of(id) == jws_of(357);
+            let deliberate = is_signature_file && DELIBERATELY_REJECTED.iter().any(|(t, _)| *t == id);
+            let contradictory = is_signature_file && IDENTICAL_TO_357.contains(&id) && jws_of(id) == jws_of(357);
             let excused = (deliberate && !accepted) || contradictory;
             if accepted != expected && !excused {
-                failures.push(format!(
-                    "tcId {id} ({}): expected {}, accepted={accepted}",
-                    test["comment"], test["result"]
-                ));
+                failures
+                    .push(format!("tcId {id} ({}): expected {}, accepted={accepted}", test["comment"], test["result"]));
             }
         }
     }
@@ -113,22 +101,12 @@ fn run(file: &str) -> (usize, Vec<String>) {
 fn jws_vectors() {
     let (count, failures) = run("json_web_signature_test.json");
     assert_eq!(count, 401);
-    assert!(
-        failures.is_empty(),
-        "{} of {count} failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {count} failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
 fn jwk_set_vectors() {
     let (count, failures) = run("json_web_key_test.json");
     assert_eq!(count, 26);
-    assert!(
-        failures.is_empty(),
-        "{} of {count} failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {count} failed:\n{}", failures.len(), failures.join("\n"));
 }

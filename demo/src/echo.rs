@@ -59,9 +59,11 @@ fn serve(stream: TcpStream) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let reply =
-            serde_json::json!({"method": method, "path": path, "headers": headers}).to_string();
-        let response = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}", reply.len());
+        let reply = serde_json::json!({"method": method, "path": path, "headers": headers}).to_string();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
         if out.write_all(response.as_bytes()).is_err() {
             return;
         }

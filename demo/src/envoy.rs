@@ -9,20 +9,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub fn envoy_binary() -> PathBuf {
-    std::env::var_os("JWTGUARD_ENVOY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
+    std::env::var_os("JWTGUARD_ENVOY").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
 }
 
 pub fn wasm_file() -> PathBuf {
     let path = std::env::var_os("JWTGUARD_WASM")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/jwtguard.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `make wasm`",
-        path.display()
-    );
+        .unwrap_or_else(|| repo_root().join("target/jwtguard.wasm"));
+    assert!(path.exists(), "{} is missing: build it with `make wasm`", path.display());
     path
 }
 
@@ -58,11 +52,7 @@ pub enum Target {
 
 impl Listener {
     pub fn to_cluster(name: &str, filters: Vec<Value>, cluster: &str) -> Listener {
-        Listener {
-            name: name.into(),
-            filters,
-            target: Target::Cluster(cluster.into()),
-        }
+        Listener { name: name.into(), filters, target: Target::Cluster(cluster.into()) }
     }
 }
 
@@ -137,23 +127,13 @@ impl Envoy {
         let admin_path = dir.join("admin.txt");
         let log = dir.join("envoy.log");
         let _ = std::fs::remove_file(&admin_path);
-        std::fs::write(
-            &config_path,
-            serde_json::to_vec_pretty(config).expect("serialize"),
-        )
-        .expect("write config");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(config).expect("serialize")).expect("write config");
         let mut child = Command::new(envoy_binary())
             .arg("-c")
             .arg(&config_path)
             .arg("--concurrency")
             .arg(concurrency.to_string())
-            .args([
-                "--disable-hot-restart",
-                "--component-log-level",
-                "wasm:debug",
-                "--file-flush-interval-msec",
-                "50",
-            ])
+            .args(["--disable-hot-restart", "--component-log-level", "wasm:debug", "--file-flush-interval-msec", "50"])
             .arg("--admin-address-path")
             .arg(&admin_path)
             .arg("--log-path")
@@ -170,12 +150,7 @@ impl Envoy {
             text.trim().rsplit(':').next()?.parse::<u16>().ok().map(Ok)
         })?;
         let envoy_log = log.clone();
-        let mut envoy = Envoy {
-            child,
-            admin,
-            ports: HashMap::new(),
-            log,
-        };
+        let mut envoy = Envoy { child, admin, ports: HashMap::new(), log };
         let ports = wait_for("envoy listeners", Duration::from_secs(60), || {
             if let Ok(Some(_)) = envoy.child.try_wait() {
                 return Some(Err(std::fs::read_to_string(&envoy_log).unwrap_or_default()));
@@ -188,12 +163,7 @@ impl Envoy {
 
     fn admin_get(&self, path: &str) -> Option<String> {
         let url = format!("http://127.0.0.1:{}{path}", self.admin);
-        ureq::get(&url)
-            .timeout(Duration::from_secs(5))
-            .call()
-            .ok()?
-            .into_string()
-            .ok()
+        ureq::get(&url).timeout(Duration::from_secs(5)).call().ok()?.into_string().ok()
     }
 
     fn listener_ports(&self) -> Option<HashMap<String, u16>> {
@@ -215,13 +185,8 @@ impl Envoy {
 
     /// A counter's value, 0 if Envoy does not know it yet.
     pub fn counter(&self, name: &str) -> u64 {
-        let text = self
-            .admin_get(&format!("/stats?filter=^{name}$"))
-            .unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        let text = self.admin_get(&format!("/stats?filter=^{name}$")).unwrap_or_default();
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     }
 
     pub fn prometheus(&self) -> String {

@@ -16,10 +16,7 @@ pub fn repo_root() -> PathBuf {
 
 /// A fresh directory under `target/<kind>/` for one run's files.
 pub fn scratch_dir(kind: &str, name: &str) -> PathBuf {
-    let dir = repo_root()
-        .join("target")
-        .join(kind)
-        .join(format!("{name}-{}", std::process::id()));
+    let dir = repo_root().join("target").join(kind).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
@@ -32,10 +29,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(v) = check() {
             return v;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

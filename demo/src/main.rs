@@ -58,14 +58,7 @@ fn main() {
             let key = KeyPair::load_or_generate(&dir, Algorithm::RS256, "demo");
             println!("{}", json!({"keys": [key.jwk()]}));
         }
-        Command::Mint {
-            dir,
-            sub,
-            iss,
-            aud,
-            scope,
-            ttl,
-        } => {
+        Command::Mint { dir, sub, iss, aud, scope, ttl } => {
             let key = KeyPair::load_or_generate(&dir, Algorithm::RS256, "demo");
             let t = now();
             let jti = format!("{sub}-{t}-{}", std::process::id());

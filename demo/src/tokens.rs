@@ -16,15 +16,8 @@ pub struct KeyPair {
 }
 
 fn openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("openssl").args(args).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
@@ -35,45 +28,20 @@ impl KeyPair {
         let p = private.to_str().expect("path");
         match alg {
             Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => {
-                openssl(&[
-                    "genpkey",
-                    "-algorithm",
-                    "RSA",
-                    "-pkeyopt",
-                    "rsa_keygen_bits:2048",
-                    "-out",
-                    p,
-                ])
+                openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", p])
             }
-            Algorithm::ES256 => openssl(&[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                p,
-            ]),
-            Algorithm::ES384 => openssl(&[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-384",
-                "-out",
-                p,
-            ]),
+            Algorithm::ES256 => {
+                openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", p])
+            }
+            Algorithm::ES384 => {
+                openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", p])
+            }
             Algorithm::EdDSA => openssl(&["genpkey", "-algorithm", "ED25519", "-out", p]),
             other => panic!("no key pair for {other:?}"),
         };
         let public_pem = openssl(&["pkey", "-in", p, "-pubout"]);
         let private_pem = std::fs::read_to_string(&private).expect("read key");
-        KeyPair {
-            alg,
-            kid: kid.to_string(),
-            private_pem,
-            public_pem,
-        }
+        KeyPair { alg, kid: kid.to_string(), private_pem, public_pem }
     }
 
     /// The key `kid` in `dir`, generated on first use.
@@ -86,12 +54,7 @@ impl KeyPair {
         let p = private.to_str().expect("path");
         let public_pem = openssl(&["pkey", "-in", p, "-pubout"]);
         let private_pem = std::fs::read_to_string(&private).expect("read key");
-        KeyPair {
-            alg,
-            kid: kid.to_string(),
-            private_pem,
-            public_pem,
-        }
+        KeyPair { alg, kid: kid.to_string(), private_pem, public_pem }
     }
 
     pub fn encoding_key(&self) -> EncodingKey {
@@ -117,39 +80,23 @@ impl KeyPair {
     /// A token with `claims`, signed by this key, with `kid` in the header.
     pub fn sign(&self, claims: &Value) -> String {
         let header = json!({"alg": alg_name(self.alg), "typ": "JWT", "kid": self.kid});
-        sign_raw(
-            &header.to_string(),
-            &claims.to_string(),
-            &self.encoding_key(),
-            self.alg,
-        )
+        sign_raw(&header.to_string(), &claims.to_string(), &self.encoding_key(), self.alg)
     }
 }
 
 pub fn alg_name(alg: Algorithm) -> String {
-    serde_json::to_value(alg)
-        .expect("alg")
-        .as_str()
-        .expect("str")
-        .to_string()
+    serde_json::to_value(alg).expect("alg").as_str().expect("str").to_string()
 }
 
 /// Signs exactly the given header and payload text, for tokens no library would produce.
 pub fn sign_raw(header: &str, payload: &str, key: &EncodingKey, alg: Algorithm) -> String {
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header),
-        URL_SAFE_NO_PAD.encode(payload)
-    );
+    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
     let signature = jsonwebtoken::crypto::sign(input.as_bytes(), key, alg).expect("sign");
     format!("{input}.{signature}")
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
 }
 
 pub fn encode(bytes: &[u8]) -> String {

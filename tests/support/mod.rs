@@ -21,25 +21,20 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The echo upstream's view of the request headers it received.
     pub fn echoed(&self) -> serde_json::Map<String, serde_json::Value> {
-        let v: serde_json::Value = serde_json::from_str(&self.body)
-            .unwrap_or_else(|_| panic!("not an echo: {} {}", self.status, self.body));
+        let v: serde_json::Value =
+            serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not an echo: {} {}", self.status, self.body));
         v["headers"].as_object().cloned().unwrap_or_default()
     }
 }
 
 /// One HTTP request with ureq; any status is a reply, only transport failures panic.
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build();
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
     let mut req = agent.request(method, url);
     for (k, v) in headers {
         req = req.set(k, v);
@@ -50,15 +45,8 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
         Err(e) => panic!("{method} {url}: {e}"),
     };
     let status = resp.status();
-    let headers = resp
-        .headers_names()
-        .iter()
-        .filter_map(|n| resp.header(n).map(|v| (n.clone(), v.to_string())))
-        .collect();
+    let headers =
+        resp.headers_names().iter().filter_map(|n| resp.header(n).map(|v| (n.clone(), v.to_string()))).collect();
     let body = resp.into_string().unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply { status, headers, body }
 }

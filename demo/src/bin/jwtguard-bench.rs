@@ -37,7 +37,8 @@ fn main() {
 
     let rsa = KeyPair::generate(&dir, Algorithm::RS256, "rsa");
     let ec = KeyPair::generate(&dir, Algorithm::ES256, "ec");
-    let hs_jwk = json!({"kty": "oct", "kid": "hs", "alg": "HS256", "k": jwtguard_demo::tokens::encode(HS_SECRET.as_bytes())});
+    let hs_jwk =
+        json!({"kty": "oct", "kid": "hs", "alg": "HS256", "k": jwtguard_demo::tokens::encode(HS_SECRET.as_bytes())});
     let public_jwks = json!({"keys": [rsa.jwk(), ec.jwk()]}).to_string();
     let hmac_jwks = json!({"keys": [hs_jwk]}).to_string();
     let t = now();
@@ -54,11 +55,15 @@ fn main() {
         ("HS256", hs_token, &hmac_jwks),
     ];
 
-    let mut variants = vec![Variant {
-        name: "no auth (baseline)".into(),
-        listener: listener("baseline", vec![]),
-        token: None,
-    }];
+    let floor = json!({"providers": jwtguard_config(&public_jwks, true)["providers"], "rules": []});
+    let mut variants = vec![
+        Variant { name: "no auth (baseline)".into(), listener: listener("baseline", vec![]), token: None },
+        Variant {
+            name: "jwtguard, no rule matches (wasm floor)".into(),
+            listener: listener("floor", vec![jwtguard_filter("floor", &floor)]),
+            token: Some(tokens[0].1.clone()),
+        },
+    ];
     for (alg, token, jwks) in &tokens {
         for (cached, suffix) in [(false, "no cache"), (true, "cache")] {
             let id = format!("native_{alg}_{}", if cached { "cache" } else { "nocache" });
@@ -67,16 +72,10 @@ fn main() {
                 listener: listener(&id, vec![native_filter(jwks, cached)]),
                 token: Some(token.clone()),
             });
-            let id = format!(
-                "jwtguard_{alg}_{}",
-                if cached { "cache" } else { "nocache" }
-            );
+            let id = format!("jwtguard_{alg}_{}", if cached { "cache" } else { "nocache" });
             variants.push(Variant {
                 name: format!("jwtguard {alg}, {suffix}"),
-                listener: listener(
-                    &id,
-                    vec![jwtguard_filter(&id, &jwtguard_config(jwks, cached))],
-                ),
+                listener: listener(&id, vec![jwtguard_filter(&id, &jwtguard_config(jwks, cached))]),
                 token: Some(token.clone()),
             });
         }
@@ -92,16 +91,13 @@ fn main() {
     let envoy = Envoy::try_start_with(&dir, &bootstrap(&listeners, &[]), 1)
         .unwrap_or_else(|log| panic!("envoy did not start:\n{log}"));
     wait_for("every jwtguard VM", Duration::from_secs(30), || {
-        (envoy.log_text().matches("jwtguard: providers").count() >= 12).then_some(())
+        (envoy.log_text().matches("jwtguard: providers").count() >= 14).then_some(())
     });
 
     for v in &variants {
         let url = envoy.url(&v.listener.name, "/");
         let status = ureq::get(&url)
-            .set(
-                "authorization",
-                &format!("Bearer {}", v.token.clone().unwrap_or_default()),
-            )
+            .set("authorization", &format!("Bearer {}", v.token.clone().unwrap_or_default()))
             .call()
             .map(|r| r.status())
             .unwrap_or(0);
@@ -112,12 +108,7 @@ fn main() {
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}");
         for (i, v) in variants.iter().enumerate() {
-            samples[i].push(run_wrk(
-                &envoy,
-                &envoy.url(&v.listener.name, "/"),
-                v.token.as_deref(),
-                seconds,
-            ));
+            samples[i].push(run_wrk(&envoy, &envoy.url(&v.listener.name, "/"), v.token.as_deref(), seconds));
         }
     }
     let rss_all = rss_kib(envoy.pid());
@@ -134,11 +125,7 @@ fn main() {
 }
 
 fn listener(name: &str, filters: Vec<Value>) -> Listener {
-    Listener {
-        name: name.into(),
-        filters,
-        target: Target::DirectResponse,
-    }
+    Listener { name: name.into(), filters, target: Target::DirectResponse }
 }
 
 fn jwtguard_config(jwks: &str, cached: bool) -> Value {
@@ -150,7 +137,8 @@ fn jwtguard_config(jwks: &str, cached: bool) -> Value {
 }
 
 fn native_filter(jwks: &str, cached: bool) -> Value {
-    let mut provider = json!({"issuer": ISSUER, "audiences": ["bench"], "local_jwks": {"inline_string": jwks}, "forward": true});
+    let mut provider =
+        json!({"issuer": ISSUER, "audiences": ["bench"], "local_jwks": {"inline_string": jwks}, "forward": true});
     if cached {
         provider["jwt_cache_config"] = json!({"jwt_cache_size": 100});
     }
@@ -170,10 +158,7 @@ fn cpu_us(pid: u32) -> f64 {
     let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     let ticks: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        + fields.get(12).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     ticks * 1e6 / 100.0 // USER_HZ is 100 on Linux
 }
 
@@ -193,41 +178,21 @@ fn run_wrk(envoy: &Envoy, url: &str, token: Option<&str>, seconds: u32) -> Sampl
         cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
     }
     let before = cpu_us(envoy.pid());
-    let out = cmd
-        .arg(url)
-        .output()
-        .expect("run wrk (make deps installs it)");
+    let out = cmd.arg(url).output().expect("run wrk (make deps installs it)");
     let cpu = cpu_us(envoy.pid()) - before;
     let text = String::from_utf8_lossy(&out.stdout);
     let requests: f64 = text
         .lines()
-        .find_map(|l| {
-            l.trim()
-                .split_once(" requests in")
-                .map(|(n, _)| n.trim().to_string())
-        })
+        .find_map(|l| l.trim().split_once(" requests in").map(|(n, _)| n.trim().to_string()))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0.0);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+    let rps =
+        text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
     let non_2xx = text.contains("Non-2xx");
-    assert!(
-        !non_2xx && requests > 0.0,
-        "wrk against {url} failed:\n{text}"
-    );
-    let p99_ms = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| latency_ms(v.trim()))
-        .unwrap_or(f64::NAN);
-    Sample {
-        rps,
-        cpu_us_per_req: cpu / requests,
-        p99_ms,
-    }
+    assert!(!non_2xx && requests > 0.0, "wrk against {url} failed:\n{text}");
+    let p99_ms =
+        text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| latency_ms(v.trim())).unwrap_or(f64::NAN);
+    Sample { rps, cpu_us_per_req: cpu / requests, p99_ms }
 }
 
 fn latency_ms(v: &str) -> f64 {
@@ -249,7 +214,9 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn report(variants: &[Variant], samples: &[Vec<Sample>], seconds: u32, rounds: usize) {
     let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
     let base_cpu = med(0, |s| s.cpu_us_per_req);
-    println!("wrk -t1 -c16 -d{seconds}s --latency per variant, {rounds} interleaved rounds, medians; Envoy --concurrency 1.");
+    println!(
+        "wrk -t1 -c16 -d{seconds}s --latency per variant, {rounds} interleaved rounds, medians; Envoy --concurrency 1."
+    );
     println!();
     println!("| variant | rps | Envoy CPU µs/req | × baseline | overhead µs/req | overhead ÷ native's | p99 ms |");
     println!("|---|---|---|---|---|---|---|");
@@ -277,14 +244,10 @@ fn report(variants: &[Variant], samples: &[Vec<Sample>], seconds: u32, rounds: u
 
 fn rss_with_and_without_filter(dir: &std::path::Path, jwks: &str) -> (u64, u64) {
     let mut rss = Vec::new();
-    for filters in [
-        vec![],
-        vec![jwtguard_filter("rss", &jwtguard_config(jwks, true))],
-    ] {
+    for filters in [vec![], vec![jwtguard_filter("rss", &jwtguard_config(jwks, true))]] {
         let sub = dir.join(format!("rss{}", rss.len()));
         std::fs::create_dir_all(&sub).expect("dir");
-        let envoy = Envoy::try_start_with(&sub, &bootstrap(&[listener("l", filters)], &[]), 1)
-            .expect("envoy");
+        let envoy = Envoy::try_start_with(&sub, &bootstrap(&[listener("l", filters)], &[]), 1).expect("envoy");
         let _ = ureq::get(&envoy.url("l", "/")).call();
         rss.push(rss_kib(envoy.pid()));
     }
