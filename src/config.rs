@@ -238,7 +238,7 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError { field: field.into(), message: message.into() }
 }
 
-const ALL_ALGORITHMS: &[Algorithm] = &[
+pub const ALL_ALGORITHMS: &[Algorithm] = &[
     Algorithm::HS256,
     Algorithm::HS384,
     Algorithm::HS512,

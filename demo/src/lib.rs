@@ -1,8 +1,10 @@
 //! Helpers for the demo, the end-to-end tests and the benchmarks: an echo upstream, token
-//! minting, and a real Envoy running the built filter.
+//! minting, a real Envoy running the built filter, Redis servers and the revocation service.
 
 pub mod echo;
 pub mod envoy;
+pub mod redis;
+pub mod service;
 pub mod tokens;
 
 use std::path::PathBuf;

@@ -1,0 +1,252 @@
+//! `jwtguard-revocation`: the revocation service (`serve`) and a small client for operators.
+//! `main` only wires: options → store → router → server, and the client subcommands.
+
+mod api;
+mod auth;
+mod client;
+mod store;
+mod token;
+mod validate;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "jwtguard-revocation", version, about = "Records JWT logouts in Redis for the jwtguard filter")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve(Box<ServeArgs>),
+    /// Revoke a token (by the raw token, or by jti and exp).
+    Revoke {
+        #[arg(long, env = "JWTGUARD_REVOCATION_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "JWTGUARD_REVOCATION_CREDENTIAL", hide_env_values = true)]
+        credential: Option<String>,
+        #[arg(long, conflicts_with_all = ["jti", "exp"])]
+        token: Option<String>,
+        #[arg(long, requires = "exp")]
+        jti: Option<String>,
+        #[arg(long)]
+        exp: Option<u64>,
+    },
+    /// Log a subject out everywhere: revoke every token issued before now (or --issued-before).
+    RevokeSubject {
+        #[arg(long, env = "JWTGUARD_REVOCATION_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "JWTGUARD_REVOCATION_CREDENTIAL", hide_env_values = true)]
+        credential: Option<String>,
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        iss: Option<String>,
+        #[arg(long)]
+        issued_before: Option<u64>,
+    },
+    /// Ask whether a token may pass.
+    Status {
+        #[arg(long, env = "JWTGUARD_REVOCATION_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "JWTGUARD_STATUS_CREDENTIAL", hide_env_values = true)]
+        credential: Option<String>,
+        #[arg(long)]
+        jti: Option<String>,
+        #[arg(long)]
+        sub: Option<String>,
+        #[arg(long)]
+        iss: Option<String>,
+        #[arg(long)]
+        iat: Option<u64>,
+        #[arg(long)]
+        allowlist: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Standalone Redis URL (redis:// or rediss://, user:password@ for ACLs).
+    #[arg(long, env = "JWTGUARD_REDIS_URL", required_unless_present = "redis_cluster_node")]
+    redis_url: Option<String>,
+    /// A Redis Cluster node URL; give every node (repeat the flag or separate with commas).
+    #[arg(long, env = "JWTGUARD_REDIS_CLUSTER_NODES", value_delimiter = ',', conflicts_with = "redis_url")]
+    redis_cluster_node: Vec<String>,
+    /// File with the write credentials, one per line.
+    #[arg(long)]
+    credentials_file: Option<std::path::PathBuf>,
+    /// Write credentials, comma-separated (prefer the file).
+    #[arg(long, env = "JWTGUARD_REVOCATION_CREDENTIALS", hide_env_values = true)]
+    credentials: Option<String>,
+    /// Credentials the status endpoint requires (the filter's); without them it is open.
+    #[arg(long, env = "JWTGUARD_STATUS_CREDENTIALS", hide_env_values = true)]
+    status_credentials: Option<String>,
+    /// Development only: accept writes without credentials.
+    #[arg(long)]
+    insecure_dev_no_credentials: bool,
+    /// A JWKS file: raw tokens are revoked only if their signature verifies with it.
+    #[arg(long)]
+    jwks_file: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 60)]
+    clock_skew_seconds: u64,
+    /// The longest token lifetime: bounds every entry's TTL and the subject cutoffs'.
+    #[arg(long, default_value_t = 86_400)]
+    max_token_lifetime_seconds: u64,
+    /// Live sessions allowed per subject in allowlist mode; 0 means no limit, 1 one login per user.
+    #[arg(long, default_value_t = 0)]
+    session_limit: u32,
+    /// Acknowledge a write only once this many replicas have it (WAIT); 503 otherwise.
+    #[arg(long, default_value_t = 0)]
+    min_replicas_ack: u32,
+    #[arg(long, default_value_t = 200)]
+    wait_timeout_ms: u64,
+    #[arg(long, default_value_t = 500)]
+    redis_timeout_ms: u64,
+    #[arg(long, default_value_t = 1000)]
+    redis_connect_timeout_ms: u64,
+    #[arg(long, default_value_t = 1)]
+    redis_retries: u32,
+    /// Upper bound on any one request's Redis work.
+    #[arg(long, default_value_t = 1500)]
+    request_timeout_ms: u64,
+    #[arg(long, default_value = "jwtguard")]
+    key_prefix: String,
+    #[arg(long, value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(*args),
+        Command::Revoke { url, credential, token, jti, exp } => {
+            let request = jwtguard_wire::RevokeRequest { token, jti, exp, ..Default::default() };
+            client::revoke(&url, credential.as_deref(), request)
+        }
+        Command::RevokeSubject { url, credential, sub, iss, issued_before } => client::revoke_subject(
+            &url,
+            credential.as_deref(),
+            jwtguard_wire::RevokeSubjectRequest { sub, iss, issued_before },
+        ),
+        Command::Status { url, credential, jti, sub, iss, iat, allowlist } => {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            for (k, v) in [("jti", jti), ("sub", sub), ("iss", iss), ("iat", iat.map(|i| i.to_string()))] {
+                if let Some(v) = v {
+                    query.push((k, v));
+                }
+            }
+            if allowlist {
+                query.push(("mode", "allowlist".into()));
+            }
+            client::status(&url, credential.as_deref(), &query)
+        }
+    };
+    match result {
+        Ok(out) => println!("{out}"),
+        Err(e) => {
+            eprintln!("jwtguard-revocation: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<String, String> {
+    match args.log_format {
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(env_filter()).init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(env_filter()).init(),
+    }
+    if !args.key_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-:".contains(&b)) || args.key_prefix.is_empty()
+    {
+        return Err("--key-prefix may hold only letters, digits, '_', '-' and ':'".into());
+    }
+    let mut writers = auth::Credentials::parse(args.credentials.as_deref().unwrap_or(""));
+    if let Some(path) = &args.credentials_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("--credentials-file {}: {e}", path.display()))?;
+        writers = auth::Credentials::parse(&format!("{text}\n{}", args.credentials.as_deref().unwrap_or("")));
+    }
+    if writers.is_empty() && !args.insecure_dev_no_credentials {
+        return Err("no write credentials: give --credentials-file or JWTGUARD_REVOCATION_CREDENTIALS \
+                    (or --insecure-dev-no-credentials, for development only)"
+            .into());
+    }
+    if writers.is_empty() {
+        tracing::warn!("INSECURE DEVELOPMENT MODE: anyone who can reach this service can revoke tokens and sessions");
+    }
+    let readers = args.status_credentials.as_deref().map(auth::Credentials::parse).filter(|c| !c.is_empty());
+    let keys = match &args.jwks_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("--jwks-file {}: {e}", path.display()))?;
+            let all = jwtguard::config::ALL_ALGORITHMS;
+            let keys = jwtguard::keys::parse_jwks(&text, all).map_err(|e| format!("--jwks-file: {e}"))?;
+            Some(keys.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| format!("--jwks-file: {e}"))?)
+        }
+    };
+    let (cluster, urls) = match args.redis_url {
+        Some(url) => (false, vec![url]),
+        None => (true, args.redis_cluster_node),
+    };
+    let options = store::RedisOptions {
+        urls,
+        cluster,
+        prefix: args.key_prefix,
+        min_replicas_ack: args.min_replicas_ack,
+        wait_timeout: Duration::from_millis(args.wait_timeout_ms),
+        response_timeout: Duration::from_millis(args.redis_timeout_ms),
+        connect_timeout: Duration::from_millis(args.redis_connect_timeout_ms),
+        retries: args.redis_retries,
+    };
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("metrics: {e}"))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let store = store::Store::connect(options).await.map_err(|e| e.to_string())?;
+        let state = Arc::new(api::AppState {
+            store,
+            insecure_dev: writers.is_empty(),
+            writers,
+            readers,
+            keys,
+            clock_skew: args.clock_skew_seconds,
+            max_lifetime: args.max_token_lifetime_seconds,
+            session_limit: args.session_limit,
+            store_timeout: Duration::from_millis(args.request_timeout_ms),
+            prometheus,
+        });
+        let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("{}: {e}", args.listen))?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(%address, cluster, write_credentials = state.writers.len(), status_credentials = state.readers.as_ref().map_or(0, |r| r.len()), "jwtguard-revocation listening");
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok("stopped".to_string())
+    })
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends) stops accepting and finishes requests in flight.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn env_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("JWTGUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}

@@ -1,0 +1,71 @@
+//! Input limits for everything a client sends, checked before anything reaches Redis.
+
+/// Longest `jti` and `sub` accepted; identifiers are short in practice, and keys stay small.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest `iss` accepted (a URL).
+pub const MAX_ISS_BYTES: usize = 512;
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// A `jti`: visible ASCII only, so it can never smuggle a key separator or control character.
+pub fn jti(value: &str) -> Result<&str, String> {
+    if value.is_empty() || value.len() > MAX_ID_BYTES {
+        return Err(format!("jti must be 1 to {MAX_ID_BYTES} bytes"));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("jti must be visible ASCII".into());
+    }
+    Ok(value)
+}
+
+/// A `sub` or `iss`: any UTF-8 without control characters, within `max` bytes.
+pub fn name<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, String> {
+    if value.is_empty() || value.len() > max {
+        return Err(format!("{field} must be 1 to {max} bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{field} must not contain control characters"));
+    }
+    Ok(value)
+}
+
+pub fn sub(value: &str) -> Result<&str, String> {
+    name("sub", value, MAX_ID_BYTES)
+}
+
+pub fn iss(value: &str) -> Result<&str, String> {
+    name("iss", value, MAX_ISS_BYTES)
+}
+
+/// When a revocation may end: the token's `exp` plus the skew the filters allow, never later than
+/// `now + max_lifetime` (a token claiming a far `exp` cannot make an entry live forever).
+/// `None` when the token is already past it: nothing to store.
+pub fn revocation_expiry(exp: u64, now: u64, skew: u64, max_lifetime: u64) -> Option<u64> {
+    let until = exp.saturating_add(skew).min(now.saturating_add(max_lifetime).saturating_add(skew));
+    (until > now).then_some(until)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(jti("a-b_c.1:2").is_ok());
+        for bad in ["", "a b", "a\nb", "é", &"x".repeat(257)] {
+            assert!(jti(bad).is_err(), "{bad:?}");
+        }
+        assert!(sub("Zoë Müller").is_ok());
+        assert!(sub("a\u{0}").is_err());
+        assert!(iss(&"h".repeat(512)).is_ok());
+        assert!(iss(&"h".repeat(513)).is_err());
+    }
+
+    #[test]
+    fn expiry_follows_exp_and_is_clamped() {
+        assert_eq!(revocation_expiry(1_000, 900, 60, 86_400), Some(1_060));
+        assert_eq!(revocation_expiry(800, 900, 60, 86_400), None, "expired long ago: no-op");
+        assert_eq!(revocation_expiry(850, 900, 60, 86_400), Some(910), "still within the skew");
+        assert_eq!(revocation_expiry(u64::MAX, 900, 60, 3_600), Some(4_560), "clamped to the maximum lifetime");
+    }
+}

@@ -1,0 +1,360 @@
+//! The revocation service against real Redis (standalone and a 6-node cluster) that the tests
+//! start on free ports: every endpoint and error path, TTLs, credentials, and failover.
+
+use jsonwebtoken::Algorithm;
+use jwtguard_demo::redis::{key_slot, RedisCluster, RedisServer};
+use jwtguard_demo::service::Service;
+use jwtguard_demo::tokens::{now, KeyPair};
+use jwtguard_demo::{scratch_dir, wait_for};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const WRITE: &str = "write-credential";
+const STATUS: &str = "status-credential";
+const MAX_LIFETIME: u64 = 3600;
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_jwtguard-revocation"))
+}
+
+fn args(redis: &[String], cluster: bool, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    if cluster {
+        a.push("--redis-cluster-node".into());
+        a.push(redis.join(","));
+    } else {
+        a.push("--redis-url".into());
+        a.push(redis[0].clone());
+    }
+    a.extend(["--credentials", WRITE, "--status-credentials", STATUS, "--session-limit", "1"].map(String::from));
+    a.extend(["--max-token-lifetime-seconds".to_string(), MAX_LIFETIME.to_string()]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+struct Reply {
+    status: u16,
+    body: String,
+    retry_after: Option<String>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {} {}", self.status, self.body))
+    }
+}
+
+fn call(method: &str, url: &str, credential: Option<&str>, content_type: Option<&str>, body: Option<&str>) -> Reply {
+    let mut req = ureq::request(method, url).timeout(Duration::from_secs(10));
+    if let Some(c) = credential {
+        req = req.set("authorization", &format!("Bearer {c}"));
+    }
+    if let Some(t) = content_type {
+        req = req.set("content-type", t);
+    }
+    let result = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let retry_after = resp.header("retry-after").map(String::from);
+    Reply { status, retry_after, body: resp.into_string().unwrap_or_default() }
+}
+
+fn post_json(svc: &Service, path: &str, credential: Option<&str>, body: &Value) -> Reply {
+    call("POST", &format!("{}{path}", svc.url()), credential, Some("application/json"), Some(&body.to_string()))
+}
+
+fn status(svc: &Service, query: &str) -> Value {
+    let r = call("GET", &format!("{}/v1/status?{query}", svc.url()), Some(STATUS), None, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+/// Reads a key's TTL from whichever node holds it.
+type TtlOf<'a> = &'a dyn Fn(&str) -> i64;
+
+/// The whole API, run against standalone Redis and against the cluster.
+fn exercise_every_endpoint(svc: &Service, keys_dir: &Path, ttl_of: TtlOf) {
+    let url = svc.url();
+    let t = now();
+    assert_eq!(call("GET", &format!("{url}/healthz"), None, None, None).status, 200);
+    assert_eq!(call("GET", &format!("{url}/readyz"), None, None, None).status, 200);
+    let spec: Value =
+        serde_json::from_str(&call("GET", &format!("{url}/openapi.json"), None, None, None).body).unwrap();
+    assert_eq!(spec["openapi"], "3.0.3");
+
+    // Credentials: nothing is written without the right one.
+    let revoke = json!({"jti": "cred-test", "exp": t + 600});
+    assert_eq!(post_json(svc, "/v1/revoke", None, &revoke).status, 401);
+    assert_eq!(post_json(svc, "/v1/revoke", Some("wrong"), &revoke).status, 401);
+    assert_eq!(post_json(svc, "/v1/revoke", Some(STATUS), &revoke).status, 401, "the status credential cannot write");
+    assert_eq!(status(svc, "jti=cred-test")["active"], true);
+    assert_eq!(call("GET", &format!("{url}/v1/status?jti=x"), None, None, None).status, 401);
+    assert_eq!(call("GET", &format!("{url}/v1/status?jti=x"), Some(WRITE), None, None).status, 401);
+
+    // Revoke by jti: the key expires with the token (exp + 60 s skew).
+    let r = post_json(svc, "/v1/revoke", Some(WRITE), &json!({"jti": "j-1", "exp": t + 600, "sub": "alice"}));
+    assert_eq!((r.status, r.json()["stored"].clone()), (200, json!(true)), "{}", r.body);
+    assert_eq!(status(svc, "jti=j-1&sub=alice"), json!({"active": false, "reason": "revoked"}));
+    let ttl = ttl_of("jwtguard:jti:{j-1}");
+    assert!((655..=660).contains(&ttl), "TTL {ttl} should be ~660");
+    assert_eq!(
+        post_json(svc, "/v1/revoke", Some(WRITE), &json!({"jti": "j-1", "exp": t + 600})).status,
+        200,
+        "idempotent"
+    );
+    // exp in the past: nothing to store; far future: clamped to the maximum lifetime.
+    let r = post_json(svc, "/v1/revoke", Some(WRITE), &json!({"jti": "old", "exp": t - 3600}));
+    assert_eq!((r.status, r.json()["stored"].clone()), (200, json!(false)));
+    assert_eq!(ttl_of("jwtguard:jti:{old}"), -2);
+    post_json(svc, "/v1/revoke", Some(WRITE), &json!({"jti": "far", "exp": t + 10 * MAX_LIFETIME}));
+    assert!(ttl_of("jwtguard:jti:{far}") <= (MAX_LIFETIME + 60) as i64);
+
+    // RFC 7009 form with a raw token; invalid tokens are answered 200 and store nothing.
+    let key = KeyPair::load_or_generate(keys_dir, Algorithm::RS256, "svc");
+    let token = key.sign(&json!({"jti": "raw-1", "sub": "bob", "iat": t, "exp": t + 300}));
+    let form = format!("token={token}&token_type_hint=access_token");
+    let r =
+        call("POST", &format!("{url}/v1/revoke"), Some(WRITE), Some("application/x-www-form-urlencoded"), Some(&form));
+    assert_eq!((r.status, r.json()["stored"].clone()), (200, json!(true)), "{}", r.body);
+    assert_eq!(status(svc, "jti=raw-1")["reason"], "revoked");
+    let r = call(
+        "POST",
+        &format!("{url}/v1/revoke"),
+        Some(WRITE),
+        Some("application/x-www-form-urlencoded"),
+        Some("token=not-a-jwt"),
+    );
+    assert_eq!((r.status, r.json()["stored"].clone()), (200, json!(false)));
+    let r = post_json(svc, "/v1/revoke", Some(WRITE), &json!({"token": token}));
+    assert_eq!(r.status, 200, "JSON form of the raw token");
+
+    // Bad input never reaches Redis.
+    for (body, ct) in [
+        ("{not json", "application/json"),
+        (r#"{"jti": "has space", "exp": 1}"#, "application/json"),
+        (r#"{"jti": "x"}"#, "application/json"),
+        (r#"{"jti": "x", "exp": 1, "extra": 1}"#, "application/json"),
+        (r#"{"jti": "x", "exp": "soon"}"#, "application/json"),
+        (r#"{"jti": "x", "exp": 1, "token": "t"}"#, "application/json"),
+        ("jti=x", "text/plain"),
+        ("nothing=here", "application/x-www-form-urlencoded"),
+    ] {
+        let r = call("POST", &format!("{url}/v1/revoke"), Some(WRITE), Some(ct), Some(body));
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert_eq!(r.json()["error"], "invalid_request");
+    }
+    let huge = json!({"jti": "x".repeat(20_000), "exp": 1}).to_string();
+    assert_eq!(
+        call("POST", &format!("{url}/v1/revoke"), Some(WRITE), Some("application/json"), Some(&huge)).status,
+        413
+    );
+    let long_jti = json!({"jti": "x".repeat(300), "exp": t + 10});
+    assert_eq!(post_json(svc, "/v1/revoke", Some(WRITE), &long_jti).status, 400);
+    for q in ["", "iat=x&jti=a", "jti=a&mode=other", "jti=a%20b"] {
+        let r = call("GET", &format!("{url}/v1/status?{q}"), Some(STATUS), None, None);
+        assert_eq!(r.status, 400, "{q}: {}", r.body);
+    }
+
+    // Log out everywhere: tokens issued before the cutoff refused, later ones not; per issuer too.
+    let r = post_json(svc, "/v1/revoke-subject", Some(WRITE), &json!({"sub": "carol", "issued_before": t}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(status(svc, &format!("jti=c1&sub=carol&iat={}", t - 5))["reason"], "subject_revoked");
+    assert_eq!(status(svc, &format!("jti=c2&sub=carol&iat={t}"))["active"], true);
+    assert_eq!(status(svc, "jti=c3&sub=carol")["reason"], "subject_revoked", "no iat: cannot show it is newer");
+    let r = post_json(svc, "/v1/revoke-subject", Some(WRITE), &json!({"sub": "carol", "issued_before": t - 100}));
+    assert_eq!(r.json()["issued_before"], t, "the cutoff never moves back");
+    post_json(svc, "/v1/revoke-subject", Some(WRITE), &json!({"sub": "dave", "iss": "https://a", "issued_before": t}));
+    assert_eq!(status(svc, &format!("jti=d1&sub=dave&iss=https://a&iat={}", t - 1))["reason"], "subject_revoked");
+    assert_eq!(status(svc, &format!("jti=d2&sub=dave&iss=https://b&iat={}", t - 1))["active"], true);
+    let cut_ttl = ttl_of("jwtguard:cut:{carol}:");
+    assert!(cut_ttl > 0 && cut_ttl <= (MAX_LIFETIME + 60) as i64, "cutoff TTL {cut_ttl}");
+    assert_eq!(post_json(svc, "/v1/revoke-subject", Some(WRITE), &json!({"sub": ""})).status, 400);
+
+    // Sessions with one login per subject: a second login ends the first.
+    let session =
+        |jti: &str| post_json(svc, "/v1/sessions", Some(WRITE), &json!({"jti": jti, "sub": "erin", "exp": t + 600}));
+    assert_eq!(session("s1").json()["ended"], json!([]));
+    assert_eq!(status(svc, "jti=s1&sub=erin&mode=allowlist")["active"], true);
+    assert_eq!(session("s2").json()["ended"], json!(["s1"]));
+    assert_eq!(status(svc, "jti=s1&sub=erin&mode=allowlist")["reason"], "no_session");
+    assert_eq!(status(svc, "jti=s2&sub=erin&mode=allowlist")["active"], true);
+    assert_eq!(status(svc, "jti=s1&sub=erin")["active"], true, "denylist mode ignores sessions");
+    let r = call("DELETE", &format!("{url}/v1/sessions/s2"), Some(WRITE), None, None);
+    assert_eq!((r.status, r.json()["stored"].clone()), (200, json!(true)));
+    assert_eq!(status(svc, "jti=s2&sub=erin&mode=allowlist")["reason"], "no_session");
+    assert_eq!(call("DELETE", &format!("{url}/v1/sessions/s2"), Some(WRITE), None, None).json()["stored"], false);
+    assert_eq!(call("DELETE", &format!("{url}/v1/sessions/s2"), None, None, None).status, 401);
+    let expired = post_json(svc, "/v1/sessions", Some(WRITE), &json!({"jti": "s3", "sub": "erin", "exp": t - 1}));
+    assert_eq!(expired.status, 400);
+
+    let metrics = call("GET", &format!("{url}/metrics"), None, None, None).body;
+    assert!(metrics.contains("jwtguard_revocation_requests_total{endpoint=\"revoke\",outcome=\"200\"}"), "{metrics}");
+    assert!(metrics.contains("jwtguard_revocation_redis_seconds"));
+}
+
+#[test]
+fn every_endpoint_on_standalone_redis() {
+    let dir = scratch_dir("revocation", "standalone");
+    let redis = RedisServer::start(&dir, &[]);
+    let svc = Service::start(&bin(), &dir, &args(&[redis.url()], false, &[])).expect("service");
+    exercise_every_endpoint(&svc, &dir, &|key| redis.cli(&["TTL", key]).parse().unwrap_or(-99));
+}
+
+#[test]
+fn every_endpoint_on_a_redis_cluster() {
+    let dir = scratch_dir("revocation", "cluster");
+    let cluster = RedisCluster::start(&dir);
+    let svc =
+        Service::start(&bin(), &dir, &args(&cluster.urls(), true, &["--min-replicas-ack", "1"])).expect("service");
+    let ttl_of = |key: &str| cluster.nodes[cluster.primary_for(key)].cli(&["TTL", key]).parse().unwrap_or(-99);
+    exercise_every_endpoint(&svc, &dir, &ttl_of);
+}
+
+#[test]
+fn refuses_to_start_without_credentials_unless_told_it_is_development() {
+    let dir = scratch_dir("revocation", "nocreds");
+    let redis = RedisServer::start(&dir, &[]);
+    let err = Service::start(&bin(), &dir, &["--redis-url".into(), redis.url()]).err().expect("must refuse");
+    assert!(err.contains("no write credentials"), "{err}");
+    let dev =
+        Service::start(&bin(), &dir, &["--redis-url".into(), redis.url(), "--insecure-dev-no-credentials".into()])
+            .expect("dev mode");
+    let log = std::fs::read_to_string(&dev.log).unwrap();
+    assert!(log.contains("INSECURE DEVELOPMENT MODE"), "{log}");
+    let r = post_json(&dev, "/v1/revoke", None, &json!({"jti": "dev", "exp": now() + 60}));
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn without_enough_replicas_a_revocation_is_not_acknowledged() {
+    let dir = scratch_dir("revocation", "noreplica");
+    let redis = RedisServer::start(&dir, &[]);
+    let svc = Service::start(
+        &bin(),
+        &dir,
+        &args(&[redis.url()], false, &["--min-replicas-ack", "1", "--wait-timeout-ms", "50"]),
+    )
+    .expect("service");
+    let r = post_json(&svc, "/v1/revoke", Some(WRITE), &json!({"jti": "lonely", "exp": now() + 60}));
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+}
+
+#[test]
+fn redis_down_gives_503_within_the_bound_and_recovers() {
+    let dir = scratch_dir("revocation", "redisdown");
+    let mut redis = RedisServer::start(&dir, &[]);
+    let port = redis.port;
+    let svc = Service::start(&bin(), &dir, &args(&[redis.url()], false, &[])).expect("service");
+    assert_eq!(status(&svc, "jti=a")["active"], true);
+    redis.kill();
+    let started = Instant::now();
+    let r = call("GET", &format!("{}/v1/status?jti=a", svc.url()), Some(STATUS), None, None);
+    assert_eq!((r.status, r.retry_after.as_deref()), (503, Some("1")), "{}", r.body);
+    assert!(started.elapsed() < Duration::from_millis(2000), "took {:?}", started.elapsed());
+    assert_eq!(call("GET", &format!("{}/readyz", svc.url()), None, None, None).status, 503);
+    // Same port again: the connection manager reconnects by itself.
+    let dir2 = dir.join("again");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let _again = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            dir2.to_str().unwrap(),
+            "--daemonize",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map(ChildGuard)
+        .unwrap();
+    wait_for("the service to reach Redis again", Duration::from_secs(15), || {
+        (call("GET", &format!("{}/readyz", svc.url()), None, None, None).status == 200).then_some(())
+    });
+}
+
+struct ChildGuard(std::process::Child);
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// With `--min-replicas-ack 1`, a primary killed while revocations stream in loses none that were
+/// answered 200. Measured: how long until the promoted replica serves status reads, and until
+/// the shard accepts acknowledged writes again once the old primary is back as its replica.
+#[test]
+fn acknowledged_revocations_survive_a_primary_failover() {
+    let dir = scratch_dir("revocation", "failover");
+    let mut cluster = RedisCluster::start(&dir);
+    let svc = Service::start(
+        &bin(),
+        &dir,
+        &args(&cluster.urls(), true, &["--min-replicas-ack", "1", "--wait-timeout-ms", "100"]),
+    )
+    .expect("service");
+    let jti_key = |jti: &str| format!("jwtguard:jti:{{{jti}}}");
+    let victim = cluster.primary_for(&jti_key("f-0"));
+    let victim_slot = key_slot(&jti_key("f-0"));
+    let victim_ranges = cluster.original_slots[victim].clone();
+    let on_victim = |jti: &str| victim_ranges.iter().any(|(a, b)| (*a..=*b).contains(&key_slot(&jti_key(jti))));
+    let exp = now() + 600;
+    let (mut acknowledged, mut refused) = (Vec::new(), 0);
+    let (mut killed_at, mut reads_back, mut writes_back) = (None::<Instant>, None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    while Instant::now() < deadline && !(writes_back.is_some() && acknowledged.len() > 300) {
+        let jti = format!("f-{i}");
+        i += 1;
+        let r = post_json(&svc, "/v1/revoke", Some(WRITE), &json!({"jti": jti, "exp": exp}));
+        match r.status {
+            200 => acknowledged.push(jti.clone()),
+            503 => refused += 1,
+            other => panic!("{other}: {}", r.body),
+        }
+        let Some(t) = killed_at else {
+            if i == 100 {
+                cluster.nodes[victim].kill();
+                killed_at = Some(Instant::now());
+            }
+            continue;
+        };
+        if reads_back.is_none() {
+            let probe = call("GET", &format!("{}/v1/status?jti=f-0", svc.url()), Some(STATUS), None, None);
+            if probe.status == 200 {
+                assert_eq!(probe.json()["reason"], "revoked");
+                reads_back = Some(t.elapsed());
+                // The old primary comes back (as a restarted pod would) and joins as a replica.
+                cluster.nodes[victim].restart();
+            }
+        } else if writes_back.is_none() && r.status == 200 && on_victim(&jti) {
+            writes_back = Some(t.elapsed());
+        }
+    }
+    let reads_back = reads_back.expect("the failed shard never served reads again");
+    let writes_back = writes_back.expect("the failed shard never acknowledged a write again");
+    eprintln!(
+        "failover: {} acknowledged, {refused} answered 503; slot {victim_slot} readable after {reads_back:?}, \
+         acknowledged writes again after {writes_back:?} (old primary restarted as replica)",
+        acknowledged.len()
+    );
+    assert!(reads_back < Duration::from_secs(10), "promotion took {reads_back:?}");
+    cluster.wait_healthy(Duration::from_secs(30));
+    for jti in &acknowledged {
+        assert_eq!(status(&svc, &format!("jti={jti}"))["reason"], "revoked", "{jti} was acknowledged and lost");
+    }
+}

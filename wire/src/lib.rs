@@ -1,0 +1,84 @@
+//! The revocation service's wire types: one definition for the service, the filter that calls
+//! it and the tests, so the two sides cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/status`: may this token pass? Named after RFC 7662's `active`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<InactiveReason>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InactiveReason {
+    /// The token's `jti` was revoked.
+    Revoked,
+    /// The subject logged out everywhere after this token was issued.
+    SubjectRevoked,
+    /// Allowlist mode: the token is not a registered, live session.
+    NoSession,
+}
+
+/// `POST /v1/revoke` as JSON: a raw token, or its `jti` and `exp`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type_hint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+}
+
+/// `POST /v1/revoke-subject`: every token of `sub` issued before the cutoff is revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeSubjectRequest {
+    pub sub: String,
+    /// Limits the cutoff to one issuer; without it the cutoff holds for every issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Seconds since the epoch; default now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_before: Option<u64>,
+}
+
+/// `POST /v1/sessions`: register a login (allowlist mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub jti: String,
+    pub sub: String,
+    pub exp: u64,
+}
+
+/// The answer to a session registration: sessions ended to respect the per-subject limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionResponse {
+    pub ended: Vec<String>,
+}
+
+/// The answer to every successful write that has nothing else to say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Whether this call stored something (false: already expired, or nothing to do).
+    pub stored: bool,
+}
+
+/// An error in the style of RFC 6749 §5.2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+}
