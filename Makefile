@@ -25,6 +25,7 @@ lint: deps
 	cargo clippy -p jwtguard --target wasm32-wasip1 --release -- -D warnings
 
 test: wasm lint
+	cargo build -p jwtguard-revocation
 	cargo test --workspace
 
 bench: build

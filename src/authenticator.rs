@@ -4,11 +4,12 @@
 
 use crate::cache::TokenCache;
 use crate::claims::{self, Lifetime};
-use crate::config::{Config, Provider, Requirement, Rule};
+use crate::config::{Config, Provider, Requirement};
 use crate::extract::{self, Location, RequestHeaders};
 use crate::host_crypto::HostCrypto;
 use crate::jws;
 use crate::reason::Reason;
+use crate::revocation::{FailureMode, Identity};
 use crate::rules;
 use crate::signature::{self, Backend};
 use crate::strict_json;
@@ -19,6 +20,8 @@ use std::rc::Rc;
 #[derive(Debug)]
 pub struct Verified {
     pub claims: Map<String, Value>,
+    /// What a revocation check asks about, computed once per token.
+    pub identity: Identity,
     pub lifetime: Lifetime,
     /// Claim and payload headers for the upstream, computed once per token.
     pub headers: Vec<(String, String)>,
@@ -43,7 +46,11 @@ pub enum Decision {
         strip: Vec<String>,
         /// The verified tokens, for later checks such as revocation.
         tokens: Vec<Rc<Verified>>,
+        /// Check the first token's revocation status, with this failure mode; `None`: no check.
+        revocation: Option<FailureMode>,
     },
+    /// A logout route with a verified token: revoke it (or, `everywhere`, its subject) and answer 204.
+    Logout { token: Rc<Verified>, everywhere: bool },
     Deny {
         reason: Reason,
         /// The value a failed claim requirement wanted, for the challenge's `scope`.
@@ -84,11 +91,14 @@ impl Authenticator {
         host: Option<&dyn HostCrypto>,
         tally: &mut Tally,
     ) -> Decision {
-        let Some(rule_index) = self.config.rules.iter().position(|r| r.matcher.matches(req.method, req.path)) else {
-            return Decision::Pass;
-        };
-        let Some(requirement) = self.config.rules[rule_index].requires.clone() else {
-            return Decision::Pass;
+        let logout = self.logout_kind(req);
+        let rule_index = self.config.rules.iter().position(|r| r.matcher.matches(req.method, req.path));
+        let rule = rule_index.map(|i| &self.config.rules[i]);
+        let requirement = match (rule.and_then(|r| r.requires.clone()), logout) {
+            (Some(requirement), _) => requirement,
+            // A logout route needs a token even where no rule asks for one: any provider's.
+            (None, Some(_)) => Requirement::Any((0..self.config.providers.len()).map(Requirement::Provider).collect()),
+            (None, None) => return Decision::Pass,
         };
         let mut outcomes: Vec<Option<Outcome>> = (0..self.config.providers.len()).map(|_| None).collect();
         let mut run = Run { auth: self, req, now, host, tally, outcomes: &mut outcomes };
@@ -96,9 +106,9 @@ impl Authenticator {
             Ok(v) => v,
             Err(reason) => return Decision::Deny { reason, scope: None },
         };
-        let rule: &Rule = &self.config.rules[rule_index];
-        if let Some(failed) = rule
-            .required_claims
+        let rule = rule_index.map(|i| &self.config.rules[i]);
+        let required_claims = rule.map_or(&[][..], |r| &r.required_claims[..]);
+        if let Some(failed) = required_claims
             .iter()
             .find(|c| !verified.iter().any(|&i| claims_of(&outcomes, i).is_some_and(|m| c.is_met(m))))
         {
@@ -120,7 +130,33 @@ impl Authenticator {
                 tokens.push(v.clone());
             }
         }
-        Decision::Allow { headers, strip, tokens }
+        if let Some(everywhere) = logout {
+            return match tokens.into_iter().next() {
+                Some(token) => Decision::Logout { token, everywhere },
+                None => Decision::Deny { reason: Reason::Missing, scope: None },
+            };
+        }
+        let revocation = match rule {
+            Some(r) => r.revocation,
+            None => self.config.revocation.as_ref().map(|r| r.failure_mode),
+        };
+        Decision::Allow { headers, strip, tokens, revocation: revocation.filter(|_| self.config.revocation.is_some()) }
+    }
+
+    /// `Some(everywhere)` for a `POST` to one of the configured logout routes.
+    fn logout_kind(&self, req: &Request) -> Option<bool> {
+        let r = self.config.revocation.as_ref()?;
+        if req.method != "POST" {
+            return None;
+        }
+        let path = req.path.split(['?', '#']).next().unwrap_or("");
+        if r.logout_path.as_deref() == Some(path) {
+            Some(false)
+        } else if r.logout_all_path.as_deref() == Some(path) {
+            Some(true)
+        } else {
+            None
+        }
     }
 }
 
@@ -250,7 +286,8 @@ pub fn verify_token(
     }
     let lifetime = claims::check(&claims, jws.typ.as_deref(), &provider.policy, now)?;
     let headers = upstream_headers(provider, &claims, jws.payload_b64);
-    Ok(Verified { claims, lifetime, headers })
+    let identity = Identity::from_claims(&claims);
+    Ok(Verified { claims, identity, lifetime, headers })
 }
 
 fn upstream_headers(provider: &Provider, claims: &Map<String, Value>, payload_b64: &str) -> Vec<(String, String)> {

@@ -4,6 +4,7 @@
 use crate::claims::ClaimPolicy;
 use crate::extract::{HeaderSource, Sources};
 use crate::keys::{self, Key};
+use crate::revocation::{FailureMode, Freshness, Mode};
 use crate::rules::{ClaimRequirement, Matcher, PathMatch};
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
@@ -22,7 +23,33 @@ pub struct Config {
     pub max_token_bytes: usize,
     /// Every header this filter writes upstream; client-sent copies are removed on every request.
     pub output_headers: Vec<String>,
+    pub revocation: Option<Revocation>,
 }
+
+/// Where and how the filter asks the revocation service about verified tokens.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+    /// Sent as `Authorization: Bearer …` on status callouts.
+    pub credential: Option<String>,
+    /// Sent on the logout routes' revoke callouts.
+    pub revoke_credential: Option<String>,
+    pub mode: Mode,
+    pub freshness: Freshness,
+    pub cache_max_entries: u32,
+    pub failure_mode: FailureMode,
+    pub retry_after_seconds: u32,
+    pub logout_path: Option<String>,
+    pub logout_all_path: Option<String>,
+    pub revoke_path: String,
+    pub revoke_subject_path: String,
+}
+
+/// The header that marks a request let through without a revocation answer (`failure_mode: open`).
+pub const UNCHECKED_HEADER: &str = "x-jwtguard-revocation";
 
 #[derive(Debug)]
 pub struct Provider {
@@ -48,6 +75,8 @@ pub struct Rule {
     /// `None`: a public route, no token needed or checked.
     pub requires: Option<Requirement>,
     pub required_claims: Vec<ClaimRequirement>,
+    /// `None`: no revocation check on this route; else the failure mode to apply.
+    pub revocation: Option<FailureMode>,
 }
 
 /// `jwt_authn`'s `JwtRequirement`, with providers resolved to indexes.
@@ -76,6 +105,71 @@ struct RawConfig {
     host_crypto: bool,
     #[serde(default = "default_max_token_bytes")]
     max_token_bytes: usize,
+    revocation: Option<RawRevocation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocation {
+    cluster: String,
+    authority: String,
+    #[serde(default = "default_status_path")]
+    path: String,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    credential: Option<String>,
+    revoke_credential: Option<String>,
+    #[serde(default = "default_mode")]
+    mode: RawMode,
+    #[serde(default = "default_cache_ttl_ms")]
+    cache_ttl_ms: u64,
+    #[serde(default = "default_cache_max_entries")]
+    cache_max_entries: u32,
+    #[serde(default = "default_failure_mode")]
+    failure_mode: RawFailureMode,
+    #[serde(default = "default_stale_ms")]
+    stale_ms: u64,
+    #[serde(default = "default_retry_after")]
+    retry_after_seconds: u32,
+    logout_path: Option<String>,
+    logout_all_path: Option<String>,
+    #[serde(default = "default_revoke_path")]
+    revoke_path: String,
+    #[serde(default = "default_revoke_subject_path")]
+    revoke_subject_path: String,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawMode {
+    Denylist,
+    Allowlist,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawFailureMode {
+    Closed,
+    Open,
+    Stale,
+}
+
+impl From<RawFailureMode> for FailureMode {
+    fn from(m: RawFailureMode) -> FailureMode {
+        match m {
+            RawFailureMode::Closed => FailureMode::Closed,
+            RawFailureMode::Open => FailureMode::Open,
+            RawFailureMode::Stale => FailureMode::Stale,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleRevocation {
+    #[serde(default)]
+    disabled: bool,
+    failure_mode: Option<RawFailureMode>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +257,7 @@ struct RawRule {
     requires: Option<RawRequirement>,
     #[serde(default)]
     required_claims: Vec<RawClaimRequirement>,
+    revocation: Option<RawRuleRevocation>,
 }
 
 #[derive(Deserialize)]
@@ -219,6 +314,36 @@ fn default_max_token_bytes() -> usize {
 }
 fn default_skew() -> u64 {
     60
+}
+fn default_status_path() -> String {
+    "/v1/status".into()
+}
+fn default_revoke_path() -> String {
+    "/v1/revoke".into()
+}
+fn default_revoke_subject_path() -> String {
+    "/v1/revoke-subject".into()
+}
+fn default_timeout_ms() -> u64 {
+    200
+}
+fn default_mode() -> RawMode {
+    RawMode::Denylist
+}
+fn default_cache_ttl_ms() -> u64 {
+    1000
+}
+fn default_cache_max_entries() -> u32 {
+    10_000
+}
+fn default_failure_mode() -> RawFailureMode {
+    RawFailureMode::Closed
+}
+fn default_stale_ms() -> u64 {
+    60_000
+}
+fn default_retry_after() -> u32 {
+    1
 }
 
 /// A configuration error: the dotted field path and what is wrong with it.
@@ -277,13 +402,19 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     for (name, p) in raw.providers {
         providers.push(build_provider(&name, p)?);
     }
+    let revocation = match raw.revocation {
+        Some(r) => Some(build_revocation(r)?),
+        None => None,
+    };
+    let default_failure_mode = revocation.as_ref().map(|r| r.failure_mode);
     let mut rules = Vec::with_capacity(raw.rules.len());
     for (i, r) in raw.rules.into_iter().enumerate() {
-        rules.push(build_rule(&format!("rules[{i}]"), r, &names)?);
+        rules.push(build_rule(&format!("rules[{i}]"), r, &names, default_failure_mode)?);
     }
     let mut output_headers: Vec<String> = providers
         .iter()
         .flat_map(|p| p.claim_to_headers.iter().map(|c| c.header_name.clone()).chain(p.forward_payload_header.clone()))
+        .chain(revocation.as_ref().map(|_| UNCHECKED_HEADER.to_string()))
         .collect();
     output_headers.sort();
     output_headers.dedup();
@@ -295,6 +426,60 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         host_crypto: raw.host_crypto,
         max_token_bytes: raw.max_token_bytes,
         output_headers,
+        revocation,
+    })
+}
+
+fn build_revocation(r: RawRevocation) -> Result<Revocation, ConfigError> {
+    let at = |field: &str| format!("revocation.{field}");
+    if r.cluster.is_empty() {
+        return Err(err(at("cluster"), "must name an Envoy cluster (under Istio: outbound|PORT||HOST)"));
+    }
+    for (field, path) in
+        [("path", &r.path), ("revoke_path", &r.revoke_path), ("revoke_subject_path", &r.revoke_subject_path)]
+    {
+        if !path.starts_with('/') {
+            return Err(err(at(field), "must start with /"));
+        }
+    }
+    for (field, path) in [("logout_path", &r.logout_path), ("logout_all_path", &r.logout_all_path)] {
+        if path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+            return Err(err(at(field), "must start with /"));
+        }
+    }
+    if r.timeout_ms == 0 {
+        return Err(err(at("timeout_ms"), "must be positive"));
+    }
+    if r.cache_max_entries == 0 {
+        return Err(err(at("cache_max_entries"), "must be positive"));
+    }
+    for (field, credential) in [("credential", &r.credential), ("revoke_credential", &r.revoke_credential)] {
+        if let Some(c) = credential {
+            header_value_ok(c).map_err(|m| err(at(field), m))?;
+        }
+    }
+    if (r.logout_path.is_some() || r.logout_all_path.is_some()) && r.revoke_credential.is_none() {
+        return Err(err(at("revoke_credential"), "the logout routes need a credential to revoke with"));
+    }
+    Ok(Revocation {
+        cluster: r.cluster,
+        authority: r.authority,
+        path: r.path,
+        timeout_ms: r.timeout_ms,
+        credential: r.credential,
+        revoke_credential: r.revoke_credential,
+        mode: match r.mode {
+            RawMode::Denylist => Mode::Denylist,
+            RawMode::Allowlist => Mode::Allowlist,
+        },
+        freshness: Freshness { ttl_ms: r.cache_ttl_ms, stale_ms: r.stale_ms.max(r.cache_ttl_ms) },
+        cache_max_entries: r.cache_max_entries,
+        failure_mode: r.failure_mode.into(),
+        retry_after_seconds: r.retry_after_seconds,
+        logout_path: r.logout_path,
+        logout_all_path: r.logout_all_path,
+        revoke_path: r.revoke_path,
+        revoke_subject_path: r.revoke_subject_path,
     })
 }
 
@@ -402,7 +587,12 @@ fn is_hmac(k: &Key) -> bool {
     k.algorithms.iter().all(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
 }
 
-fn build_rule(at: &str, r: RawRule, providers: &[String]) -> Result<Rule, ConfigError> {
+fn build_rule(
+    at: &str,
+    r: RawRule,
+    providers: &[String],
+    failure_mode: Option<FailureMode>,
+) -> Result<Rule, ConfigError> {
     let m = r.match_;
     let path = match (m.prefix, m.path, m.safe_regex) {
         (Some(p), None, None) => PathMatch::Prefix(p),
@@ -429,7 +619,15 @@ fn build_rule(at: &str, r: RawRule, providers: &[String]) -> Result<Rule, Config
     if requires.is_none() && !required_claims.is_empty() {
         return Err(err(format!("{at}.required_claims"), "claims can only be required where a token is required"));
     }
-    Ok(Rule { matcher: Matcher { path, methods }, requires, required_claims })
+    let revocation = match r.revocation {
+        None => failure_mode,
+        Some(_) if failure_mode.is_none() => {
+            return Err(err(format!("{at}.revocation"), "there is no top-level revocation section to override"));
+        }
+        Some(RawRuleRevocation { disabled: true, .. }) => None,
+        Some(RawRuleRevocation { failure_mode: own, .. }) => own.map(FailureMode::from).or(failure_mode),
+    };
+    Ok(Rule { matcher: Matcher { path, methods }, requires, required_claims, revocation })
 }
 
 fn build_requirement(at: &str, r: RawRequirement, providers: &[String]) -> Result<Requirement, ConfigError> {

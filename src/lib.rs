@@ -14,9 +14,12 @@ pub mod jws;
 pub mod keys;
 pub mod reason;
 pub mod response;
+pub mod revocation;
 pub mod rules;
 pub mod signature;
 pub mod strict_json;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
+#[cfg(target_arch = "wasm32")]
+mod host;

@@ -18,10 +18,14 @@ pub enum Reason {
     InvalidClaims,
     /// A claim requirement of the route is not met.
     InsufficientScope,
+    /// The revocation service says the token was revoked (or, in allowlist mode, is no session).
+    Revoked,
+    /// The revocation status is unknown and the failure mode is closed: 503, try again.
+    RevocationUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Missing,
         Reason::MultipleTokens,
         Reason::Malformed,
@@ -32,6 +36,8 @@ impl Reason {
         Reason::WrongAudience,
         Reason::InvalidClaims,
         Reason::InsufficientScope,
+        Reason::Revoked,
+        Reason::RevocationUnavailable,
     ];
 
     /// The name used in stats (`jwtguard.denied.<name>`) and logs.
@@ -47,6 +53,8 @@ impl Reason {
             Reason::WrongAudience => "wrong_audience",
             Reason::InvalidClaims => "invalid_claims",
             Reason::InsufficientScope => "insufficient_scope",
+            Reason::Revoked => "revoked",
+            Reason::RevocationUnavailable => "revocation_unavailable",
         }
     }
 
@@ -63,6 +71,8 @@ impl Reason {
             Reason::WrongAudience => "token audience is not accepted",
             Reason::InvalidClaims => "token claims are invalid",
             Reason::InsufficientScope => "token lacks a required claim",
+            Reason::Revoked => "token revoked",
+            Reason::RevocationUnavailable => "revocation status unavailable, retry",
         }
     }
 

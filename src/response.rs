@@ -14,6 +14,8 @@ pub struct Response {
 pub struct ResponseStyle {
     pub realm: String,
     pub include_error_description: bool,
+    /// `Retry-After` of a 503 when the revocation status is unknown.
+    pub retry_after_seconds: u32,
 }
 
 /// The RFC 6750 error code of a reason; `None` for a request without credentials, which
@@ -31,12 +33,16 @@ pub fn status(reason: Reason) -> u32 {
     match reason {
         Reason::MultipleTokens => 400,
         Reason::InsufficientScope => 403,
+        Reason::RevocationUnavailable => 503,
         _ => 401,
     }
 }
 
 /// Builds the denial. `scope` is the scope a route needs, named in the challenge when known.
 pub fn denial(style: &ResponseStyle, reason: Reason, scope: Option<&str>) -> Response {
+    if reason == Reason::RevocationUnavailable {
+        return unavailable(style);
+    }
     let mut challenge = format!("Bearer realm=\"{}\"", style.realm);
     let code = error_code(reason);
     if let Some(code) = code {
@@ -64,12 +70,30 @@ pub fn denial(style: &ResponseStyle, reason: Reason, scope: Option<&str>) -> Res
     }
 }
 
+/// 503 with `Retry-After`: the token may be fine, but its revocation status is unknown.
+fn unavailable(style: &ResponseStyle) -> Response {
+    let mut body = serde_json::Map::new();
+    body.insert("error".into(), "temporarily_unavailable".into());
+    if style.include_error_description {
+        body.insert("error_description".into(), Reason::RevocationUnavailable.description().into());
+    }
+    Response {
+        status: 503,
+        headers: vec![
+            ("retry-after", style.retry_after_seconds.to_string()),
+            ("content-type", "application/json".into()),
+            ("cache-control", "no-store".into()),
+        ],
+        body: serde_json::Value::Object(body).to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn style(desc: bool) -> ResponseStyle {
-        ResponseStyle { realm: "api".into(), include_error_description: desc }
+        ResponseStyle { realm: "api".into(), include_error_description: desc, retry_after_seconds: 2 }
     }
 
     fn header(r: &Response) -> &str {
@@ -92,6 +116,17 @@ mod tests {
         let r = denial(&style(false), Reason::Expired, None);
         assert_eq!(header(&r), r#"Bearer realm="api", error="invalid_token""#);
         assert_eq!(r.body, r#"{"error":"invalid_token"}"#);
+    }
+
+    #[test]
+    fn revoked_is_401_and_unknown_status_is_503_with_retry_after() {
+        let r = denial(&style(true), Reason::Revoked, None);
+        assert_eq!(r.status, 401);
+        assert_eq!(header(&r), r#"Bearer realm="api", error="invalid_token", error_description="token revoked""#);
+        let r = denial(&style(true), Reason::RevocationUnavailable, None);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.headers[0], ("retry-after", "2".to_string()));
+        assert!(r.body.contains("temporarily_unavailable"));
     }
 
     #[test]

@@ -1,0 +1,323 @@
+//! Revocation in the filter, without host calls: which token identity to ask about, the shared
+//! cache's entries and their freshness, the callout's path and answer, and the failure policy.
+//!
+//! The cache lives in Envoy's shared data (one per Envoy, all workers). It is direct-mapped:
+//! an identity hashes to one of `cache_max_entries` slots and the entry records the identity it
+//! belongs to, so the cache is bounded without any eviction pass and a different token never hits.
+//! "Active" answers are trusted for `cache_ttl_ms` (the propagation bound); "revoked" answers
+//! until the token's `exp`. Nothing is used past the token's `exp`.
+
+use crate::reason::Reason;
+use jwtguard_wire::{InactiveReason, StatusResponse};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Denylist,
+    Allowlist,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Unknown status → 503 with Retry-After (the default: the token is not known to be bad).
+    Closed,
+    /// Unknown status → allow, count, and mark the request upstream.
+    Open,
+    /// Unknown status → the last answer if younger than `stale_ms`, else closed.
+    Stale,
+}
+
+/// What a token is known to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    Active,
+    /// Revoked by `jti` or a subject cutoff: final, so cached until the token's `exp`.
+    Revoked,
+    /// Allowlist mode, no live session: may change (a login registers one), so cached like
+    /// an active answer.
+    NoSession,
+}
+
+/// The claims a revocation answer depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub jti: Option<String>,
+    pub sub: Option<String>,
+    pub iss: Option<String>,
+    pub iat: Option<u64>,
+    pub exp: Option<u64>,
+    /// All of the above in one string: the cache's and the single-flight map's key.
+    pub key: String,
+}
+
+impl Identity {
+    pub fn from_claims(claims: &Map<String, Value>) -> Identity {
+        let text = |n: &str| claims.get(n).and_then(Value::as_str).map(String::from);
+        let number = |n: &str| claims.get(n).and_then(Value::as_u64);
+        let (jti, sub, iss, iat, exp) = (text("jti"), text("sub"), text("iss"), number("iat"), number("exp"));
+        // \u{1f} cannot occur in a claim we got here without JSON escaping it, so fields cannot run together.
+        let key = format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            jti.as_deref().unwrap_or(""),
+            sub.as_deref().unwrap_or(""),
+            iss.as_deref().unwrap_or(""),
+            iat.map(|i| i.to_string()).unwrap_or_default()
+        );
+        Identity { jti, sub, iss, iat, exp, key }
+    }
+
+    /// The shared-data key of this identity's cache slot.
+    pub fn slot_key(&self, max_entries: u32) -> String {
+        // FNV-1a: small, fast, and good enough to spread identities over slots.
+        let hash =
+            self.key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        format!("jwtguard.rev.{}", hash % u64::from(max_entries.max(1)))
+    }
+}
+
+/// One cached answer, as stored in shared data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub known: Known,
+    pub fetched_ms: u64,
+    /// The token's `exp` (seconds); 0 when the token has none.
+    pub exp: u64,
+    pub identity: String,
+}
+
+impl Entry {
+    pub fn encode(&self) -> Vec<u8> {
+        let state = match self.known {
+            Known::Active => 'A',
+            Known::Revoked => 'R',
+            Known::NoSession => 'N',
+        };
+        format!("{state}|{}|{}|{}", self.fetched_ms, self.exp, self.identity).into_bytes()
+    }
+
+    /// `None` for anything that is not an entry this version wrote.
+    pub fn decode(bytes: &[u8]) -> Option<Entry> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.splitn(4, '|');
+        let known = match parts.next()? {
+            "A" => Known::Active,
+            "R" => Known::Revoked,
+            "N" => Known::NoSession,
+            _ => return None,
+        };
+        let fetched_ms = parts.next()?.parse().ok()?;
+        let exp = parts.next()?.parse().ok()?;
+        let identity = parts.next()?.to_string();
+        Some(Entry { known, fetched_ms, exp, identity })
+    }
+}
+
+/// What the cache says about an identity now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Good enough to decide on without asking.
+    Fresh(Known),
+    /// Too old to decide on, but usable under `failure_mode: stale`.
+    Stale(Known),
+    Miss,
+}
+
+/// Cache timing, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    pub ttl_ms: u64,
+    pub stale_ms: u64,
+}
+
+pub fn lookup(entry: Option<&Entry>, identity: &Identity, now_ms: u64, f: Freshness) -> Lookup {
+    let Some(entry) = entry.filter(|e| e.identity == identity.key) else {
+        return Lookup::Miss;
+    };
+    if entry.exp != 0 && now_ms / 1000 >= entry.exp {
+        return Lookup::Miss; // the token is over; nothing to say about it
+    }
+    let age = now_ms.saturating_sub(entry.fetched_ms);
+    match entry.known {
+        // A revocation never ends before the token does.
+        Known::Revoked if entry.exp != 0 || age < f.ttl_ms => Lookup::Fresh(Known::Revoked),
+        known if age < f.ttl_ms => Lookup::Fresh(known),
+        known if age < f.stale_ms => Lookup::Stale(known),
+        _ => Lookup::Miss,
+    }
+}
+
+/// The status callout's `:path`: `path?jti=…&sub=…&iss=…&iat=…[&mode=allowlist]`.
+pub fn status_path(path: &str, identity: &Identity, mode: Mode) -> String {
+    let mut query = Vec::new();
+    for (name, value) in
+        [("jti", identity.jti.as_deref()), ("sub", identity.sub.as_deref()), ("iss", identity.iss.as_deref())]
+    {
+        if let Some(v) = value {
+            query.push(format!("{name}={}", percent_encode(v)));
+        }
+    }
+    if let Some(iat) = identity.iat {
+        query.push(format!("iat={iat}"));
+    }
+    if mode == Mode::Allowlist {
+        query.push("mode=allowlist".into());
+    }
+    format!("{path}?{}", query.join("&"))
+}
+
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Why a callout gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Envoy's synthesized 504: the service did not answer within `timeout_ms`.
+    Timeout,
+    /// No connection, an error status, or a body that is not the service's answer.
+    Unavailable,
+}
+
+/// Only a 200 whose body parses as the service's answer is an answer: Envoy answers a failed
+/// callout itself (503 when the cluster is down, 504 on timeout).
+pub fn read_answer(status: Option<u16>, body: Option<&[u8]>) -> Result<Known, Failure> {
+    match status {
+        Some(200) => {
+            let answer: StatusResponse =
+                body.and_then(|b| serde_json::from_slice(b).ok()).ok_or(Failure::Unavailable)?;
+            Ok(match (answer.active, answer.reason) {
+                (true, _) => Known::Active,
+                (false, Some(InactiveReason::NoSession)) => Known::NoSession,
+                (false, _) => Known::Revoked,
+            })
+        }
+        Some(504) => Err(Failure::Timeout),
+        _ => Err(Failure::Unavailable),
+    }
+}
+
+/// What the filter does with a request once the revocation question is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// `failure_mode: open` let it through without an answer: count and mark it.
+    AllowUnchecked,
+    /// The stale answer was used (`failure_mode: stale`).
+    AllowStale,
+    Deny(Reason),
+}
+
+/// The verdict for an answer, or for a failure under `failure_mode` (with the stale entry, if any).
+pub fn verdict(answer: Result<Known, Failure>, failure_mode: FailureMode, stale: Option<Known>) -> Verdict {
+    match (answer, failure_mode, stale) {
+        (Ok(Known::Active), _, _) => Verdict::Allow,
+        (Ok(Known::Revoked | Known::NoSession), _, _) => Verdict::Deny(Reason::Revoked),
+        (Err(_), FailureMode::Open, _) => Verdict::AllowUnchecked,
+        (Err(_), FailureMode::Stale, Some(Known::Active)) => Verdict::AllowStale,
+        (Err(_), FailureMode::Stale, Some(Known::Revoked | Known::NoSession)) => Verdict::Deny(Reason::Revoked),
+        (Err(_), _, _) => Verdict::Deny(Reason::RevocationUnavailable),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn identity() -> Identity {
+        Identity::from_claims(
+            json!({"jti": "j 1", "sub": "alice", "iss": "https://i", "iat": 100, "exp": 2_000}).as_object().unwrap(),
+        )
+    }
+
+    const F: Freshness = Freshness { ttl_ms: 1_000, stale_ms: 60_000 };
+
+    #[test]
+    fn identity_keys_and_slots() {
+        let id = identity();
+        assert_eq!(id.key, "j 1\u{1f}alice\u{1f}https://i\u{1f}100");
+        let other = Identity::from_claims(
+            json!({"jti": "j 1", "sub": "alice", "iss": "https://i", "iat": 101}).as_object().unwrap(),
+        );
+        assert_ne!(id.key, other.key);
+        assert!(id.slot_key(10).starts_with("jwtguard.rev."));
+        assert_eq!(id.slot_key(1), "jwtguard.rev.0");
+        assert_eq!(id.slot_key(0), "jwtguard.rev.0", "zero entries cannot divide by zero");
+    }
+
+    #[test]
+    fn entries_round_trip_and_garbage_is_ignored() {
+        for known in [Known::Active, Known::Revoked, Known::NoSession] {
+            let e = Entry { known, fetched_ms: 5, exp: 9, identity: "a|b".into() };
+            assert_eq!(Entry::decode(&e.encode()), Some(e));
+        }
+        for bad in [&b""[..], b"X|1|2|id", b"A|x|2|id", b"A|1|2", b"\xff"] {
+            assert_eq!(Entry::decode(bad), None);
+        }
+    }
+
+    #[test]
+    fn freshness() {
+        let id = identity();
+        let entry = |known, fetched_ms| Entry { known, fetched_ms, exp: 2_000, identity: id.key.clone() };
+        let now = 1_000_000;
+        assert_eq!(lookup(Some(&entry(Known::Active, now - 999)), &id, now, F), Lookup::Fresh(Known::Active));
+        assert_eq!(lookup(Some(&entry(Known::Active, now - 1_000)), &id, now, F), Lookup::Stale(Known::Active));
+        assert_eq!(lookup(Some(&entry(Known::Active, now - 60_000)), &id, now, F), Lookup::Miss);
+        assert_eq!(lookup(Some(&entry(Known::Revoked, 0)), &id, now, F), Lookup::Fresh(Known::Revoked), "until exp");
+        assert_eq!(lookup(Some(&entry(Known::Revoked, 0)), &id, 2_000_000, F), Lookup::Miss, "never past exp");
+        assert_eq!(
+            lookup(Some(&entry(Known::NoSession, now - 1_500)), &id, now, F),
+            Lookup::Stale(Known::NoSession),
+            "a login may come"
+        );
+        let mut other = entry(Known::Revoked, now);
+        other.identity = "someone else".into();
+        assert_eq!(lookup(Some(&other), &id, now, F), Lookup::Miss, "another token in the same slot");
+        assert_eq!(lookup(None, &id, now, F), Lookup::Miss);
+    }
+
+    #[test]
+    fn status_paths_are_encoded() {
+        assert_eq!(
+            status_path("/v1/status", &identity(), Mode::Denylist),
+            "/v1/status?jti=j%201&sub=alice&iss=https%3A%2F%2Fi&iat=100"
+        );
+        let bare = Identity::from_claims(json!({"sub": "bob"}).as_object().unwrap());
+        assert_eq!(status_path("/s", &bare, Mode::Allowlist), "/s?sub=bob&mode=allowlist");
+    }
+
+    #[test]
+    fn only_a_parsed_200_is_an_answer() {
+        assert_eq!(read_answer(Some(200), Some(br#"{"active":true}"#)), Ok(Known::Active));
+        assert_eq!(read_answer(Some(200), Some(br#"{"active":false,"reason":"revoked"}"#)), Ok(Known::Revoked));
+        assert_eq!(read_answer(Some(200), Some(br#"{"active":false,"reason":"no_session"}"#)), Ok(Known::NoSession));
+        assert_eq!(read_answer(Some(200), Some(b"upstream connect error")), Err(Failure::Unavailable));
+        assert_eq!(read_answer(Some(200), None), Err(Failure::Unavailable));
+        assert_eq!(read_answer(Some(503), Some(br#"{"active":true}"#)), Err(Failure::Unavailable));
+        assert_eq!(read_answer(Some(500), Some(b"oops")), Err(Failure::Unavailable));
+        assert_eq!(read_answer(Some(504), None), Err(Failure::Timeout));
+        assert_eq!(read_answer(None, None), Err(Failure::Unavailable));
+    }
+
+    #[test]
+    fn failure_policy() {
+        use FailureMode::*;
+        let down = Err(Failure::Unavailable);
+        assert_eq!(verdict(Ok(Known::Active), Closed, None), Verdict::Allow);
+        assert_eq!(verdict(Ok(Known::Revoked), Open, None), Verdict::Deny(Reason::Revoked));
+        assert_eq!(verdict(down, Closed, Some(Known::Active)), Verdict::Deny(Reason::RevocationUnavailable));
+        assert_eq!(verdict(down, Open, None), Verdict::AllowUnchecked);
+        assert_eq!(verdict(down, Stale, Some(Known::Active)), Verdict::AllowStale);
+        assert_eq!(verdict(down, Stale, Some(Known::Revoked)), Verdict::Deny(Reason::Revoked));
+        assert_eq!(verdict(down, Stale, None), Verdict::Deny(Reason::RevocationUnavailable));
+    }
+}
