@@ -16,6 +16,7 @@ use jwtguard_demo::service::Service;
 use jwtguard_demo::tokens::{now, sign_raw, KeyPair};
 use jwtguard_demo::{scratch_dir, wait_for};
 use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ struct Variant {
     name: String,
     listener: Listener,
     token: Option<String>,
+    /// A wrk script that sends many different tokens (the token above is one of them).
+    script: Option<PathBuf>,
 }
 
 struct Sample {
@@ -129,11 +132,17 @@ fn filter(seconds: u32, rounds: usize) {
 
     let floor = json!({"providers": jwtguard_config(&public_jwks, true)["providers"], "rules": []});
     let mut variants = vec![
-        Variant { name: "no auth (baseline)".into(), listener: listener("baseline", vec![]), token: None },
+        Variant {
+            name: "no auth (baseline)".into(),
+            listener: listener("baseline", vec![]),
+            token: None,
+            script: None,
+        },
         Variant {
             name: "jwtguard, no rule matches (wasm floor)".into(),
             listener: listener("floor", vec![jwtguard_filter("floor", &floor)]),
             token: Some(tokens[0].1.clone()),
+            script: None,
         },
     ];
     for (alg, token, jwks) in &tokens {
@@ -143,14 +152,60 @@ fn filter(seconds: u32, rounds: usize) {
                 name: format!("native jwt_authn {alg}, {suffix}"),
                 listener: listener(&id, vec![native_filter(jwks, cached)]),
                 token: Some(token.clone()),
+                script: None,
             });
             let id = format!("jwtguard_{alg}_{}", if cached { "cache" } else { "nocache" });
             variants.push(Variant {
                 name: format!("jwtguard {alg}, {suffix}"),
                 listener: listener(&id, vec![jwtguard_filter(&id, &jwtguard_config(jwks, cached))]),
                 token: Some(token.clone()),
+                script: None,
             });
         }
+    }
+    // Revocation: the real service and Redis behind the `revocation` cluster.
+    let redis = RedisServer::start(&dir, &[]);
+    let service_bin = jwtguard_demo::repo_root().join("target/release/jwtguard-revocation");
+    let service_args: Vec<String> =
+        ["--redis-url", &redis.url(), "--credentials", "w", "--status-credentials", "s"].map(String::from).to_vec();
+    let service = Service::start(&service_bin, &dir, &service_args).unwrap_or_else(|e| panic!("service: {e}"));
+    let with_revocation = |ttl_ms: u64, cache_size: usize| {
+        let mut c = jwtguard_config(&public_jwks, true);
+        c["providers"]["bench"]["jwt_cache_config"]["jwt_cache_size"] = json!(cache_size);
+        c["revocation"] = json!({"cluster": "revocation", "authority": "revocation", "credential": "s",
+                                 "cache_ttl_ms": ttl_ms, "timeout_ms": 1000});
+        c
+    };
+    let many: Vec<String> = (0..2000)
+        .map(|i| rsa.sign(&json!({"iss": ISSUER, "aud": "bench", "sub": format!("user{i}"), "jti": format!("j{i}"), "iat": t, "exp": t + 3600})))
+        .collect();
+    let script = dir.join("tokens.lua");
+    std::fs::write(&script, wrk_script(&many)).expect("write wrk script");
+    let mut many_tokens = jwtguard_config(&public_jwks, true);
+    many_tokens["providers"]["bench"]["jwt_cache_config"]["jwt_cache_size"] = json!(4096);
+    for (id, name, config, token, script) in [
+        (
+            "rev_warm",
+            "jwtguard RS256, cache + revocation (warm)",
+            with_revocation(600_000, 100),
+            tokens[0].1.clone(),
+            None,
+        ),
+        ("many_norev", "jwtguard RS256, cache, 2000 tokens", many_tokens, many[0].clone(), Some(script.clone())),
+        (
+            "rev_cold",
+            "jwtguard RS256, cache + revocation (every request a miss), 2000 tokens",
+            with_revocation(0, 4096),
+            many[0].clone(),
+            Some(script.clone()),
+        ),
+    ] {
+        variants.push(Variant {
+            name: name.into(),
+            listener: listener(id, vec![jwtguard_filter(id, &config)]),
+            token: Some(token),
+            script,
+        });
     }
     let listeners: Vec<Listener> = variants
         .iter()
@@ -160,10 +215,12 @@ fn filter(seconds: u32, rounds: usize) {
             target: Target::DirectResponse,
         })
         .collect();
-    let envoy = Envoy::try_start_with(&dir, &bootstrap(&listeners, &[]), 1)
+    let clusters = [jwtguard_demo::envoy::static_cluster("revocation", service.port)];
+    let envoy = Envoy::try_start_with(&dir, &bootstrap(&listeners, &clusters), 1)
         .unwrap_or_else(|log| panic!("envoy did not start:\n{log}"));
+    let wasm_vms = 2 * (variants.len() - 1 - 6); // every jwtguard listener: main thread + one worker
     wait_for("every jwtguard VM", Duration::from_secs(30), || {
-        (envoy.log_text().matches("jwtguard: providers").count() >= 14).then_some(())
+        (envoy.log_text().matches("jwtguard: providers").count() >= wasm_vms).then_some(())
     });
 
     for v in &variants {
@@ -174,17 +231,18 @@ fn filter(seconds: u32, rounds: usize) {
             .map(|r| r.status())
             .unwrap_or(0);
         assert_eq!(status, 200, "{} does not answer 200", v.name);
-        run_wrk(&envoy, &url, v.token.as_deref(), 1); // warm-up
+        run_wrk(&envoy, &url, v, 2); // warm-up: fills the caches
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}");
         for (i, v) in variants.iter().enumerate() {
-            samples[i].push(run_wrk(&envoy, &envoy.url(&v.listener.name, "/"), v.token.as_deref(), seconds));
+            samples[i].push(run_wrk(&envoy, &envoy.url(&v.listener.name, "/"), v, seconds));
         }
     }
     let rss_all = rss_kib(envoy.pid());
     drop(envoy);
+    drop(service);
     report(&variants, &samples, seconds, rounds);
     let (rss_plain, rss_one) = rss_with_and_without_filter(&dir, &public_jwks);
     println!();
@@ -193,7 +251,7 @@ fn filter(seconds: u32, rounds: usize) {
         std::fs::metadata(wasm_file()).map(|m| m.len()).unwrap_or(0),
         wasm_file().display()
     );
-    println!("- Envoy RSS, idle, `--concurrency 1`: no filter {} MiB; one jwtguard listener {} MiB; this run's {} listeners ({} wasm VMs) {} MiB", rss_plain / 1024, rss_one / 1024, variants.len(), 6, rss_all / 1024);
+    println!("- Envoy RSS, idle, `--concurrency 1`: no filter {} MiB; one jwtguard listener {} MiB; this run's {} listeners ({} with jwtguard) {} MiB", rss_plain / 1024, rss_one / 1024, variants.len(), wasm_vms / 2, rss_all / 1024);
 }
 
 fn listener(name: &str, filters: Vec<Value>) -> Listener {
@@ -243,11 +301,27 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn run_wrk(envoy: &Envoy, url: &str, token: Option<&str>, seconds: u32) -> Sample {
+/// A wrk script sending the tokens in turn.
+fn wrk_script(tokens: &[String]) -> String {
+    let list: Vec<String> = tokens.iter().map(|t| format!("\"{t}\"")).collect();
+    format!(
+        "local tokens = {{ {} }}\nlocal i = 0\nrequest = function()\n  i = (i % #tokens) + 1\n  \
+         return wrk.format(\"GET\", \"/\", {{[\"Authorization\"] = \"Bearer \" .. tokens[i]}})\nend\n",
+        list.join(",\n")
+    )
+}
+
+fn run_wrk(envoy: &Envoy, url: &str, variant: &Variant, seconds: u32) -> Sample {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t1", "-c16", &format!("-d{seconds}s"), "--latency"]);
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    match (&variant.script, &variant.token) {
+        (Some(script), _) => {
+            cmd.arg("-s").arg(script);
+        }
+        (None, Some(t)) => {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        (None, None) => {}
     }
     let before = cpu_us(envoy.pid());
     let out = cmd.arg(url).output().expect("run wrk (make deps installs it)");
