@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# The demo: Envoy with the jwtguard filter in front of an echo upstream. Shows a valid token
-# accepted (with the claims the upstream received), requests refused, then waits for Ctrl-C.
+# The demo: Redis, the revocation service, Envoy with the jwtguard filter, and an echo upstream.
+# Walks through the story — a token accepted (with the claims the upstream received), logged out
+# at the proxy and refused, "log out everywhere", a new login accepted — then leaves everything
+# running until Ctrl-C and stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=.demo
-mkdir -p "$state"
+mkdir -p "$state/redis"
 demo=target/release/jwtguard-demo
+service=target/release/jwtguard-revocation
 wasm=target/jwtguard.wasm
+
+for port in 6390 8080 8081 9901 10000; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port on 127.0.0.1 is in use; the demo needs 6390, 8080, 8081, 9901 and 10000" >&2
+    exit 1
+  fi
+done
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -17,47 +27,70 @@ wait_for() { # url, what
   echo "$2 did not come up; see $state/*.log" >&2; exit 1
 }
 
+# Credentials for this run only: one the filter uses to ask, one it uses to revoke.
+status_credential=$(openssl rand -hex 16)
+write_credential=$(openssl rand -hex 16)
+
 "$demo" keygen "$state/keys"
 jwks=$("$demo" jwks "$state/keys")
-python3 - "$wasm" "$jwks" <<'PY' > "$state/envoy.yaml"
+python3 - "$wasm" "$jwks" "$status_credential" "$write_credential" <<'PY' > "$state/envoy.yaml"
 import json, sys, pathlib
 text = pathlib.Path("envoy/envoy.yaml").read_text()
-print(text.replace("@WASM@", str(pathlib.Path(sys.argv[1]).resolve())).replace("@JWKS@", json.dumps(sys.argv[2])))
+for placeholder, value in [("@WASM@", str(pathlib.Path(sys.argv[1]).resolve())), ("@JWKS@", json.dumps(sys.argv[2])),
+                           ("@STATUS_CREDENTIAL@", sys.argv[3]), ("@WRITE_CREDENTIAL@", sys.argv[4])]:
+    text = text.replace(placeholder, value)
+print(text)
 PY
 
+redis-server --port 6390 --bind 127.0.0.1 --appendonly yes --dir "$state/redis" --logfile redis.log & pids+=($!)
+until [ "$(redis-cli -p 6390 ping 2>/dev/null)" = "PONG" ]; do sleep 0.1; done
+JWTGUARD_REVOCATION_CREDENTIALS=$write_credential JWTGUARD_STATUS_CREDENTIALS=$status_credential \
+  "$service" serve --listen 127.0.0.1:8080 --redis-url redis://127.0.0.1:6390 --log-format text \
+  > "$state/revocation.log" 2>&1 & pids+=($!)
 "$demo" upstream --listen 127.0.0.1:8081 > "$state/upstream.log" 2>&1 & pids+=($!)
 .venv/bin/envoy -c "$state/envoy.yaml" --concurrency 2 --disable-hot-restart --log-path "$state/envoy.log" & pids+=($!)
-wait_for http://127.0.0.1:9901/ready "Envoy"
+wait_for http://127.0.0.1:8080/healthz "the revocation service"
 wait_for http://127.0.0.1:8081/ "the upstream"
+wait_for http://127.0.0.1:9901/ready "Envoy"
 until [ "$(curl -s http://127.0.0.1:9901/ready)" = "LIVE" ]; do sleep 0.1; done
 
-token=$("$demo" mint "$state/keys" --sub alice)
-admin_token=$("$demo" mint "$state/keys" --sub root --scope "orders:read admin")
-expired=$("$demo" mint "$state/keys" --sub alice --ttl=-300)
-
+mint() { "$demo" mint "$state/keys" "$@"; }
 show() { # description, curl args...
   local what=$1; shift
   echo
   echo "== $what"
   printf '$ curl -i%s\n' "$(printf ' %q' "$@")" | sed -E 's/(ey[A-Za-z0-9_-]{10})[A-Za-z0-9_.-]+/\1…/g'
-  curl -s -i "$@" | sed -E 's/^/   /'
+  curl -s -i "$@" | tr -d '\r' | grep -Eiv '^(date|server|content-length|x-envoy-upstream-service-time|x-request-id):' | sed -E 's/^/   /'
   echo
 }
 
+token=$(mint --sub alice)
 show "a valid token: 200, and the upstream sees the verified claims" -H "Authorization: Bearer $token" http://127.0.0.1:10000/orders
 show "no token: 401 with a bare challenge" http://127.0.0.1:10000/orders
-show "an expired token: 401 invalid_token" -H "Authorization: Bearer $expired" http://127.0.0.1:10000/orders
+show "an expired token: 401 invalid_token" -H "Authorization: Bearer $(mint --sub alice --ttl=-300)" http://127.0.0.1:10000/orders
 show "a route that needs scope admin: 403 insufficient_scope" -H "Authorization: Bearer $token" http://127.0.0.1:10000/admin
-show "the same route with an admin token: 200" -H "Authorization: Bearer $admin_token" http://127.0.0.1:10000/admin
-show "a spoofed identity header on a public route never reaches the upstream" -H "x-jwt-sub: mallory" http://127.0.0.1:10000/public
+show "log out at the proxy: the filter revokes the token through the service, 204" -X POST -H "Authorization: Bearer $token" http://127.0.0.1:10000/logout
+show "the same token now: 401 token revoked (on every Envoy within cache_ttl_ms = 1 s)" -H "Authorization: Bearer $token" http://127.0.0.1:10000/orders
+
+laptop=$(mint --sub bob)
+phone=$(mint --sub bob)
+show "bob is logged in on his phone: 200" -H "Authorization: Bearer $phone" http://127.0.0.1:10000/orders
+show "bob logs out everywhere from his laptop: 204" -X POST -H "Authorization: Bearer $laptop" http://127.0.0.1:10000/logout-all
+sleep 1.1 # the phone's token was cached as active; the cache answers for at most cache_ttl_ms
+show "his phone's token, issued before: 401 token revoked" -H "Authorization: Bearer $phone" http://127.0.0.1:10000/orders
+sleep 1 # a login in a later second than the cutoff
+show "a new login afterwards: 200" -H "Authorization: Bearer $(mint --sub bob)" http://127.0.0.1:10000/orders
 
 cat <<MSG
 
-Running: Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901), echo upstream on 127.0.0.1:8081.
-Try it yourself:
+Running: Envoy on 127.0.0.1:10000 (admin 127.0.0.1:9901), the revocation service on 127.0.0.1:8080
+(Redis on 127.0.0.1:6390), the echo upstream on 127.0.0.1:8081. Logs in $state/. Try it yourself:
   TOKEN=\$($demo mint $state/keys --sub alice)
   curl -i -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:10000/orders
+  curl -i -X POST -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:10000/logout
+  curl -i -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:10000/orders
   curl -s http://127.0.0.1:9901/stats/prometheus | grep jwtguard
+  curl -s http://127.0.0.1:8080/metrics | grep jwtguard
 Ctrl-C stops everything.
 MSG
 [ -n "${JWTGUARD_DEMO_NO_WAIT:-}" ] && exit 0

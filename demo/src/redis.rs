@@ -59,7 +59,11 @@ impl RedisServer {
             .expect("spawn redis-server (make deps)");
         self.child = Some(child);
         let port = self.port;
-        wait_for("redis PING", Duration::from_secs(20), || (cli(port, &["PING"]) == "PONG").then_some(()));
+        // With ACLs the default user may be off: NOAUTH means it is up all the same.
+        wait_for("redis PING", Duration::from_secs(20), || {
+            let reply = cli(port, &["PING"]);
+            (reply == "PONG" || reply.contains("NOAUTH")).then_some(())
+        });
     }
 
     pub fn url(&self) -> String {

@@ -123,6 +123,9 @@ struct ServeArgs {
     request_timeout_ms: u64,
     #[arg(long, default_value = "jwtguard")]
     key_prefix: String,
+    /// Threads serving requests (default: one per core).
+    #[arg(long)]
+    worker_threads: Option<usize>,
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
 }
@@ -208,11 +211,26 @@ fn serve(args: ServeArgs) -> Result<String, String> {
         connect_timeout: Duration::from_millis(args.redis_connect_timeout_ms),
         retries: args.redis_retries,
     };
+    // Real histograms (fixed buckets), not summaries; upkeep below drains them periodically,
+    // which the exporter leaves to us when installed without its own HTTP listener.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
+        .set_buckets(&[0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0])
+        .and_then(|b| b.install_recorder())
         .map_err(|e| format!("metrics: {e}"))?;
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
+        let upkeep = prometheus.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
         let store = store::Store::connect(options).await.map_err(|e| e.to_string())?;
         let state = Arc::new(api::AppState {
             store,

@@ -279,36 +279,71 @@ impl Store {
 
     /// Whether a token may pass: one round trip per shard touched, the two in parallel.
     pub async fn status(&self, q: &StatusQuery, now: u64) -> Result<StatusResponse, StoreError> {
-        let jti_read = async {
-            let Some(jti) = &q.jti else {
-                return Ok::<_, StoreError>(false);
-            };
-            let key = self.jti_key(jti);
-            let mut pipe = redis::pipe();
-            pipe.cmd("EXISTS").arg(&key);
-            let values = self.run("status_jti", &key, &pipe).await?;
-            Ok(matches!(values.first(), Some(Value::Int(n)) if *n > 0))
-        };
-        let subject_read = async {
-            let Some(sub) = &q.sub else {
-                return Ok::<_, StoreError>((None, None));
-            };
-            let (for_issuer, for_all) = (self.cutoff_key(sub, q.iss.as_deref()), self.cutoff_key(sub, None));
-            let mut pipe = redis::pipe();
-            pipe.cmd("MGET").arg(&for_issuer).arg(&for_all);
-            if q.allowlist {
-                pipe.cmd("HGET").arg(&self.session_keys(sub)[1]).arg(q.jti.as_deref().unwrap_or(""));
+        let jti_read = |pipe: &mut Pipeline| {
+            if let Some(jti) = &q.jti {
+                pipe.cmd("EXISTS").arg(self.jti_key(jti));
             }
-            let values = self.run("status_subject", &for_all, &pipe).await?;
-            let mut values = values.into_iter();
+        };
+        let subject_read = |pipe: &mut Pipeline| {
+            if let Some(sub) = &q.sub {
+                pipe.cmd("MGET").arg(self.cutoff_key(sub, q.iss.as_deref())).arg(self.cutoff_key(sub, None));
+                if q.allowlist {
+                    pipe.cmd("HGET").arg(&self.session_keys(sub)[1]).arg(q.jti.as_deref().unwrap_or(""));
+                }
+            }
+        };
+        // Standalone: every key is on the one server, so one pipeline. Cluster: one per shard
+        // touched (the jti's and the subject's), in parallel.
+        let mut values = Vec::new();
+        let (mut jti_pipe, mut subject_pipe) = (redis::pipe(), redis::pipe());
+        jti_read(&mut jti_pipe);
+        subject_read(&mut subject_pipe);
+        let jti_key = q.jti.as_deref().map(|j| self.jti_key(j)).unwrap_or_default();
+        let subject_key = q.sub.as_deref().map(|s| self.cutoff_key(s, None)).unwrap_or_default();
+        match &self.conn {
+            Connection::Standalone(_) => {
+                jti_read(&mut subject_pipe);
+                if !subject_pipe.is_empty() {
+                    let mut all = self.run("status", &jti_key, &subject_pipe).await?;
+                    // Put the jti's answer first, as in the cluster case.
+                    if q.jti.is_some() {
+                        let jti_value = all.pop();
+                        values.extend(jti_value);
+                    }
+                    values.extend(all);
+                }
+            }
+            Connection::Cluster(_) => {
+                let run = |op, key: &str, pipe: &Pipeline| {
+                    let key = key.to_string();
+                    let pipe = pipe.clone();
+                    async move {
+                        if pipe.is_empty() {
+                            Ok(Vec::new())
+                        } else {
+                            self.run(op, &key, &pipe).await
+                        }
+                    }
+                };
+                let (a, b) = tokio::join!(
+                    run("status_jti", &jti_key, &jti_pipe),
+                    run("status_subject", &subject_key, &subject_pipe)
+                );
+                values.extend(a?);
+                values.extend(b?);
+            }
+        }
+        let mut values = values.into_iter();
+        let revoked = q.jti.is_some() && matches!(values.next(), Some(Value::Int(n)) if n > 0);
+        let (cutoff, session_exp) = if q.sub.is_some() {
             let cutoffs: Vec<Option<u64>> =
                 values.next().and_then(|v| redis::from_redis_value(v).ok()).unwrap_or_default();
             let session_exp: Option<u64> = values.next().and_then(|v| redis::from_redis_value(v).ok()).flatten();
-            Ok((cutoffs.into_iter().flatten().max(), session_exp))
+            (cutoffs.into_iter().flatten().max(), session_exp)
+        } else {
+            (None, None)
         };
-        let (revoked, subject) = tokio::join!(jti_read, subject_read);
-        let (cutoff, session_exp) = subject?;
-        let reason = if revoked? {
+        let reason = if revoked {
             Some(InactiveReason::Revoked)
         } else if cutoff.is_some_and(|c| q.iat.is_none_or(|iat| iat < c)) {
             // A token without iat cannot show it came after the cutoff.

@@ -219,6 +219,52 @@ fn every_endpoint_on_a_redis_cluster() {
 }
 
 #[test]
+fn the_operator_cli_revokes_and_asks() {
+    let dir = scratch_dir("revocation", "cli");
+    let redis = RedisServer::start(&dir, &[]);
+    let svc = Service::start(&bin(), &dir, &args(&[redis.url()], false, &[])).expect("service");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .env("JWTGUARD_REVOCATION_URL", svc.url())
+            .env("JWTGUARD_REVOCATION_CREDENTIAL", WRITE)
+            .env("JWTGUARD_STATUS_CREDENTIAL", STATUS)
+            .output()
+            .expect("run the CLI");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let exp = (now() + 600).to_string();
+    let (ok, out) = cli(&["revoke", "--jti", "cli-1", "--exp", &exp]);
+    assert!(ok && out.contains(r#""stored":true"#), "{out}");
+    let (ok, out) = cli(&["status", "--jti", "cli-1"]);
+    assert!(ok && out.contains(r#""reason":"revoked""#), "{out}");
+    let (ok, out) = cli(&["revoke-subject", "--sub", "zed"]);
+    assert!(ok && out.contains("issued_before"), "{out}");
+    let (ok, out) = cli(&["status", "--sub", "zed", "--iat", "1"]);
+    assert!(ok && out.contains("subject_revoked"), "{out}");
+    let out = std::process::Command::new(bin())
+        .args(["revoke", "--jti", "x", "--exp", &exp])
+        .env("JWTGUARD_REVOCATION_URL", svc.url())
+        .env("JWTGUARD_REVOCATION_CREDENTIAL", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a refused call exits non-zero");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+#[test]
+fn redis_acl_credentials_in_the_url_are_used() {
+    let dir = scratch_dir("revocation", "acl");
+    let acl = ["--user", "jwtguard", "on", ">s3cret", "~jwtguard:*", "+@all", "--user", "default", "off"];
+    let redis = RedisServer::start(&dir, &acl);
+    let url = format!("redis://jwtguard:s3cret@127.0.0.1:{}", redis.port);
+    let svc = Service::start(&bin(), &dir, &args(&[url], false, &[])).expect("service");
+    let r = post_json(&svc, "/v1/revoke", Some(WRITE), &json!({"jti": "acl-1", "exp": now() + 60}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(status(&svc, "jti=acl-1")["reason"], "revoked");
+}
+
+#[test]
 fn refuses_to_start_without_credentials_unless_told_it_is_development() {
     let dir = scratch_dir("revocation", "nocreds");
     let redis = RedisServer::start(&dir, &[]);
