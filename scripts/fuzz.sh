@@ -7,6 +7,6 @@ seconds=${1:-600}
 target=${2:-verify_token}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 mkdir -p corpus/"$target"
-cp -n seeds/* corpus/"$target"/ 2>/dev/null || true
+if [ -d seeds/"$target" ]; then cp -n seeds/"$target"/* corpus/"$target"/; fi
 export RUSTC_BOOTSTRAP=1
 cargo fuzz run "$target" corpus/"$target" -- -max_total_time="$seconds" -max_len=16384 -print_final_stats=1
