@@ -8,6 +8,7 @@ use crate::config::{Config, Provider, Requirement};
 use crate::extract::{self, Location, RequestHeaders};
 use crate::host_crypto::HostCrypto;
 use crate::jws;
+use crate::keys::Key;
 use crate::reason::Reason;
 use crate::revocation::{FailureMode, Identity};
 use crate::rules;
@@ -76,12 +77,22 @@ enum Outcome {
 pub struct Authenticator {
     pub config: Config,
     caches: Vec<TokenCache<Rc<Verified>>>,
+    /// Each provider's keys now: local ones, plus the last good remote set.
+    keys: Vec<Vec<Key>>,
 }
 
 impl Authenticator {
     pub fn new(config: Config) -> Self {
         let caches = config.providers.iter().map(|p| TokenCache::new(p.jwt_cache_size)).collect();
-        Authenticator { config, caches }
+        let keys = config.providers.iter().map(|p| p.keys.clone()).collect();
+        Authenticator { config, caches, keys }
+    }
+
+    /// Replaces provider `i`'s remote keys (its local ones stay); an empty set means none usable.
+    pub fn set_remote_keys(&mut self, i: usize, remote: Vec<Key>) {
+        if let (Some(p), Some(slot)) = (self.config.providers.get(i), self.keys.get_mut(i)) {
+            *slot = p.keys.iter().cloned().chain(remote).collect();
+        }
     }
 
     pub fn authenticate(
@@ -251,7 +262,7 @@ impl Run<'_, '_> {
         if provider.jwt_cache_size > 0 {
             self.tally.cache_misses += 1;
         }
-        match verify_token(provider, &token, self.now, self.host, self.tally) {
+        match verify_token(provider, &self.auth.keys[i], &token, self.now, self.host, self.tally) {
             Ok(v) => {
                 let v = Rc::new(v);
                 if let Some(exp) = v.lifetime.exp {
@@ -264,9 +275,11 @@ impl Run<'_, '_> {
     }
 }
 
-/// Parse, issuer, signature, claims — in that order, as `jwt_authn` does.
+/// Parse, issuer, signature, claims — in that order, as `jwt_authn` does. `keys` are the
+/// provider's keys now (its local keys and, with remote JWKS, the last good fetched set).
 pub fn verify_token(
     provider: &Provider,
+    keys: &[Key],
     token: &str,
     now: u64,
     host: Option<&dyn HostCrypto>,
@@ -275,14 +288,19 @@ pub fn verify_token(
     let jws = jws::parse(token)?;
     let claims = strict_json::parse_object(&jws.payload).map_err(|_| Reason::Malformed)?;
     claims::check_issuer(&claims, &provider.policy)?;
-    let verdict = signature::verify(&provider.keys, &jws, host);
+    if keys.is_empty() {
+        return Err(Reason::KeysUnavailable); // remote JWKS not fetched yet, or expired
+    }
+    let verdict = signature::verify(keys, &jws, host);
     match verdict.backend {
         Some(Backend::Host) => tally.host_verifications += 1,
         Some(Backend::Wasm) => tally.wasm_verifications += 1,
         None => {}
     }
     if !verdict.valid {
-        return Err(Reason::BadSignature);
+        // No key fitted: with a remote JWKS the key may be new (rotation), so say so.
+        let unknown = verdict.backend.is_none() && provider.remote_jwks.is_some();
+        return Err(if unknown { Reason::UnknownKey } else { Reason::BadSignature });
     }
     let lifetime = claims::check(&claims, jws.typ.as_deref(), &provider.policy, now)?;
     let headers = upstream_headers(provider, &claims, jws.payload_b64);

@@ -3,6 +3,7 @@
 
 use crate::claims::ClaimPolicy;
 use crate::extract::{HeaderSource, Sources};
+use crate::jwks::RemoteJwks;
 use crate::keys::{self, Key};
 use crate::revocation::{FailureMode, Freshness, Mode};
 use crate::rules::{ClaimRequirement, Matcher, PathMatch};
@@ -61,6 +62,9 @@ pub struct Provider {
     pub forward_payload_header: Option<String>,
     pub claim_to_headers: Vec<ClaimToHeader>,
     pub jwt_cache_size: usize,
+    pub remote_jwks: Option<RemoteJwks>,
+    /// The provider's algorithm allowlist, for keys fetched later.
+    pub algorithms: Vec<Algorithm>,
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +206,36 @@ struct RawProvider {
     max_lifetime_seconds: Option<u64>,
     typ: Option<String>,
     jwt_cache_config: Option<RawCacheConfig>,
+    remote_jwks: Option<RawRemoteJwks>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteJwks {
+    cluster: String,
+    uri: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    #[serde(default)]
+    oidc_discovery: bool,
+    #[serde(default = "default_jwks_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_cache_duration_seconds")]
+    cache_duration_seconds: u64,
+    #[serde(default = "default_failed_refetch_seconds")]
+    failed_refetch_seconds: u64,
+    #[serde(default = "default_max_backoff_seconds")]
+    max_backoff_seconds: u64,
+    #[serde(default = "default_max_stale_seconds")]
+    max_stale_seconds: u64,
+    #[serde(default = "default_wait_for_keys_ms")]
+    wait_for_keys_ms: u64,
+    #[serde(default = "default_unknown_kid_interval_seconds")]
+    unknown_kid_min_interval_seconds: u64,
+    #[serde(default = "default_max_jwks_bytes")]
+    max_jwks_bytes: usize,
+    #[serde(default = "default_max_keys")]
+    max_keys: usize,
 }
 
 #[derive(Deserialize)]
@@ -314,6 +348,33 @@ fn default_max_token_bytes() -> usize {
 }
 fn default_skew() -> u64 {
     60
+}
+fn default_jwks_timeout_ms() -> u64 {
+    1000
+}
+fn default_cache_duration_seconds() -> u64 {
+    600
+}
+fn default_failed_refetch_seconds() -> u64 {
+    1
+}
+fn default_max_backoff_seconds() -> u64 {
+    60
+}
+fn default_max_stale_seconds() -> u64 {
+    3600
+}
+fn default_wait_for_keys_ms() -> u64 {
+    2000
+}
+fn default_unknown_kid_interval_seconds() -> u64 {
+    10
+}
+fn default_max_jwks_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_keys() -> usize {
+    100
 }
 fn default_status_path() -> String {
     "/v1/status".into()
@@ -524,8 +585,15 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
         };
         keys.push(keys::from_secret(&secret, s.kid.clone(), s.alg.as_deref(), &allowed).map_err(|m| err(&field, m))?);
     }
-    if keys.is_empty() {
-        return Err(err(at("local_jwks"), "the provider has no keys (local_jwks, pem_keys or hmac_secrets)"));
+    let remote_jwks = match p.remote_jwks {
+        Some(r) => Some(build_remote_jwks(name, r, p.issuer.as_deref())?),
+        None => None,
+    };
+    if keys.is_empty() && remote_jwks.is_none() {
+        return Err(err(
+            at("local_jwks"),
+            "the provider has no keys (local_jwks, remote_jwks, pem_keys or hmac_secrets)",
+        ));
     }
     // Mixing secrets and public keys invites HS/RS confusion (RFC 8725 §2.1).
     if keys.iter().any(is_hmac) && keys.iter().any(|k| !is_hmac(k)) {
@@ -580,6 +648,45 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
         forward_payload_header,
         claim_to_headers,
         jwt_cache_size: p.jwt_cache_config.map_or(DEFAULT_JWT_CACHE_SIZE, |c| c.jwt_cache_size),
+        remote_jwks,
+        algorithms: allowed,
+    })
+}
+
+fn build_remote_jwks(name: &str, r: RawRemoteJwks, issuer: Option<&str>) -> Result<RemoteJwks, ConfigError> {
+    let at = |field: &str| format!("providers.{name}.remote_jwks.{field}");
+    if r.cluster.is_empty() {
+        return Err(err(at("cluster"), "must name an Envoy cluster"));
+    }
+    // With discovery and no uri, the issuer's own configuration document.
+    let uri = match (&r.uri, r.oidc_discovery, issuer) {
+        (Some(u), _, _) => Some(u.clone()),
+        (None, true, Some(iss)) => Some(format!("{}/.well-known/openid-configuration", iss.trim_end_matches('/'))),
+        _ => None,
+    };
+    let (authority, path) = match (uri, r.authority, r.path) {
+        (Some(u), None, None) => {
+            crate::jwks::split_uri(&u).ok_or_else(|| err(at("uri"), format!("{u:?} is not an http(s) URL")))?
+        }
+        (None, Some(a), Some(p)) if p.starts_with('/') => (a, p),
+        (None, Some(_), Some(_)) => return Err(err(at("path"), "must start with /")),
+        _ => return Err(err(at("uri"), "give uri, or authority and path (or oidc_discovery with an issuer)")),
+    };
+    let positive = |field: &str, v: u64| if v == 0 { Err(err(at(field), "must be positive")) } else { Ok(v) };
+    Ok(RemoteJwks {
+        cluster: r.cluster,
+        authority,
+        path,
+        oidc_discovery: r.oidc_discovery,
+        timeout_ms: positive("timeout_ms", r.timeout_ms)?,
+        cache_duration_ms: positive("cache_duration_seconds", r.cache_duration_seconds)?.saturating_mul(1000),
+        failed_refetch_ms: positive("failed_refetch_seconds", r.failed_refetch_seconds)?.saturating_mul(1000),
+        max_backoff_ms: r.max_backoff_seconds.max(r.failed_refetch_seconds).saturating_mul(1000),
+        max_stale_ms: r.max_stale_seconds.saturating_mul(1000),
+        wait_ms: r.wait_for_keys_ms,
+        unknown_kid_interval_ms: r.unknown_kid_min_interval_seconds.saturating_mul(1000),
+        max_bytes: r.max_jwks_bytes,
+        max_keys: r.max_keys,
     })
 }
 

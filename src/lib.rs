@@ -10,6 +10,7 @@ pub mod config;
 pub mod der;
 pub mod extract;
 pub mod host_crypto;
+pub mod jwks;
 pub mod jws;
 pub mod keys;
 pub mod reason;
@@ -20,6 +21,12 @@ pub mod signature;
 pub mod strict_json;
 
 #[cfg(target_arch = "wasm32")]
+mod fetch;
+#[cfg(target_arch = "wasm32")]
 mod filter;
 #[cfg(target_arch = "wasm32")]
 mod host;
+#[cfg(target_arch = "wasm32")]
+mod metrics;
+#[cfg(target_arch = "wasm32")]
+mod shared;

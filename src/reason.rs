@@ -22,10 +22,14 @@ pub enum Reason {
     Revoked,
     /// The revocation status is unknown and the failure mode is closed: 503, try again.
     RevocationUnavailable,
+    /// A remote JWKS provider has no key with the token's `kid` (after any refetch).
+    UnknownKey,
+    /// A remote JWKS provider has no usable keys (never fetched, or stale for too long): 503.
+    KeysUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Missing,
         Reason::MultipleTokens,
         Reason::Malformed,
@@ -38,7 +42,14 @@ impl Reason {
         Reason::InsufficientScope,
         Reason::Revoked,
         Reason::RevocationUnavailable,
+        Reason::UnknownKey,
+        Reason::KeysUnavailable,
     ];
+
+    /// Whether the answer is 503 "try again" rather than a verdict on the token.
+    pub fn is_unavailable(self) -> bool {
+        matches!(self, Reason::RevocationUnavailable | Reason::KeysUnavailable)
+    }
 
     /// The name used in stats (`jwtguard.denied.<name>`) and logs.
     pub fn name(self) -> &'static str {
@@ -55,6 +66,8 @@ impl Reason {
             Reason::InsufficientScope => "insufficient_scope",
             Reason::Revoked => "revoked",
             Reason::RevocationUnavailable => "revocation_unavailable",
+            Reason::UnknownKey => "unknown_key",
+            Reason::KeysUnavailable => "keys_unavailable",
         }
     }
 
@@ -73,6 +86,8 @@ impl Reason {
             Reason::InsufficientScope => "token lacks a required claim",
             Reason::Revoked => "token revoked",
             Reason::RevocationUnavailable => "revocation status unavailable, retry",
+            Reason::UnknownKey => "no key for this token",
+            Reason::KeysUnavailable => "verification keys unavailable, retry",
         }
     }
 

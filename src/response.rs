@@ -33,15 +33,15 @@ pub fn status(reason: Reason) -> u32 {
     match reason {
         Reason::MultipleTokens => 400,
         Reason::InsufficientScope => 403,
-        Reason::RevocationUnavailable => 503,
+        Reason::RevocationUnavailable | Reason::KeysUnavailable => 503,
         _ => 401,
     }
 }
 
 /// Builds the denial. `scope` is the scope a route needs, named in the challenge when known.
 pub fn denial(style: &ResponseStyle, reason: Reason, scope: Option<&str>) -> Response {
-    if reason == Reason::RevocationUnavailable {
-        return unavailable(style);
+    if reason.is_unavailable() {
+        return unavailable(style, reason);
     }
     let mut challenge = format!("Bearer realm=\"{}\"", style.realm);
     let code = error_code(reason);
@@ -70,12 +70,12 @@ pub fn denial(style: &ResponseStyle, reason: Reason, scope: Option<&str>) -> Res
     }
 }
 
-/// 503 with `Retry-After`: the token may be fine, but its revocation status is unknown.
-fn unavailable(style: &ResponseStyle) -> Response {
+/// 503 with `Retry-After`: the token may be fine, but what we need to judge it is unavailable.
+fn unavailable(style: &ResponseStyle, reason: Reason) -> Response {
     let mut body = serde_json::Map::new();
     body.insert("error".into(), "temporarily_unavailable".into());
     if style.include_error_description {
-        body.insert("error_description".into(), Reason::RevocationUnavailable.description().into());
+        body.insert("error_description".into(), reason.description().into());
     }
     Response {
         status: 503,

@@ -1,0 +1,203 @@
+//! Remote JWKS in the VM: load the newest good key set from Envoy's shared data, start a fetch
+//! when one is due (one per Envoy, claimed by compare-and-swap), and take in what comes back.
+//! The schedule and the checks are in `jwks.rs`; this is the part that touches the host.
+
+use crate::jwks::{self, FetchState, Freshness};
+use crate::metrics::Metrics;
+use crate::shared::{now_ms, Callout, Dispatch, Remote, Shared};
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use std::time::Duration;
+
+fn key(r: &Remote, what: &str) -> String {
+    format!("jwtguard.jwks.{}.{what}", r.name)
+}
+
+impl Shared {
+    fn read_state(&self, r: &Remote) -> FetchState {
+        let (bytes, _) = hostcalls::get_shared_data(&key(r, "state")).unwrap_or((None, None));
+        bytes.and_then(|b| FetchState::decode(&b)).unwrap_or_default()
+    }
+
+    /// Read-modify-write of the shared schedule, retried on a concurrent change.
+    fn update_state(&self, r: &Remote, change: impl Fn(&FetchState) -> Option<FetchState>) -> Option<FetchState> {
+        for _ in 0..8 {
+            let (bytes, cas) = hostcalls::get_shared_data(&key(r, "state")).unwrap_or((None, None));
+            let current = bytes.and_then(|b| FetchState::decode(&b)).unwrap_or_default();
+            let next = change(&current)?;
+            if hostcalls::set_shared_data(&key(r, "state"), Some(&next.encode()), cas).is_ok() {
+                return Some(next);
+            }
+        }
+        None
+    }
+
+    /// Loads the newest good key set into this VM; drops keys past their stale period.
+    pub fn sync_keys(&self) {
+        let now = now_ms();
+        for r in &self.remote {
+            let state = self.read_state(r);
+            let freshness = jwks::freshness(state.fetched_ms, now, &r.cfg);
+            Metrics::set(self.metrics.jwks_stale, u64::from(freshness == Freshness::Stale));
+            match freshness {
+                Freshness::None => {}
+                Freshness::Expired => {
+                    if r.loaded_ms.get() != 0 {
+                        error!("jwtguard: provider {}: JWKS older than cache_duration + max_stale; refusing tokens until a fetch succeeds", r.name);
+                        self.install(r, Vec::new(), 0);
+                    }
+                }
+                Freshness::Fresh | Freshness::Stale if state.fetched_ms != r.loaded_ms.get() => {
+                    let (doc, _) = hostcalls::get_shared_data(&key(r, "doc")).unwrap_or((None, None));
+                    match doc.map(|d| jwks::accept_document(&d, &r.algorithms, &r.cfg)) {
+                        Some(Ok((keys, _))) => self.install(r, keys, state.fetched_ms),
+                        Some(Err(e)) => warn!("jwtguard: provider {}: stored JWKS unusable: {e}", r.name),
+                        None => {}
+                    }
+                }
+                Freshness::Fresh | Freshness::Stale => {}
+            }
+        }
+    }
+
+    fn install(&self, r: &Remote, keys: Vec<crate::keys::Key>, fetched_ms: u64) {
+        Metrics::set(self.metrics.jwks_keys, keys.len() as u64);
+        if let Ok(mut auth) = self.auth.try_borrow_mut() {
+            auth.set_remote_keys(r.provider, keys);
+            r.loaded_ms.set(fetched_ms);
+            self.keys_version.set(self.keys_version.get() + 1);
+        }
+    }
+
+    /// Starts every fetch that is due and not in flight anywhere in this Envoy.
+    pub fn start_due_fetches(&self, dispatch: Dispatch) -> Vec<(u32, Callout)> {
+        let now = now_ms();
+        let mut started = Vec::new();
+        for (i, r) in self.remote.iter().enumerate() {
+            if self.update_state(r, |s| s.claim(now, &r.cfg)).is_some() {
+                started.extend(self.dispatch_fetch(i, dispatch));
+            }
+        }
+        started
+    }
+
+    fn dispatch_fetch(&self, i: usize, dispatch: Dispatch) -> Option<(u32, Callout)> {
+        let r = &self.remote[i];
+        let discovered = if r.cfg.oidc_discovery {
+            let (uri, _) = hostcalls::get_shared_data(&key(r, "uri")).unwrap_or((None, None));
+            uri.and_then(|u| String::from_utf8(u).ok())
+                .and_then(|u| u.split_once('|').map(|(a, p)| (a.to_string(), p.to_string())))
+        } else {
+            None
+        };
+        let (authority, path, callout) = match discovered {
+            Some((a, p)) => (a, p, Callout::Jwks { remote: i }),
+            None if r.cfg.oidc_discovery => {
+                (r.cfg.authority.clone(), r.cfg.path.clone(), Callout::Discovery { remote: i })
+            }
+            None => (r.cfg.authority.clone(), r.cfg.path.clone(), Callout::Jwks { remote: i }),
+        };
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        match dispatch(&r.cfg.cluster, headers, None, Duration::from_millis(r.cfg.timeout_ms)) {
+            Ok(token) => Some((token, callout)),
+            Err(status) => {
+                self.fetch_failed(i, &format!("callout to cluster {:?} refused: {status:?}", r.cfg.cluster));
+                None
+            }
+        }
+    }
+
+    /// Asks every remote provider for a refetch because of an unknown kid; false if all asked
+    /// too recently (the rate limit).
+    pub fn ask_for_unknown_kid(&self, now: u64) -> bool {
+        let mut asked = false;
+        for r in &self.remote {
+            if self.update_state(r, |s| s.ask_for_kid(now, &r.cfg)).is_some() {
+                Metrics::add(self.metrics.jwks_kid_refetch, 1);
+                asked = true;
+            }
+        }
+        asked
+    }
+
+    /// The answer to a JWKS or discovery fetch; a discovery answer starts the JWKS fetch.
+    pub fn on_fetch_callout(
+        &self,
+        callout: Callout,
+        status: Option<u16>,
+        body: Option<&[u8]>,
+        dispatch: Dispatch,
+    ) -> Option<(u32, Callout)> {
+        let body = body.unwrap_or_default();
+        match callout {
+            Callout::Jwks { remote: i } => {
+                let r = &self.remote[i];
+                let accepted = match status {
+                    Some(200) => jwks::accept_document(body, &r.algorithms, &r.cfg),
+                    other => Err(format!("answered {other:?}")),
+                };
+                match accepted {
+                    Ok((keys, skipped)) => {
+                        for s in skipped {
+                            warn!("jwtguard: provider {}: skipped a JWKS key: {s}", r.name);
+                        }
+                        let now = now_ms();
+                        let _ = hostcalls::set_shared_data(&key(r, "doc"), Some(body), None);
+                        self.update_state(r, |s| Some(s.succeeded(now)));
+                        Metrics::add(self.metrics.jwks_fetch_success, 1);
+                        info!("jwtguard: provider {}: loaded {} keys from the JWKS", r.name, keys.len());
+                        self.install(r, keys, now);
+                    }
+                    Err(e) => self.fetch_failed(i, &e),
+                }
+                None
+            }
+            Callout::Discovery { remote: i } => {
+                let r = &self.remote[i];
+                let found = match status {
+                    Some(200) => jwks::discovered_jwks_uri(body, r.cfg.max_bytes),
+                    other => Err(format!("answered {other:?}")),
+                };
+                match found {
+                    Ok((authority, path)) => {
+                        let _ = hostcalls::set_shared_data(
+                            &key(r, "uri"),
+                            Some(format!("{authority}|{path}").as_bytes()),
+                            None,
+                        );
+                        self.dispatch_fetch(i, dispatch)
+                    }
+                    Err(e) => {
+                        self.fetch_failed(i, &format!("discovery: {e}"));
+                        None
+                    }
+                }
+            }
+            Callout::Status { .. } | Callout::Logout { .. } => None,
+        }
+    }
+
+    fn fetch_failed(&self, i: usize, why: &str) {
+        let r = &self.remote[i];
+        let now = now_ms();
+        let state = self.update_state(r, |s| Some(s.failed(now, &r.cfg))).unwrap_or_default();
+        Metrics::add(self.metrics.jwks_fetch_failed, 1);
+        let keeping = match jwks::freshness(state.fetched_ms, now, &r.cfg) {
+            Freshness::None => "no keys yet".to_string(),
+            Freshness::Expired => "no usable keys".to_string(),
+            Freshness::Fresh | Freshness::Stale => {
+                format!("serving the last good keys, fetched {} s ago", (now - state.fetched_ms) / 1000)
+            }
+        };
+        warn!(
+            "jwtguard: provider {}: JWKS fetch failed ({why}); {keeping}; retry in {} ms",
+            r.name,
+            state.next_attempt_ms.saturating_sub(now)
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! Remote JWKS, without host calls: the fetch schedule shared by every worker of one Envoy
+//! (single-flight, refresh before expiry, backoff after failures, rate-limited refetch on an
+//! unknown `kid`), how long old keys may still be served, and what a fetched document must be
+//! to replace the good one.
+
+use crate::keys::{self, Key};
+use jsonwebtoken::Algorithm;
+
+/// `remote_jwks` of a provider, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub cluster: String,
+    pub authority: String,
+    /// The JWKS path, or with `oidc_discovery` the discovery document's.
+    pub path: String,
+    pub oidc_discovery: bool,
+    pub timeout_ms: u64,
+    pub cache_duration_ms: u64,
+    pub failed_refetch_ms: u64,
+    /// Longest wait between retries after repeated failures.
+    pub max_backoff_ms: u64,
+    /// How long after `cache_duration` the last good keys are still served when refreshes fail.
+    pub max_stale_ms: u64,
+    /// How long a request may wait for keys (first fetch, or a refetch for an unknown `kid`).
+    pub wait_ms: u64,
+    /// At most one refetch for an unknown `kid` per this interval.
+    pub unknown_kid_interval_ms: u64,
+    pub max_bytes: usize,
+    pub max_keys: usize,
+}
+
+/// Splits `http(s)://authority/path` into its authority and path.
+pub fn split_uri(uri: &str) -> Option<(String, String)> {
+    let rest = uri.strip_prefix("https://").or_else(|| uri.strip_prefix("http://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    (!authority.is_empty()).then(|| (authority.to_string(), path.to_string()))
+}
+
+/// A fetched JWKS that may replace the good one: within the size and key-count limits, parsed,
+/// with at least one usable key. Keys not for signatures (`use: enc`) and malformed keys are
+/// skipped and reported; a document that fails as a whole changes nothing.
+pub fn accept_document(
+    body: &[u8],
+    allowed: &[Algorithm],
+    cfg: &RemoteJwks,
+) -> Result<(Vec<Key>, Vec<String>), String> {
+    if body.len() > cfg.max_bytes {
+        return Err(format!("JWKS is {} bytes, over the {} limit", body.len(), cfg.max_bytes));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| "JWKS is not UTF-8".to_string())?;
+    let parsed = keys::parse_jwks(text, allowed)?;
+    if parsed.len() > cfg.max_keys {
+        return Err(format!("JWKS has {} keys, over the {} limit", parsed.len(), cfg.max_keys));
+    }
+    let (mut good, mut skipped) = (Vec::new(), Vec::new());
+    for key in parsed {
+        match key {
+            Ok(k) => good.push(k),
+            Err(e) => skipped.push(e),
+        }
+    }
+    if good.is_empty() {
+        return Err(format!("JWKS has no usable key ({})", skipped.join("; ")));
+    }
+    Ok((good, skipped))
+}
+
+/// The `jwks_uri` of an OpenID Provider configuration document, as (authority, path).
+pub fn discovered_jwks_uri(body: &[u8], max_bytes: usize) -> Result<(String, String), String> {
+    if body.len() > max_bytes {
+        return Err("discovery document too large".into());
+    }
+    let doc = crate::strict_json::parse_object(body)?;
+    let uri = doc.get("jwks_uri").and_then(|v| v.as_str()).ok_or("discovery document has no jwks_uri")?;
+    split_uri(uri).ok_or_else(|| format!("jwks_uri {uri:?} is not an http(s) URL"))
+}
+
+/// The fetch schedule of one provider, shared by all workers (Envoy shared data, updated with
+/// compare-and-swap so only one worker fetches at a time).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchState {
+    /// When the fetch in flight started; 0 when none is.
+    pub in_flight_since_ms: u64,
+    pub failures: u32,
+    /// No fetch before this time (backoff after failures).
+    pub next_attempt_ms: u64,
+    /// When a request last asked for a refetch because of an unknown `kid`.
+    pub last_kid_refetch_ms: u64,
+    pub refetch_requested: bool,
+    /// When the last good document was fetched; 0 before the first.
+    pub fetched_ms: u64,
+}
+
+impl FetchState {
+    pub fn encode(&self) -> Vec<u8> {
+        format!(
+            "{}|{}|{}|{}|{}|{}",
+            self.in_flight_since_ms,
+            self.failures,
+            self.next_attempt_ms,
+            self.last_kid_refetch_ms,
+            u8::from(self.refetch_requested),
+            self.fetched_ms
+        )
+        .into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<FetchState> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let f: Vec<&str> = text.split('|').collect();
+        let [a, b, c, d, e, g] = f.as_slice() else { return None };
+        Some(FetchState {
+            in_flight_since_ms: a.parse().ok()?,
+            failures: b.parse().ok()?,
+            next_attempt_ms: c.parse().ok()?,
+            last_kid_refetch_ms: d.parse().ok()?,
+            refetch_requested: *e == "1",
+            fetched_ms: g.parse().ok()?,
+        })
+    }
+
+    /// Whether a fetch should start now; if so, the state that claims it.
+    pub fn claim(&self, now: u64, cfg: &RemoteJwks) -> Option<FetchState> {
+        let in_flight = self.in_flight_since_ms != 0 && now < self.in_flight_since_ms + cfg.timeout_ms + 1_000;
+        if in_flight || now < self.next_attempt_ms {
+            return None;
+        }
+        // Refresh a little before expiry, as jwt_authn does, so requests never see expired keys.
+        let refresh_at = self.fetched_ms + cfg.cache_duration_ms.saturating_sub(cfg.cache_duration_ms.min(5_000) / 2);
+        let due = self.fetched_ms == 0 || self.refetch_requested || now >= refresh_at;
+        due.then(|| FetchState { in_flight_since_ms: now.max(1), ..self.clone() })
+    }
+
+    pub fn succeeded(&self, now: u64) -> FetchState {
+        FetchState {
+            in_flight_since_ms: 0,
+            failures: 0,
+            next_attempt_ms: 0,
+            refetch_requested: false,
+            fetched_ms: now,
+            ..self.clone()
+        }
+    }
+
+    /// After a failed fetch: retry after `failed_refetch_ms`, doubling up to `max_backoff_ms`.
+    pub fn failed(&self, now: u64, cfg: &RemoteJwks) -> FetchState {
+        let failures = self.failures.saturating_add(1);
+        let backoff =
+            cfg.failed_refetch_ms.saturating_mul(1u64 << failures.saturating_sub(1).min(20)).min(cfg.max_backoff_ms);
+        FetchState { in_flight_since_ms: 0, failures, next_attempt_ms: now + backoff, ..self.clone() }
+    }
+
+    /// Asks for a refetch because a token's `kid` is unknown; `None` if one was asked for too
+    /// recently (a stream of random `kid`s must not become a stream of fetches).
+    pub fn ask_for_kid(&self, now: u64, cfg: &RemoteJwks) -> Option<FetchState> {
+        if self.last_kid_refetch_ms != 0 && now < self.last_kid_refetch_ms + cfg.unknown_kid_interval_ms {
+            return None;
+        }
+        Some(FetchState {
+            last_kid_refetch_ms: now.max(1),
+            refetch_requested: true,
+            next_attempt_ms: 0,
+            ..self.clone()
+        })
+    }
+}
+
+/// How usable the last good keys are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Never fetched.
+    None,
+    Fresh,
+    /// Past `cache_duration` (refreshes failing), still within `max_stale_ms`: served, with a warning.
+    Stale,
+    /// Past the stale period: no longer served.
+    Expired,
+}
+
+pub fn freshness(fetched_ms: u64, now: u64, cfg: &RemoteJwks) -> Freshness {
+    if fetched_ms == 0 {
+        Freshness::None
+    } else if now < fetched_ms + cfg.cache_duration_ms {
+        Freshness::Fresh
+    } else if now < fetched_ms + cfg.cache_duration_ms + cfg.max_stale_ms {
+        Freshness::Stale
+    } else {
+        Freshness::Expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::tests::{ALL, EC_JWK};
+
+    fn cfg() -> RemoteJwks {
+        RemoteJwks {
+            cluster: "idp".into(),
+            authority: "idp".into(),
+            path: "/jwks".into(),
+            oidc_discovery: false,
+            timeout_ms: 1_000,
+            cache_duration_ms: 600_000,
+            failed_refetch_ms: 1_000,
+            max_backoff_ms: 60_000,
+            max_stale_ms: 3_600_000,
+            wait_ms: 2_000,
+            unknown_kid_interval_ms: 10_000,
+            max_bytes: 65_536,
+            max_keys: 3,
+        }
+    }
+
+    #[test]
+    fn uris() {
+        assert_eq!(
+            split_uri("https://idp.example:8443/a/jwks?x=1"),
+            Some(("idp.example:8443".into(), "/a/jwks?x=1".into()))
+        );
+        assert_eq!(split_uri("http://idp"), Some(("idp".into(), "/".into())));
+        assert_eq!(split_uri("ftp://idp/x"), None);
+        assert_eq!(split_uri("https:///x"), None);
+    }
+
+    #[test]
+    fn documents_must_be_sane_to_replace_the_good_one() {
+        let good =
+            format!(r#"{{"keys":[{EC_JWK},{{"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"}},{{"kty":"XYZ"}}]}}"#);
+        let (keys, skipped) = accept_document(good.as_bytes(), ALL, &cfg()).unwrap();
+        assert_eq!((keys.len(), skipped.len()), (1, 2), "enc and malformed keys skipped, reported");
+        assert!(accept_document(b"<html>", ALL, &cfg()).is_err());
+        assert!(accept_document(br#"{"keys":[]}"#, ALL, &cfg()).is_err(), "no usable key");
+        assert!(accept_document(br#"{"keys":[{"kty":"XYZ"}]}"#, ALL, &cfg()).is_err());
+        let many = format!(r#"{{"keys":[{EC_JWK},{EC_JWK},{EC_JWK},{EC_JWK}]}}"#);
+        assert!(accept_document(many.as_bytes(), ALL, &cfg()).unwrap_err().contains("limit"));
+        let huge = format!(r#"{{"keys":[{EC_JWK}],"pad":"{}"}}"#, "x".repeat(70_000));
+        assert!(accept_document(huge.as_bytes(), ALL, &cfg()).unwrap_err().contains("bytes"));
+        assert!(accept_document(&[0xff, 0xfe], ALL, &cfg()).is_err());
+    }
+
+    #[test]
+    fn discovery() {
+        let doc = br#"{"issuer":"https://idp","jwks_uri":"https://idp:8443/certs"}"#;
+        assert_eq!(discovered_jwks_uri(doc, 1000), Ok(("idp:8443".into(), "/certs".into())));
+        assert!(discovered_jwks_uri(br#"{"issuer":"x"}"#, 1000).is_err());
+        assert!(discovered_jwks_uri(br#"{"jwks_uri":"file:///etc/passwd"}"#, 1000).is_err());
+    }
+
+    #[test]
+    fn schedule() {
+        let c = cfg();
+        let s = FetchState::default();
+        let claimed = s.claim(1_000, &c).expect("first fetch");
+        assert!(claimed.claim(1_500, &c).is_none(), "single flight");
+        assert!(claimed.claim(1_000 + 2_001, &c).is_some(), "a lost fetch is retried");
+        let failed = claimed.failed(2_000, &c);
+        assert_eq!(failed.next_attempt_ms, 3_000);
+        assert!(failed.claim(2_500, &c).is_none(), "backoff");
+        let failed_more = failed.failed(3_000, &c).failed(4_000, &c);
+        assert_eq!(failed_more.next_attempt_ms, 4_000 + 4_000, "doubling");
+        let mut long = failed_more.clone();
+        for _ in 0..30 {
+            long = long.failed(10_000, &c);
+        }
+        assert_eq!(long.next_attempt_ms, 10_000 + 60_000, "capped");
+        let ok = claimed.succeeded(5_000);
+        assert_eq!((ok.failures, ok.fetched_ms, ok.in_flight_since_ms), (0, 5_000, 0));
+        assert!(ok.claim(6_000, &c).is_none(), "fresh");
+        assert!(ok.claim(5_000 + 600_000 - 2_500, &c).is_some(), "refreshed shortly before expiry");
+        assert_eq!(FetchState::decode(&failed_more.encode()), Some(failed_more));
+        assert_eq!(FetchState::decode(b"1|2"), None);
+    }
+
+    #[test]
+    fn unknown_kid_refetches_are_rate_limited() {
+        let c = cfg();
+        let ok = FetchState::default().succeeded(1_000);
+        let asked = ok.ask_for_kid(2_000, &c).expect("first ask");
+        assert!(asked.claim(2_000, &c).is_some());
+        assert!(asked.ask_for_kid(5_000, &c).is_none(), "within the interval");
+        assert!(asked.ask_for_kid(12_000, &c).is_some());
+    }
+
+    #[test]
+    fn stale_period() {
+        let c = cfg();
+        assert_eq!(freshness(0, 5, &c), Freshness::None);
+        assert_eq!(freshness(1_000, 1_000 + 599_999, &c), Freshness::Fresh);
+        assert_eq!(freshness(1_000, 1_000 + 600_000, &c), Freshness::Stale);
+        assert_eq!(freshness(1_000, 1_000 + 600_000 + 3_600_000, &c), Freshness::Expired);
+    }
+}

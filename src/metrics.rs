@@ -1,0 +1,107 @@
+//! The filter's Envoy stats, defined once per VM. Envoy shows them as `wasmcustom.jwtguard.*`
+//! (`/stats`) and `jwtguard_*` (`/stats/prometheus`).
+
+use crate::authenticator::Tally;
+use crate::reason::Reason;
+use crate::revocation::{Failure, Known};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+pub struct Metrics {
+    pub allowed: u32,
+    denied: Vec<(Reason, u32)>,
+    cache_hit: u32,
+    cache_miss: u32,
+    verify_host: u32,
+    verify_wasm: u32,
+    check_ok: u32,
+    check_revoked: u32,
+    check_unavailable: u32,
+    check_timeout: u32,
+    pub rev_cache_hit: u32,
+    pub rev_cache_miss: u32,
+    pub coalesced: u32,
+    pub failure_open: u32,
+    pub failure_stale: u32,
+    pub failure_closed: u32,
+    pub callout_ms: u32,
+    pub logout_ok: u32,
+    pub logout_failed: u32,
+    pub jwks_fetch_success: u32,
+    pub jwks_fetch_failed: u32,
+    pub jwks_keys: u32,
+    pub jwks_stale: u32,
+    pub jwks_kid_refetch: u32,
+    pub jwks_waited: u32,
+}
+
+impl Metrics {
+    pub fn define() -> Option<Metrics> {
+        let def = |kind, name: &str| hostcalls::define_metric(kind, &format!("jwtguard.{name}")).ok();
+        let counter = |name: &str| def(MetricType::Counter, name);
+        let mut denied = Vec::new();
+        for reason in Reason::ALL {
+            denied.push((reason, counter(&format!("denied.{}", reason.name()))?));
+        }
+        Some(Metrics {
+            allowed: counter("allowed")?,
+            denied,
+            cache_hit: counter("jwt_cache_hit")?,
+            cache_miss: counter("jwt_cache_miss")?,
+            verify_host: counter("verify.host_crypto")?,
+            verify_wasm: counter("verify.wasm_crypto")?,
+            check_ok: counter("revocation.check.ok")?,
+            check_revoked: counter("revocation.check.revoked")?,
+            check_unavailable: counter("revocation.check.unavailable")?,
+            check_timeout: counter("revocation.check.timeout")?,
+            rev_cache_hit: counter("revocation.cache_hit")?,
+            rev_cache_miss: counter("revocation.cache_miss")?,
+            coalesced: counter("revocation.coalesced")?,
+            failure_open: counter("revocation.failure_mode.open")?,
+            failure_stale: counter("revocation.failure_mode.stale")?,
+            failure_closed: counter("revocation.failure_mode.closed")?,
+            callout_ms: def(MetricType::Histogram, "revocation.callout_ms")?,
+            logout_ok: counter("logout.ok")?,
+            logout_failed: counter("logout.failed")?,
+            jwks_fetch_success: counter("jwks.fetch_success")?,
+            jwks_fetch_failed: counter("jwks.fetch_failed")?,
+            jwks_keys: def(MetricType::Gauge, "jwks.keys_loaded")?,
+            jwks_stale: def(MetricType::Gauge, "jwks.stale")?,
+            jwks_kid_refetch: counter("jwks.unknown_kid_refetch")?,
+            jwks_waited: counter("jwks.requests_waited")?,
+        })
+    }
+
+    pub fn add(id: u32, n: u32) {
+        if n > 0 {
+            let _ = hostcalls::increment_metric(id, i64::from(n));
+        }
+    }
+
+    pub fn set(id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+
+    pub fn record(&self, tally: &Tally) {
+        Self::add(self.cache_hit, tally.cache_hits);
+        Self::add(self.cache_miss, tally.cache_misses);
+        Self::add(self.verify_host, tally.host_verifications);
+        Self::add(self.verify_wasm, tally.wasm_verifications);
+    }
+
+    pub fn denied(&self, reason: Reason) {
+        if let Some((_, id)) = self.denied.iter().find(|(r, _)| *r == reason) {
+            Self::add(*id, 1);
+        }
+    }
+
+    pub fn answer(&self, answer: Result<Known, Failure>) {
+        let id = match answer {
+            Ok(Known::Active) => self.check_ok,
+            Ok(Known::Revoked | Known::NoSession) => self.check_revoked,
+            Err(Failure::Unavailable) => self.check_unavailable,
+            Err(Failure::Timeout) => self.check_timeout,
+        };
+        Self::add(id, 1);
+    }
+}

@@ -1,0 +1,405 @@
+//! What a VM's root context and its HTTP contexts share, and what either can do with a request:
+//! authenticate it, allow or deny it, check its token's revocation status, or park it until keys
+//! arrive. Requests parked here are finished later from another context (the one that got the
+//! answer), so every action takes the context it is for.
+
+use crate::authenticator::{Authenticator, Decision, Request, Tally, Verified};
+use crate::config;
+use crate::extract::RequestHeaders;
+use crate::host::{self, EnvoyCrypto};
+use crate::host_crypto::HostCrypto;
+use crate::jwks::RemoteJwks;
+use crate::metrics::Metrics;
+use crate::reason::Reason;
+use crate::response::{self, ResponseStyle};
+use crate::revocation::{self, Entry, Failure, FailureMode, Identity, Known, Lookup, Verdict};
+use jsonwebtoken::Algorithm;
+use log::{debug, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{Action, MapType, Status};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Sends an HTTP callout from whichever context calls; its answer comes back to that context.
+pub type Dispatch<'a> = &'a dyn Fn(&str, Vec<(&str, &str)>, Option<&[u8]>, Duration) -> Result<u32, Status>;
+
+/// A callout in flight, and what its answer is for.
+pub enum Callout {
+    Status { identity: Identity, started_ms: u64 },
+    Logout { identity: Identity },
+    Jwks { remote: usize },
+    Discovery { remote: usize },
+}
+
+/// A request waiting for the revocation answer about its token.
+pub struct Waiter {
+    context_id: u32,
+    failure_mode: FailureMode,
+    /// The cache's stale answer, for `failure_mode: stale`.
+    stale: Option<Known>,
+}
+
+/// One status callout, shared by every request carrying the same token on this worker.
+pub struct Inflight {
+    pub started_ms: u64,
+    waiters: Vec<Waiter>,
+}
+
+/// A request parked until a remote JWKS arrives (first fetch, or a refetch for an unknown kid).
+pub struct KeyWaiter {
+    pub context_id: u32,
+    pub headers: Vec<(String, String)>,
+    pub deadline_ms: u64,
+    /// The key-set version it last saw; it is retried only when that changes.
+    pub keys_version: u64,
+}
+
+/// A provider with a remote JWKS, and what this VM has loaded of it.
+pub struct Remote {
+    pub provider: usize,
+    pub name: String,
+    pub cfg: RemoteJwks,
+    pub algorithms: Vec<Algorithm>,
+    /// `fetched_ms` of the key set loaded into this VM; 0 for none.
+    pub loaded_ms: Cell<u64>,
+}
+
+pub struct Shared {
+    pub auth: RefCell<Authenticator>,
+    pub style: ResponseStyle,
+    pub metrics: Metrics,
+    pub host: Option<EnvoyCrypto>,
+    pub revocation: Option<config::Revocation>,
+    pub inflight: RefCell<HashMap<String, Inflight>>,
+    pub key_waiters: RefCell<Vec<KeyWaiter>>,
+    pub remote: Vec<Remote>,
+    /// Bumped whenever any remote key set changes in this VM.
+    pub keys_version: Cell<u64>,
+}
+
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How `handle` was reached: first time for the request, or retried after parking.
+#[derive(Clone, Copy)]
+pub struct Retry {
+    pub deadline_ms: u64,
+    /// A fetch finished since the request parked: an unknown kid is now final.
+    pub fetch_done: bool,
+}
+
+impl Shared {
+    /// Authenticates the request and carries out the decision. `waiting`: the request is parked
+    /// and `context_id` must be made current first. Returns the action for the current callback
+    /// and any callout started, which the caller records so its answer finds its way back.
+    pub fn handle(
+        &self,
+        context_id: u32,
+        waiting: bool,
+        headers: Vec<(String, String)>,
+        retry: Option<Retry>,
+        dispatch: Dispatch,
+    ) -> (Action, Option<(u32, Callout)>) {
+        if waiting && !host::set_effective_context(context_id) {
+            return (Action::Pause, None); // the client went away
+        }
+        let Ok(mut auth) = self.auth.try_borrow_mut() else {
+            self.deny(Reason::Malformed, None);
+            return (Action::Pause, None);
+        };
+        // A client must never be able to send what looks like a verified claim.
+        for name in &auth.config.output_headers {
+            if headers.iter().any(|(k, _)| k == name) {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+            }
+        }
+        let pseudo = |name: &str| headers.values(name).first().copied().unwrap_or("");
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        let now = now_ms();
+        let request = Request { method, path, headers: &headers };
+        let mut tally = Tally::default();
+        let crypto = self.host.as_ref().map(|h| h as &dyn HostCrypto);
+        let decision = auth.authenticate(&request, now / 1000, crypto, &mut tally);
+        drop(auth);
+        self.metrics.record(&tally);
+        match decision {
+            Decision::Pass => {
+                if waiting {
+                    let _ = hostcalls::resume_http_request();
+                }
+                (Action::Continue, None)
+            }
+            Decision::Allow { headers: add, strip, tokens, revocation } => {
+                for name in strip {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &name, None);
+                }
+                for (name, value) in add {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &name, Some(&value));
+                }
+                match (revocation, tokens.first()) {
+                    (Some(failure_mode), Some(token)) => {
+                        self.check_revocation(context_id, waiting, token, failure_mode, dispatch)
+                    }
+                    _ => (self.settle(context_id, false, Verdict::Allow, waiting), None),
+                }
+            }
+            Decision::Logout { token, everywhere } => self.logout(&token, everywhere, dispatch),
+            Decision::Deny { reason: reason @ (Reason::UnknownKey | Reason::KeysUnavailable), .. }
+                if !self.remote.is_empty() =>
+            {
+                (self.park_for_keys(context_id, headers, reason, retry, now), None)
+            }
+            Decision::Deny { reason, scope } => {
+                debug!("jwtguard: {method} {path} denied: {}", reason.name());
+                self.deny(reason, scope.as_deref());
+                (Action::Pause, None)
+            }
+        }
+    }
+
+    /// Parks the request until keys arrive, or denies it if it may not wait (any longer).
+    fn park_for_keys(
+        &self,
+        context_id: u32,
+        headers: Vec<(String, String)>,
+        reason: Reason,
+        retry: Option<Retry>,
+        now: u64,
+    ) -> Action {
+        let deadline_ms = match retry {
+            None => {
+                let asked = reason == Reason::KeysUnavailable || self.ask_for_unknown_kid(now);
+                let wait = self.remote.iter().map(|r| r.cfg.wait_ms).max().unwrap_or(0);
+                if !asked || wait == 0 {
+                    self.deny(reason, None);
+                    return Action::Pause;
+                }
+                Metrics::add(self.metrics.jwks_waited, 1);
+                now + wait
+            }
+            Some(r) if now >= r.deadline_ms || (reason == Reason::UnknownKey && r.fetch_done) => {
+                self.deny(reason, None);
+                return Action::Pause;
+            }
+            Some(r) => r.deadline_ms,
+        };
+        self.key_waiters.borrow_mut().push(KeyWaiter {
+            context_id,
+            headers,
+            deadline_ms,
+            keys_version: self.keys_version.get(),
+        });
+        Action::Pause
+    }
+
+    /// Retries parked requests whose keys changed, whose deadline passed, or (`fetch_done`) all.
+    pub fn retry_key_waiters(&self, fetch_done: bool, dispatch: Dispatch, record: &mut dyn FnMut(u32, u32, Callout)) {
+        let now = now_ms();
+        let version = self.keys_version.get();
+        let waiters = std::mem::take(&mut *self.key_waiters.borrow_mut());
+        for w in waiters {
+            if !fetch_done && w.keys_version == version && now < w.deadline_ms {
+                self.key_waiters.borrow_mut().push(w);
+                continue;
+            }
+            let retry = Retry { deadline_ms: w.deadline_ms, fetch_done };
+            let (_, callout) = self.handle(w.context_id, true, w.headers, Some(retry), dispatch);
+            if let Some((token, c)) = callout {
+                record(token, w.context_id, c);
+            }
+        }
+    }
+
+    /// Finishes a request whose revocation question is settled; the returned action is for
+    /// the current callback when the request is the current one.
+    pub fn settle(&self, context_id: u32, set_context: bool, verdict: Verdict, resume: bool) -> Action {
+        if set_context && !host::set_effective_context(context_id) {
+            return Action::Pause;
+        }
+        let m = &self.metrics;
+        let mark = match verdict {
+            Verdict::Allow => None,
+            Verdict::AllowUnchecked => Some((m.failure_open, "unchecked")),
+            Verdict::AllowStale => Some((m.failure_stale, "stale")),
+            Verdict::Deny(reason) => {
+                if reason == Reason::RevocationUnavailable {
+                    Metrics::add(m.failure_closed, 1);
+                }
+                self.deny(reason, None);
+                return Action::Pause;
+            }
+        };
+        if let Some((counter, value)) = mark {
+            Metrics::add(counter, 1);
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, config::UNCHECKED_HEADER, Some(value));
+        }
+        Metrics::add(m.allowed, 1);
+        if resume {
+            let _ = hostcalls::resume_http_request();
+        }
+        Action::Continue
+    }
+
+    /// Sends the denial on the current context.
+    pub fn deny(&self, reason: Reason, scope: Option<&str>) {
+        self.metrics.denied(reason);
+        let r = response::denial(&self.style, reason, scope);
+        let headers = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let _ = hostcalls::send_http_response(r.status, headers, Some(r.body.as_bytes()));
+    }
+
+    /// The shared cache first; on a miss, join or start the single status callout for this token.
+    fn check_revocation(
+        &self,
+        context_id: u32,
+        waiting: bool,
+        token: &Verified,
+        failure_mode: FailureMode,
+        dispatch: Dispatch,
+    ) -> (Action, Option<(u32, Callout)>) {
+        let Some(rev) = &self.revocation else {
+            return (self.settle(context_id, false, Verdict::Allow, waiting), None);
+        };
+        let identity = &token.identity;
+        let now = now_ms();
+        let (cached, _) = hostcalls::get_shared_data(&identity.slot_key(rev.cache_max_entries)).unwrap_or((None, None));
+        let entry = cached.and_then(|bytes| Entry::decode(&bytes));
+        let stale = match revocation::lookup(entry.as_ref(), identity, now, rev.freshness) {
+            Lookup::Fresh(known) => {
+                Metrics::add(self.metrics.rev_cache_hit, 1);
+                return (
+                    self.settle(context_id, false, revocation::verdict(Ok(known), failure_mode, None), waiting),
+                    None,
+                );
+            }
+            Lookup::Stale(known) => Some(known),
+            Lookup::Miss => None,
+        };
+        Metrics::add(self.metrics.rev_cache_miss, 1);
+        let waiter = Waiter { context_id, failure_mode, stale };
+        if let Some(inflight) = self.inflight.borrow_mut().get_mut(&identity.key) {
+            Metrics::add(self.metrics.coalesced, 1);
+            inflight.waiters.push(waiter);
+            return (Action::Pause, None);
+        }
+        let path = revocation::status_path(&rev.path, identity, rev.mode);
+        let authorization = rev.credential.as_ref().map(|c| format!("Bearer {c}"));
+        let mut headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", rev.authority.as_str())];
+        if let Some(a) = &authorization {
+            headers.push(("authorization", a.as_str()));
+        }
+        match dispatch(&rev.cluster, headers, None, Duration::from_millis(rev.timeout_ms)) {
+            Ok(token) => {
+                self.inflight
+                    .borrow_mut()
+                    .insert(identity.key.clone(), Inflight { started_ms: now, waiters: vec![waiter] });
+                (Action::Pause, Some((token, Callout::Status { identity: identity.clone(), started_ms: now })))
+            }
+            Err(status) => {
+                warn!("jwtguard: revocation callout to cluster {:?} failed: {status:?}", rev.cluster);
+                self.metrics.answer(Err(Failure::Unavailable));
+                let verdict = revocation::verdict(Err(Failure::Unavailable), failure_mode, stale);
+                (self.settle(context_id, false, verdict, waiting), None)
+            }
+        }
+    }
+
+    /// Revokes the presented token (or its subject, `everywhere`) through the service.
+    fn logout(&self, token: &Verified, everywhere: bool, dispatch: Dispatch) -> (Action, Option<(u32, Callout)>) {
+        let Some(rev) = &self.revocation else {
+            return (Action::Continue, None);
+        };
+        let id = &token.identity;
+        let (path, body) = if everywhere {
+            let Some(sub) = id.sub.clone() else {
+                return (bad_logout("the token has no sub"), None);
+            };
+            let body = jwtguard_wire::RevokeSubjectRequest { sub, iss: id.iss.clone(), issued_before: None };
+            (&rev.revoke_subject_path, serde_json::to_vec(&body))
+        } else {
+            let (Some(jti), Some(exp)) = (id.jti.clone(), id.exp) else {
+                return (bad_logout("the token has no jti and exp; use the log-out-everywhere route"), None);
+            };
+            let body = jwtguard_wire::RevokeRequest { jti: Some(jti), exp: Some(exp), ..Default::default() };
+            (&rev.revoke_path, serde_json::to_vec(&body))
+        };
+        let Ok(body) = body else {
+            return (bad_logout("the token's claims cannot be sent"), None);
+        };
+        let authorization = format!("Bearer {}", rev.revoke_credential.as_deref().unwrap_or(""));
+        let headers = vec![
+            (":method", "POST"),
+            (":path", path.as_str()),
+            (":authority", rev.authority.as_str()),
+            ("content-type", "application/json"),
+            ("authorization", authorization.as_str()),
+        ];
+        match dispatch(&rev.cluster, headers, Some(&body), Duration::from_millis(rev.timeout_ms)) {
+            Ok(t) => (Action::Pause, Some((t, Callout::Logout { identity: id.clone() }))),
+            Err(_) => {
+                Metrics::add(self.metrics.logout_failed, 1);
+                self.deny(Reason::RevocationUnavailable, None);
+                (Action::Pause, None)
+            }
+        }
+    }
+
+    /// The answer to a status or logout callout started for `context_id`.
+    pub fn on_request_callout(&self, callout: Callout, context_id: u32, status: Option<u16>, body: Option<&[u8]>) {
+        let Some(rev) = &self.revocation else { return };
+        match callout {
+            Callout::Status { identity, started_ms } => {
+                Metrics::set(self.metrics.callout_ms, now_ms().saturating_sub(started_ms));
+                let answer = revocation::read_answer(status, body);
+                self.metrics.answer(answer);
+                if let Ok(known) = answer {
+                    self.remember(rev, &identity, known);
+                }
+                self.finish_inflight(&identity.key, answer);
+            }
+            Callout::Logout { identity } => {
+                if !host::set_effective_context(context_id) {
+                    return;
+                }
+                if status == Some(200) {
+                    // This Envoy refuses the token at once; the others within cache_ttl_ms.
+                    self.remember(rev, &identity, Known::Revoked);
+                    Metrics::add(self.metrics.logout_ok, 1);
+                    let _ = hostcalls::send_http_response(204, vec![("cache-control", "no-store")], None);
+                } else {
+                    warn!("jwtguard: logout failed: revocation service answered {status:?}");
+                    Metrics::add(self.metrics.logout_failed, 1);
+                    self.deny(Reason::RevocationUnavailable, None);
+                }
+            }
+            Callout::Jwks { .. } | Callout::Discovery { .. } => {}
+        }
+    }
+
+    /// Answers every request waiting on `key` and forgets the callout.
+    pub fn finish_inflight(&self, key: &str, answer: Result<Known, Failure>) {
+        let Some(inflight) = self.inflight.borrow_mut().remove(key) else {
+            return;
+        };
+        for w in inflight.waiters {
+            self.settle(w.context_id, true, revocation::verdict(answer, w.failure_mode, w.stale), true);
+        }
+    }
+
+    fn remember(&self, rev: &config::Revocation, identity: &Identity, known: Known) {
+        let entry =
+            Entry { known, fetched_ms: now_ms(), exp: identity.exp.unwrap_or(0), identity: identity.key.clone() };
+        let _ = hostcalls::set_shared_data(&identity.slot_key(rev.cache_max_entries), Some(&entry.encode()), None);
+    }
+}
+
+fn bad_logout(description: &str) -> Action {
+    let body = serde_json::json!({"error": "invalid_request", "error_description": description}).to_string();
+    let _ = hostcalls::send_http_response(400, vec![("content-type", "application/json")], Some(body.as_bytes()));
+    Action::Pause
+}
