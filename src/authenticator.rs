@@ -89,9 +89,13 @@ impl Authenticator {
     }
 
     /// Replaces provider `i`'s remote keys (its local ones stay); an empty set means none usable.
+    /// Its verified-token cache is emptied: a token is good only while a key we hold vouches for it.
     pub fn set_remote_keys(&mut self, i: usize, remote: Vec<Key>) {
-        if let (Some(p), Some(slot)) = (self.config.providers.get(i), self.keys.get_mut(i)) {
+        if let (Some(p), Some(slot), Some(cache)) =
+            (self.config.providers.get(i), self.keys.get_mut(i), self.caches.get_mut(i))
+        {
             *slot = p.keys.iter().cloned().chain(remote).collect();
+            *cache = TokenCache::new(p.jwt_cache_size);
         }
     }
 

@@ -162,10 +162,8 @@ impl RootContext for Root {
             remote,
             keys_version: Cell::new(0),
         });
-        if !shared.remote.is_empty() {
-            // Fetch at start rather than at the first tick.
-            self.run_keys(&shared, false);
-        }
+        // Keys are fetched from the first tick, not here: Envoy configures a short-lived VM on
+        // the main thread too, and a fetch it claimed would be lost with it.
         self.shared = Some(shared);
         true
     }

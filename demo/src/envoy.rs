@@ -189,6 +189,11 @@ impl Envoy {
         text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     }
 
+    /// A gauge's value (Envoy lists gauges like counters in `/stats`).
+    pub fn counter_gauge(&self, name: &str) -> u64 {
+        self.counter(name)
+    }
+
     pub fn prometheus(&self) -> String {
         self.admin_get("/stats/prometheus").unwrap_or_default()
     }

@@ -79,7 +79,12 @@ impl KeyPair {
 
     /// A token with `claims`, signed by this key, with `kid` in the header.
     pub fn sign(&self, claims: &Value) -> String {
-        let header = json!({"alg": alg_name(self.alg), "typ": "JWT", "kid": self.kid});
+        self.sign_with_kid(claims, &self.kid)
+    }
+
+    /// A token signed by this key but naming another `kid`.
+    pub fn sign_with_kid(&self, claims: &Value, kid: &str) -> String {
+        let header = json!({"alg": alg_name(self.alg), "typ": "JWT", "kid": kid});
         sign_raw(&header.to_string(), &claims.to_string(), &self.encoding_key(), self.alg)
     }
 }

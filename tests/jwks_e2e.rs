@@ -1,0 +1,297 @@
+//! Remote JWKS on a real Envoy against a JWKS server the tests control: rotation, an identity
+//! provider down at start or after a good fetch, floods of unknown kids, hostile documents, and
+//! OIDC discovery.
+
+mod support;
+
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::echo::Echo;
+use support::envoy::{bootstrap, jwtguard_filter, static_cluster, Envoy, Listener};
+use support::tokens::{now, KeyPair};
+use support::{http, scratch_dir, wait_for, Reply};
+
+const ISSUER: &str = "https://idp.test";
+
+/// What the JWKS server does with the next request.
+#[derive(Clone)]
+enum Mode {
+    Serve(String),
+    /// Close the connection without answering: to Envoy the identity provider is down.
+    Down,
+}
+
+struct JwksServer {
+    port: u16,
+    mode: Arc<Mutex<Mode>>,
+    /// Requests for the JWKS itself (discovery documents are not counted).
+    fetches: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    fn start(mode: Mode) -> JwksServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mode, fetches) = (Arc::new(Mutex::new(mode)), Arc::new(AtomicUsize::new(0)));
+        let (m, f) = (mode.clone(), fetches.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (m, f) = (m.clone(), f.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        loop {
+                            let mut h = String::new();
+                            if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                                break;
+                            }
+                        }
+                        let body = if path == "/.well-known/openid-configuration" {
+                            json!({"issuer": ISSUER, "jwks_uri": "http://jwks.test/discovered/keys"}).to_string()
+                        } else {
+                            f.fetch_add(1, Ordering::SeqCst);
+                            match m.lock().unwrap().clone() {
+                                Mode::Serve(b) => b,
+                                Mode::Down => return,
+                            }
+                        };
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if out.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        JwksServer { port, mode, fetches }
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+fn jwks(keys: &[&KeyPair]) -> Mode {
+    Mode::Serve(json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()}).to_string())
+}
+
+fn setup(name: &str, server: &JwksServer, remote: Value) -> (Envoy, Echo) {
+    let dir = scratch_dir(name);
+    let echo = Echo::start("127.0.0.1:0").unwrap();
+    let mut r = json!({"cluster": "jwks", "uri": "http://jwks.test/keys", "failed_refetch_seconds": 1, "unknown_kid_min_interval_seconds": 1});
+    if let (Some(r), Some(o)) = (r.as_object_mut(), remote.as_object()) {
+        for (k, v) in o {
+            r.insert(k.clone(), v.clone());
+        }
+    }
+    let config = json!({
+        "providers": {"idp": {"issuer": ISSUER, "remote_jwks": r, "claim_to_headers": [{"header_name": "x-jwt-sub", "claim_name": "sub"}]}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+    });
+    let listeners = [Listener::to_cluster("main", vec![jwtguard_filter("main", &config)], "upstream")];
+    let envoy = Envoy::start(
+        &dir,
+        &bootstrap(&listeners, &[static_cluster("upstream", echo.port), static_cluster("jwks", server.port)]),
+    );
+    (envoy, echo)
+}
+
+/// Waits until the first key set is in and `token` passes.
+fn first_keys(envoy: &Envoy, token: &str) {
+    wait_for("the first key set", Duration::from_secs(5), || (get(envoy, token).status == 200).then_some(()));
+}
+
+fn token(key: &KeyPair) -> String {
+    key.sign(&json!({"iss": ISSUER, "sub": "alice", "exp": now() + 600}))
+}
+
+fn get(envoy: &Envoy, token: &str) -> Reply {
+    http("GET", &envoy.url("main", "/api"), &[("authorization", &format!("Bearer {token}"))])
+}
+
+fn keys(dir: &str) -> (KeyPair, KeyPair) {
+    let d = scratch_dir(dir);
+    (KeyPair::generate(&d, Algorithm::RS256, "k1"), KeyPair::generate(&d, Algorithm::RS256, "k2"))
+}
+
+#[test]
+fn a_rotated_key_is_accepted_without_restarting_envoy() {
+    let (k1, k2) = keys("jwks-rotation-keys");
+    let server = JwksServer::start(jwks(&[&k1]));
+    let (e, _echo) = setup("jwks-rotation", &server, json!({}));
+    first_keys(&e, &token(&k1));
+    assert_eq!(get(&e, &token(&k1)).echoed()["x-jwt-sub"], "alice");
+    server.set(jwks(&[&k1, &k2]));
+    let rotated = get(&e, &token(&k2));
+    assert_eq!(rotated.status, 200, "the new kid triggered a refetch and the request waited for it: {rotated:?}");
+    assert_eq!(get(&e, &token(&k1)).status, 200, "the old key works while still published");
+    assert!(e.counter("wasmcustom.jwtguard.jwks.unknown_kid_refetch") >= 1);
+    assert!(e.counter("wasmcustom.jwtguard.jwks.fetch_success") >= 2);
+}
+
+#[test]
+fn identity_provider_down_at_start_gives_503_then_success_never_401() {
+    let (k1, _) = keys("jwks-down-start-keys");
+    let server = JwksServer::start(Mode::Down);
+    let (e, _echo) = setup("jwks-down-start", &server, json!({"wait_for_keys_ms": 300}));
+    let t = token(&k1);
+    let early = get(&e, &t);
+    assert_eq!((early.status, early.header("retry-after")), (503, Some("1")), "{early:?}");
+    server.set(jwks(&[&k1]));
+    let up = Instant::now();
+    let mut seen = Vec::new();
+    wait_for("keys after the provider came back", Duration::from_secs(10), || {
+        let r = get(&e, &t);
+        seen.push(r.status);
+        (r.status == 200).then_some(())
+    });
+    assert!(seen.iter().all(|s| *s == 503 || *s == 200), "no 401 storm: {seen:?}");
+    eprintln!("provider back: tokens accepted after {:?} (backoff from failed_refetch_seconds 1)", up.elapsed());
+    assert!(e.counter("wasmcustom.jwtguard.jwks.fetch_failed") >= 1);
+}
+
+#[test]
+fn a_request_arriving_before_the_first_keys_waits_for_them() {
+    let (k1, _) = keys("jwks-wait-keys");
+    let server = JwksServer::start(Mode::Down);
+    let (e, _echo) = setup("jwks-wait", &server, json!({"wait_for_keys_ms": 5000}));
+    let t = token(&k1);
+    let url = e.url("main", "/api");
+    let waiting = std::thread::spawn(move || http("GET", &url, &[("authorization", &format!("Bearer {t}"))]));
+    wait_for("the request to be parked", Duration::from_secs(5), || {
+        (e.counter("wasmcustom.jwtguard.jwks.requests_waited") >= 1).then_some(())
+    });
+    server.set(jwks(&[&k1]));
+    let r = waiting.join().unwrap();
+    assert_eq!(r.status, 200, "verified once the keys arrived: {r:?}");
+}
+
+#[test]
+fn after_a_good_fetch_an_outage_is_served_stale_then_fails_closed() {
+    let (k1, _) = keys("jwks-stale-keys");
+    let server = JwksServer::start(jwks(&[&k1]));
+    let (e, _echo) = setup(
+        "jwks-stale",
+        &server,
+        json!({"cache_duration_seconds": 2, "max_stale_seconds": 3, "wait_for_keys_ms": 0}),
+    );
+    let t = token(&k1);
+    first_keys(&e, &t);
+    let fetched = Instant::now();
+    server.set(Mode::Down);
+    // Past cache_duration: refreshes fail, the last good keys are still served.
+    wait_for("the key set to go stale", Duration::from_secs(6), || {
+        (e.counter_gauge("wasmcustom.jwtguard.jwks.stale") == 1).then_some(())
+    });
+    assert_eq!(get(&e, &t).status, 200, "stale keys still serve");
+    let closed = wait_for("the stale period to end", Duration::from_secs(10), || {
+        let r = get(&e, &t);
+        assert_ne!(r.status, 401, "fails closed with 503, not 401");
+        (r.status == 503).then_some(r)
+    });
+    let after = fetched.elapsed();
+    eprintln!("stale keys served until {after:?} after the last good fetch (cache 2 s + stale 3 s)");
+    assert!(after >= Duration::from_secs(4), "stopped serving too early: {after:?}");
+    assert_eq!(closed.header("retry-after"), Some("1"));
+    assert!(e.counter("wasmcustom.jwtguard.jwks.fetch_failed") >= 1);
+}
+
+#[test]
+fn a_flood_of_unknown_kids_causes_at_most_one_refetch_per_interval() {
+    let (k1, _) = keys("jwks-flood-keys");
+    let d = scratch_dir("jwks-flood-more");
+    let stranger = KeyPair::generate(&d, Algorithm::RS256, "other");
+    let server = JwksServer::start(jwks(&[&k1]));
+    let (e, _echo) =
+        setup("jwks-flood", &server, json!({"unknown_kid_min_interval_seconds": 30, "wait_for_keys_ms": 200}));
+    first_keys(&e, &token(&k1));
+    let before = server.fetches();
+    let started = Instant::now();
+    for i in 0..150 {
+        let forged =
+            stranger.sign_with_kid(&json!({"iss": ISSUER, "sub": "x", "exp": now() + 60}), &format!("random-{i}"));
+        let r = get(&e, &forged);
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+    let extra = server.fetches() - before;
+    eprintln!("150 random kids in {:?} caused {extra} JWKS fetches", started.elapsed());
+    assert!(extra <= 1, "{extra} fetches");
+    assert_eq!(get(&e, &token(&k1)).status, 200);
+}
+
+#[test]
+fn hostile_documents_never_replace_the_good_key_set() {
+    let (k1, k2) = keys("jwks-hostile-keys");
+    let server = JwksServer::start(jwks(&[&k1]));
+    let (e, _echo) = setup(
+        "jwks-hostile",
+        &server,
+        json!({"unknown_kid_min_interval_seconds": 1, "wait_for_keys_ms": 1500, "max_keys": 10}),
+    );
+    let good = token(&k1);
+    first_keys(&e, &good);
+    let mut enc_only = k2.jwk();
+    enc_only["use"] = json!("enc");
+    let hostile = [
+        "<html>not json</html>".to_string(),
+        json!({"keys": "nope"}).to_string(),
+        json!({"keys": [k2.jwk()], "padding": "x".repeat(70_000)}).to_string(),
+        json!({"keys": vec![k2.jwk(); 11]}).to_string(),
+        json!({"keys": [enc_only]}).to_string(),
+        json!({"keys": [{"kty": "RSA", "kid": "k2", "n": "AQAB", "e": "AQAB"}]}).to_string(),
+    ];
+    let mut last_ask: Option<Instant> = None;
+    for (i, doc) in hostile.iter().enumerate() {
+        let failed = e.counter("wasmcustom.jwtguard.jwks.fetch_failed");
+        server.set(Mode::Serve(doc.clone()));
+        // One unknown-kid refetch per unknown_kid_min_interval_seconds (1 s here).
+        if let Some(t) = last_ask {
+            wait_for("the refetch interval", Duration::from_secs(3), || {
+                (t.elapsed() >= Duration::from_millis(1050)).then_some(())
+            });
+        }
+        last_ask = Some(Instant::now());
+        // A token with the new kid asks for a refetch, which brings the hostile document.
+        let r = get(&e, &token(&k2));
+        assert_eq!(r.status, 401, "document {i} must not install k2: {r:?}");
+        wait_for("the hostile fetch to be refused", Duration::from_secs(5), || {
+            (e.counter("wasmcustom.jwtguard.jwks.fetch_failed") > failed).then_some(())
+        });
+        assert_eq!(get(&e, &good).status, 200, "document {i} replaced the good key set");
+    }
+}
+
+#[test]
+fn oidc_discovery_finds_the_jwks() {
+    let (k1, _) = keys("jwks-oidc-keys");
+    let server = JwksServer::start(jwks(&[&k1]));
+    let (e, _echo) = setup(
+        "jwks-oidc",
+        &server,
+        json!({"uri": "http://jwks.test/.well-known/openid-configuration", "oidc_discovery": true}),
+    );
+    let r = wait_for("keys through discovery", Duration::from_secs(5), || {
+        let r = get(&e, &token(&k1));
+        (r.status == 200).then_some(r)
+    });
+    assert_eq!(r.echoed()["x-jwt-sub"], "alice");
+    assert!(server.fetches() >= 1);
+}
