@@ -3,7 +3,7 @@
 # LTO keeps ~300 KB more code. wasm-opt -Oz then takes off another ~70 KB.
 WASM := target/jwtguard.wasm
 
-.PHONY: deps wasm build demo test lint bench fuzz
+.PHONY: deps wasm build demo test lint bench fuzz oci
 
 deps:
 	scripts/deps.sh
@@ -24,7 +24,7 @@ lint: deps
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p jwtguard --target wasm32-wasip1 --release -- -D warnings
 
-test: wasm lint
+test: build lint
 	cargo build -p jwtguard-revocation
 	cargo test --workspace
 
@@ -34,3 +34,7 @@ bench: build
 
 fuzz:
 	scripts/fuzz.sh
+
+# The filter as a Wasm OCI image (Istio's oci:// URLs) in target/oci, without a Docker engine.
+oci: wasm
+	scripts/oci.sh

@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for tool in redis-server:redis-server redis-cli:redis-tools wrk:wrk wasm-opt:binaryen openssl:openssl curl:curl; do
+for tool in redis-server:redis-server redis-cli:redis-tools wrk:wrk wasm-opt:binaryen openssl:openssl curl:curl \
+            skopeo:skopeo docker-compose:docker-compose; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

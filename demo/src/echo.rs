@@ -22,7 +22,30 @@ impl Echo {
     }
 }
 
+/// Serves `body` as JSON for every request (the demo's JWKS endpoint).
+pub fn start_static(addr: &str, body: String) -> std::io::Result<u16> {
+    let listener = TcpListener::bind(addr)?;
+    let port = listener.local_addr()?.port();
+    let body = std::sync::Arc::new(body);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let body = body.clone();
+            std::thread::spawn(move || respond_each(stream, &|_, _| body.to_string()));
+        }
+    });
+    Ok(port)
+}
+
 fn serve(stream: TcpStream) {
+    respond_each(stream, &|method, (path, headers)| {
+        serde_json::json!({"method": method, "path": path, "headers": headers}).to_string()
+    });
+}
+
+type Answer<'a> = &'a dyn Fn(&str, (&str, &serde_json::Map<String, serde_json::Value>)) -> String;
+
+/// Reads HTTP/1.1 requests off one connection and answers each with `answer`'s JSON.
+fn respond_each(stream: TcpStream, answer: Answer) {
     let Ok(clone) = stream.try_clone() else {
         return;
     };
@@ -59,7 +82,7 @@ fn serve(stream: TcpStream) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let reply = serde_json::json!({"method": method, "path": path, "headers": headers}).to_string();
+        let reply = answer(&method, (&path, &headers));
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
             reply.len()

@@ -25,6 +25,12 @@ enum Command {
     Keygen { dir: PathBuf },
     /// Print the public JWKS of the key in DIR.
     Jwks { dir: PathBuf },
+    /// Serve the public JWKS of the key in DIR over HTTP (generating the key on first use).
+    ServeJwks {
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8082")]
+        listen: String,
+    },
     /// Print a token signed with the key in DIR.
     Mint {
         dir: PathBuf,
@@ -57,6 +63,16 @@ fn main() {
         Command::Jwks { dir } => {
             let key = KeyPair::load_or_generate(&dir, Algorithm::RS256, "demo");
             println!("{}", json!({"keys": [key.jwk()]}));
+        }
+        Command::ServeJwks { dir, listen } => {
+            let key = KeyPair::load_or_generate(&dir, Algorithm::RS256, "demo");
+            let body = json!({"keys": [key.jwk()]}).to_string();
+            let port =
+                jwtguard_demo::echo::start_static(&listen, body).unwrap_or_else(|e| panic!("listen on {listen}: {e}"));
+            println!("JWKS on port {port}");
+            loop {
+                std::thread::park();
+            }
         }
         Command::Mint { dir, sub, iss, aud, scope, ttl } => {
             let key = KeyPair::load_or_generate(&dir, Algorithm::RS256, "demo");

@@ -1,6 +1,6 @@
 //! Test harness: a real Envoy running the built `.wasm`, an echo upstream, and token minting.
 //! Every process binds 127.0.0.1 on an ephemeral port and is killed when its handle drops.
-#![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
 pub use jwtguard_demo::{echo, envoy, tokens, wait_for};
 
