@@ -162,10 +162,10 @@ async fn revoke_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<
     match (&request.token, &request.jti) {
         (Some(raw), None) => {
             // RFC 7009 §2.2: an invalid or unknown token is answered 200 all the same.
-            let Some(facts) = token::read(raw, s.keys.as_deref()) else {
+            let Some(identity) = token::read(raw, s.keys.as_deref()) else {
                 return Ok(Ack { stored: false });
             };
-            let (Some(jti), Some(exp)) = (facts.jti, facts.exp) else {
+            let (Some(jti), Some(exp)) = (identity.jti, identity.exp) else {
                 return Err(ApiError::bad_request("the token has no jti or exp; revoke its subject instead"));
             };
             s.revoke_facts(&jti, exp).await

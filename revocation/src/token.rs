@@ -1,21 +1,14 @@
-//! Reading a token submitted for revocation (RFC 7009): its `jti`, `exp`, `sub` and `iss`.
-//! With keys configured the signature is verified first, so only tokens we issued count.
+//! Reading a token submitted for revocation (RFC 7009): the same identity (`jti`, `exp`, `sub`,
+//! `iss`, `iat`) the filter asks about. With keys configured the signature is verified first, so
+//! only tokens we issued count.
 
 use jwtguard::keys::Key;
+use jwtguard::revocation::Identity;
 use jwtguard::{jws, signature, strict_json};
-use serde_json::Value;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenFacts {
-    pub jti: Option<String>,
-    pub exp: Option<u64>,
-    pub sub: Option<String>,
-    pub iss: Option<String>,
-}
 
 /// `None` for anything that is not a well-formed (and, with keys, validly signed) JWT: RFC 7009
 /// answers 200 for invalid tokens, so the caller just stores nothing.
-pub fn read(token: &str, keys: Option<&[Key]>) -> Option<TokenFacts> {
+pub fn read(token: &str, keys: Option<&[Key]>) -> Option<Identity> {
     if token.len() > crate::validate::MAX_BODY_BYTES {
         return None;
     }
@@ -26,13 +19,7 @@ pub fn read(token: &str, keys: Option<&[Key]>) -> Option<TokenFacts> {
         }
     }
     let claims = strict_json::parse_object(&parsed.payload).ok()?;
-    let text = |name: &str| claims.get(name).and_then(Value::as_str).map(String::from);
-    Some(TokenFacts {
-        jti: text("jti"),
-        exp: claims.get("exp").and_then(Value::as_u64),
-        sub: text("sub"),
-        iss: text("iss"),
-    })
+    Some(Identity::from_claims(&claims))
 }
 
 #[cfg(test)]
@@ -46,11 +33,11 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_facts() {
-        let facts = read(&unsigned(r#"{"jti":"j1","exp":99,"sub":"alice","iss":"i"}"#), None).unwrap();
+    fn reads_the_identity() {
+        let id = read(&unsigned(r#"{"jti":"j1","exp":99,"sub":"alice","iss":"i"}"#), None).unwrap();
         assert_eq!(
-            facts,
-            TokenFacts { jti: Some("j1".into()), exp: Some(99), sub: Some("alice".into()), iss: Some("i".into()) }
+            (id.jti.as_deref(), id.exp, id.sub.as_deref(), id.iss.as_deref()),
+            (Some("j1"), Some(99), Some("alice"), Some("i"))
         );
         assert_eq!(read(&unsigned(r#"{"exp":"soon"}"#), None).unwrap().exp, None);
         assert!(read("garbage", None).is_none());
