@@ -191,7 +191,7 @@ impl Shared {
             Freshness::None => "no keys yet".to_string(),
             Freshness::Expired => "no usable keys".to_string(),
             Freshness::Fresh | Freshness::Stale => {
-                format!("serving the last good keys, fetched {} s ago", (now - state.fetched_ms) / 1000)
+                format!("serving the last good keys, fetched {} s ago", now.saturating_sub(state.fetched_ms) / 1000)
             }
         };
         warn!(

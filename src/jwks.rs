@@ -125,12 +125,14 @@ impl FetchState {
     /// Whether a fetch should start now; if so, the state that claims it.
     pub fn claim(&self, now: u64, cfg: &RemoteJwks) -> Option<FetchState> {
         // A claim outlives its fetch's timeout only briefly: the VM that made it may be gone.
-        let in_flight = self.in_flight_since_ms != 0 && now < self.in_flight_since_ms + cfg.timeout_ms + 250;
+        let in_flight =
+            self.in_flight_since_ms != 0 && now < self.in_flight_since_ms.saturating_add(cfg.timeout_ms + 250);
         if in_flight || now < self.next_attempt_ms {
             return None;
         }
         // Refresh a little before expiry, as jwt_authn does, so requests never see expired keys.
-        let refresh_at = self.fetched_ms + cfg.cache_duration_ms.saturating_sub(cfg.cache_duration_ms.min(5_000) / 2);
+        let refresh_at =
+            self.fetched_ms.saturating_add(cfg.cache_duration_ms.saturating_sub(cfg.cache_duration_ms.min(5_000) / 2));
         let due = self.fetched_ms == 0 || self.refetch_requested || now >= refresh_at;
         due.then(|| FetchState { in_flight_since_ms: now.max(1), ..self.clone() })
     }
@@ -151,13 +153,13 @@ impl FetchState {
         let failures = self.failures.saturating_add(1);
         let backoff =
             cfg.failed_refetch_ms.saturating_mul(1u64 << failures.saturating_sub(1).min(20)).min(cfg.max_backoff_ms);
-        FetchState { in_flight_since_ms: 0, failures, next_attempt_ms: now + backoff, ..self.clone() }
+        FetchState { in_flight_since_ms: 0, failures, next_attempt_ms: now.saturating_add(backoff), ..self.clone() }
     }
 
     /// Asks for a refetch because a token's `kid` is unknown; `None` if one was asked for too
     /// recently (a stream of random `kid`s must not become a stream of fetches).
     pub fn ask_for_kid(&self, now: u64, cfg: &RemoteJwks) -> Option<FetchState> {
-        if self.last_kid_refetch_ms != 0 && now < self.last_kid_refetch_ms + cfg.unknown_kid_interval_ms {
+        if self.last_kid_refetch_ms != 0 && now < self.last_kid_refetch_ms.saturating_add(cfg.unknown_kid_interval_ms) {
             return None;
         }
         Some(FetchState {
@@ -184,9 +186,9 @@ pub enum Freshness {
 pub fn freshness(fetched_ms: u64, now: u64, cfg: &RemoteJwks) -> Freshness {
     if fetched_ms == 0 {
         Freshness::None
-    } else if now < fetched_ms + cfg.cache_duration_ms {
+    } else if now < fetched_ms.saturating_add(cfg.cache_duration_ms) {
         Freshness::Fresh
-    } else if now < fetched_ms + cfg.cache_duration_ms + cfg.max_stale_ms {
+    } else if now < fetched_ms.saturating_add(cfg.cache_duration_ms).saturating_add(cfg.max_stale_ms) {
         Freshness::Stale
     } else {
         Freshness::Expired
