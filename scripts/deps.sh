@@ -8,6 +8,9 @@ for tool in redis-server:redis-server redis-cli:redis-tools wrk:wrk wasm-opt:bin
             skopeo:skopeo docker-compose:docker-compose; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
 done
+# Debian's own python3 needs python3-venv for the project venv (pyenv builds have it).
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
