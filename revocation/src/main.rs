@@ -123,6 +123,9 @@ struct ServeArgs {
     request_timeout_ms: u64,
     #[arg(long, default_value = "jwtguard")]
     key_prefix: String,
+    /// PEM file of CA certificates to trust for rediss:// (default: the system's).
+    #[arg(long)]
+    redis_ca_file: Option<std::path::PathBuf>,
     /// Threads serving requests (default: one per core).
     #[arg(long)]
     worker_threads: Option<usize>,
@@ -210,6 +213,10 @@ fn serve(args: ServeArgs) -> Result<String, String> {
         response_timeout: Duration::from_millis(args.redis_timeout_ms),
         connect_timeout: Duration::from_millis(args.redis_connect_timeout_ms),
         retries: args.redis_retries,
+        ca_pem: match &args.redis_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| format!("--redis-ca-file {}: {e}", path.display()))?),
+            None => None,
+        },
     };
     // Real histograms (fixed buckets), not summaries; upkeep below drains them periodically,
     // which the exporter leaves to us when installed without its own HTTP listener.

@@ -32,6 +32,8 @@ pub struct RedisOptions {
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
     pub retries: u32,
+    /// PEM CA certificates to trust for `rediss://` instead of the system's.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -123,18 +125,24 @@ return redis.call('HDEL', KEYS[2], ARGV[1])";
 
 impl Store {
     pub async fn connect(options: RedisOptions) -> Result<Store, StoreError> {
+        let certs = |ca: &Vec<u8>| redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) };
         let conn = if options.cluster {
-            let client = ClusterClientBuilder::new(options.urls.clone())
+            let mut builder = ClusterClientBuilder::new(options.urls.clone())
                 .retries(options.retries)
                 .min_retry_wait(10)
                 .max_retry_wait(200)
                 .connection_timeout(options.connect_timeout)
-                .response_timeout(options.response_timeout)
-                .build()?;
-            Connection::Cluster(client.get_async_connection().await?)
+                .response_timeout(options.response_timeout);
+            if let Some(ca) = &options.ca_pem {
+                builder = builder.certs(certs(ca));
+            }
+            Connection::Cluster(builder.build()?.get_async_connection().await?)
         } else {
             let url = options.urls.first().ok_or_else(|| StoreError::Unavailable("no Redis URL".into()))?;
-            let client = redis::Client::open(url.as_str())?;
+            let client = match &options.ca_pem {
+                Some(ca) => redis::Client::build_with_tls(url.as_str(), certs(ca))?,
+                None => redis::Client::open(url.as_str())?,
+            };
             let config = ConnectionManagerConfig::new()
                 .set_number_of_retries(options.retries as usize)
                 .set_max_delay(Duration::from_millis(200))

@@ -264,6 +264,86 @@ fn redis_acl_credentials_in_the_url_are_used() {
     assert_eq!(status(&svc, "jti=acl-1")["reason"], "revoked");
 }
 
+/// `rediss://` with a CA of our own: trusted with --redis-ca-file, refused without it.
+#[test]
+fn tls_to_redis_with_a_private_ca() {
+    let dir = scratch_dir("revocation", "tls");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(&dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let tls_port = jwtguard_demo::redis::free_port().to_string();
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let (cert, key, ca) = (path("server.pem"), path("server.key"), path("ca.pem"));
+    let tls = [
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ];
+    let _redis = RedisServer::start(&dir, &tls);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let refused = Service::start(&bin(), &dir, &args(&[url.clone()], false, &[]))
+        .err()
+        .expect("an untrusted certificate must be refused");
+    assert!(refused.to_lowercase().contains("certificate") || refused.contains("invalid"), "{refused}");
+    let svc = Service::start(&bin(), &dir, &args(&[url], false, &["--redis-ca-file", &ca])).expect("service over TLS");
+    let r = post_json(&svc, "/v1/revoke", Some(WRITE), &json!({"jti": "tls-1", "exp": now() + 60}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(status(&svc, "jti=tls-1")["reason"], "revoked");
+}
+
 #[test]
 fn refuses_to_start_without_credentials_unless_told_it_is_development() {
     let dir = scratch_dir("revocation", "nocreds");
