@@ -334,7 +334,7 @@ fn tls_to_redis_with_a_private_ca() {
     ];
     let _redis = RedisServer::start(&dir, &tls);
     let url = format!("rediss://127.0.0.1:{tls_port}");
-    let refused = Service::start(&bin(), &dir, &args(&[url.clone()], false, &[]))
+    let refused = Service::start(&bin(), &dir, &args(std::slice::from_ref(&url), false, &[]))
         .err()
         .expect("an untrusted certificate must be refused");
     assert!(refused.to_lowercase().contains("certificate") || refused.contains("invalid"), "{refused}");
