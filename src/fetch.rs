@@ -118,7 +118,7 @@ impl Shared {
         let mut asked = false;
         for r in &self.remote {
             if self.update_state(r, |s| s.ask_for_kid(now, &r.cfg)).is_some() {
-                Metrics::add(self.metrics.jwks_kid_refetch, 1);
+                self.metrics.add(self.metrics.jwks_kid_refetch, 1);
                 asked = true;
             }
         }
@@ -149,7 +149,7 @@ impl Shared {
                         let now = now_ms();
                         let _ = hostcalls::set_shared_data(&key(r, "doc"), Some(body), None);
                         self.update_state(r, |s| Some(s.succeeded(now)));
-                        Metrics::add(self.metrics.jwks_fetch_success, 1);
+                        self.metrics.add(self.metrics.jwks_fetch_success, 1);
                         info!("jwtguard: provider {}: loaded {} keys from the JWKS", r.name, keys.len());
                         self.install(r, keys, now);
                     }
@@ -186,7 +186,7 @@ impl Shared {
         let r = &self.remote[i];
         let now = now_ms();
         let state = self.update_state(r, |s| Some(s.failed(now, &r.cfg))).unwrap_or_default();
-        Metrics::add(self.metrics.jwks_fetch_failed, 1);
+        self.metrics.add(self.metrics.jwks_fetch_failed, 1);
         let keeping = match jwks::freshness(state.fetched_ms, now, &r.cfg) {
             Freshness::None => "no keys yet".to_string(),
             Freshness::Expired => "no usable keys".to_string(),

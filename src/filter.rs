@@ -136,15 +136,13 @@ impl RootContext for Root {
                 })
             })
             .collect();
-        // The tick fetches keys, retries parked requests and answers waits whose callout was lost.
-        let tick = match (&config.revocation, remote.is_empty()) {
-            (_, false) => Some(100),
-            (Some(r), true) => Some(r.timeout_ms.clamp(50, 1000)),
-            (None, true) => None,
+        // The tick flushes counters, fetches keys, retries parked requests and answers waits
+        // whose callout was lost.
+        let tick = match &config.revocation {
+            Some(r) if remote.is_empty() => r.timeout_ms.clamp(50, crate::metrics::FLUSH_MS),
+            _ => crate::metrics::FLUSH_MS,
         };
-        if let Some(ms) = tick {
-            let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
-        }
+        let _ = hostcalls::set_tick_period(Duration::from_millis(tick));
         let style = ResponseStyle {
             realm: config.realm.clone(),
             include_error_description: config.include_error_description,
@@ -170,6 +168,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let Some(shared) = self.shared.clone() else { return };
+        shared.metrics.flush(now_ms());
         if let Some(rev) = &shared.revocation {
             let deadline = now_ms().saturating_sub(rev.timeout_ms + 500);
             let lost: Vec<String> = shared

@@ -6,6 +6,12 @@ use crate::reason::Reason;
 use crate::revocation::{Failure, Known};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+use std::cell::{Cell, RefCell};
+
+/// Counters are added up in the VM and handed to Envoy at most every this many milliseconds
+/// (from a request or the root's tick): two host calls per request cost ≈ 1–2 µs, a fifth of
+/// the filter's whole cost on a cache hit. Stats lag by at most this long.
+pub const FLUSH_MS: u64 = 100;
 
 pub struct Metrics {
     pub allowed: u32,
@@ -33,6 +39,9 @@ pub struct Metrics {
     pub jwks_stale: u32,
     pub jwks_kid_refetch: u32,
     pub jwks_waited: u32,
+    /// Counts not yet handed to Envoy, by counter id.
+    pending: RefCell<Vec<(u32, u64)>>,
+    last_flush_ms: Cell<u64>,
 }
 
 impl Metrics {
@@ -69,29 +78,53 @@ impl Metrics {
             jwks_stale: def(MetricType::Gauge, "jwks.stale")?,
             jwks_kid_refetch: counter("jwks.unknown_kid_refetch")?,
             jwks_waited: counter("jwks.requests_waited")?,
+            pending: RefCell::new(Vec::new()),
+            last_flush_ms: Cell::new(0),
         })
     }
 
-    pub fn add(id: u32, n: u32) {
-        if n > 0 {
-            let _ = hostcalls::increment_metric(id, i64::from(n));
+    /// Adds to a counter; Envoy sees it at the next flush.
+    pub fn add(&self, id: u32, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let mut pending = self.pending.borrow_mut();
+        match pending.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, count)) => *count += u64::from(n),
+            None => pending.push((id, u64::from(n))),
         }
     }
 
+    /// Hands the added-up counts to Envoy.
+    pub fn flush(&self, now_ms: u64) {
+        self.last_flush_ms.set(now_ms);
+        for (id, n) in self.pending.take() {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Flushes if the last flush is at least `FLUSH_MS` old.
+    pub fn flush_if_due(&self, now_ms: u64) {
+        if now_ms.saturating_sub(self.last_flush_ms.get()) >= FLUSH_MS {
+            self.flush(now_ms);
+        }
+    }
+
+    /// Gauges and histograms go to Envoy at once (they are rare).
     pub fn set(id: u32, value: u64) {
         let _ = hostcalls::record_metric(id, value);
     }
 
     pub fn record(&self, tally: &Tally) {
-        Self::add(self.cache_hit, tally.cache_hits);
-        Self::add(self.cache_miss, tally.cache_misses);
-        Self::add(self.verify_host, tally.host_verifications);
-        Self::add(self.verify_wasm, tally.wasm_verifications);
+        self.add(self.cache_hit, tally.cache_hits);
+        self.add(self.cache_miss, tally.cache_misses);
+        self.add(self.verify_host, tally.host_verifications);
+        self.add(self.verify_wasm, tally.wasm_verifications);
     }
 
     pub fn denied(&self, reason: Reason) {
         if let Some((_, id)) = self.denied.iter().find(|(r, _)| *r == reason) {
-            Self::add(*id, 1);
+            self.add(*id, 1);
         }
     }
 
@@ -102,6 +135,6 @@ impl Metrics {
             Err(Failure::Unavailable) => self.check_unavailable,
             Err(Failure::Timeout) => self.check_timeout,
         };
-        Self::add(id, 1);
+        self.add(id, 1);
     }
 }

@@ -127,6 +127,7 @@ impl Shared {
         let decision = auth.authenticate(&request, now / 1000, crypto, &mut tally);
         drop(auth);
         self.metrics.record(&tally);
+        self.metrics.flush_if_due(now);
         match decision {
             Decision::Pass => {
                 if waiting {
@@ -179,7 +180,7 @@ impl Shared {
                     self.deny(reason, None);
                     return Action::Pause;
                 }
-                Metrics::add(self.metrics.jwks_waited, 1);
+                self.metrics.add(self.metrics.jwks_waited, 1);
                 now + wait
             }
             Some(r) if now >= r.deadline_ms || (reason == Reason::UnknownKey && r.fetch_done) => {
@@ -228,17 +229,17 @@ impl Shared {
             Verdict::AllowStale => Some((m.failure_stale, "stale")),
             Verdict::Deny(reason) => {
                 if reason == Reason::RevocationUnavailable {
-                    Metrics::add(m.failure_closed, 1);
+                    m.add(m.failure_closed, 1);
                 }
                 self.deny(reason, None);
                 return Action::Pause;
             }
         };
         if let Some((counter, value)) = mark {
-            Metrics::add(counter, 1);
+            m.add(counter, 1);
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, config::UNCHECKED_HEADER, Some(value));
         }
-        Metrics::add(m.allowed, 1);
+        m.add(m.allowed, 1);
         if resume {
             let _ = hostcalls::resume_http_request();
         }
@@ -271,7 +272,7 @@ impl Shared {
         let entry = cached.and_then(|bytes| Entry::decode(&bytes));
         let stale = match revocation::lookup(entry.as_ref(), identity, now, rev.freshness) {
             Lookup::Fresh(known) => {
-                Metrics::add(self.metrics.rev_cache_hit, 1);
+                self.metrics.add(self.metrics.rev_cache_hit, 1);
                 return (
                     self.settle(context_id, false, revocation::verdict(Ok(known), failure_mode, None), waiting),
                     None,
@@ -280,10 +281,10 @@ impl Shared {
             Lookup::Stale(known) => Some(known),
             Lookup::Miss => None,
         };
-        Metrics::add(self.metrics.rev_cache_miss, 1);
+        self.metrics.add(self.metrics.rev_cache_miss, 1);
         let waiter = Waiter { context_id, failure_mode, stale };
         if let Some(inflight) = self.inflight.borrow_mut().get_mut(&identity.key) {
-            Metrics::add(self.metrics.coalesced, 1);
+            self.metrics.add(self.metrics.coalesced, 1);
             inflight.waiters.push(waiter);
             return (Action::Pause, None);
         }
@@ -342,7 +343,7 @@ impl Shared {
         match dispatch(&rev.cluster, headers, Some(&body), Duration::from_millis(rev.timeout_ms)) {
             Ok(t) => (Action::Pause, Some((t, Callout::Logout { identity: id.clone() }))),
             Err(_) => {
-                Metrics::add(self.metrics.logout_failed, 1);
+                self.metrics.add(self.metrics.logout_failed, 1);
                 self.deny(Reason::RevocationUnavailable, None);
                 (Action::Pause, None)
             }
@@ -369,11 +370,11 @@ impl Shared {
                 if status == Some(200) {
                     // This Envoy refuses the token at once; the others within cache_ttl_ms.
                     self.remember(rev, &identity, Known::Revoked);
-                    Metrics::add(self.metrics.logout_ok, 1);
+                    self.metrics.add(self.metrics.logout_ok, 1);
                     let _ = hostcalls::send_http_response(204, vec![("cache-control", "no-store")], None);
                 } else {
                     warn!("jwtguard: logout failed: revocation service answered {status:?}");
-                    Metrics::add(self.metrics.logout_failed, 1);
+                    self.metrics.add(self.metrics.logout_failed, 1);
                     self.deny(Reason::RevocationUnavailable, None);
                 }
             }

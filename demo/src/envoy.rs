@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub fn envoy_binary() -> PathBuf {
     std::env::var_os("JWTGUARD_ENVOY").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
@@ -183,15 +183,31 @@ impl Envoy {
         format!("http://127.0.0.1:{}{path}", self.ports[listener])
     }
 
-    /// A counter's value, 0 if Envoy does not know it yet.
-    pub fn counter(&self, name: &str) -> u64 {
+    /// A stat's value as Envoy shows it now, 0 if Envoy does not know it yet.
+    pub fn stat_now(&self, name: &str) -> u64 {
         let text = self.admin_get(&format!("/stats?filter=^{name}$")).unwrap_or_default();
         text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     }
 
-    /// A gauge's value (Envoy lists gauges like counters in `/stats`).
+    /// A counter's settled value: the filter hands counts to Envoy every 100 ms, so this polls
+    /// until the value has not moved for well over one flush interval.
+    pub fn counter(&self, name: &str) -> u64 {
+        let mut value = self.stat_now(name);
+        let mut since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while since.elapsed() < Duration::from_millis(300) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.stat_now(name);
+            if now != value {
+                (value, since) = (now, Instant::now());
+            }
+        }
+        value
+    }
+
+    /// A gauge's value (Envoy lists gauges like counters in `/stats`; gauges are set at once).
     pub fn counter_gauge(&self, name: &str) -> u64 {
-        self.counter(name)
+        self.stat_now(name)
     }
 
     pub fn prometheus(&self) -> String {
