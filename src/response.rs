@@ -40,8 +40,10 @@ pub fn status(reason: Reason) -> u32 {
 
 /// Builds the denial. `scope` is the scope a route needs, named in the challenge when known.
 pub fn denial(style: &ResponseStyle, reason: Reason, scope: Option<&str>) -> Response {
+    // 503 with `Retry-After`: the token may be fine, but what we need to judge it is unavailable.
     if reason.is_unavailable() {
-        return unavailable(style, reason);
+        let retry_after = ("retry-after", style.retry_after_seconds.to_string());
+        return json_response(style, 503, retry_after, "temporarily_unavailable", reason);
     }
     let mut challenge = format!("Bearer realm=\"{}\"", style.realm);
     let code = error_code(reason);
@@ -54,36 +56,25 @@ pub fn denial(style: &ResponseStyle, reason: Reason, scope: Option<&str>) -> Res
             challenge.push_str(&format!(", scope=\"{scope}\""));
         }
     }
-    let mut body = serde_json::Map::new();
-    body.insert("error".into(), code.unwrap_or("unauthorized").into());
-    if style.include_error_description {
-        body.insert("error_description".into(), reason.description().into());
-    }
-    Response {
-        status: status(reason),
-        headers: vec![
-            ("www-authenticate", challenge),
-            ("content-type", "application/json".into()),
-            ("cache-control", "no-store".into()),
-        ],
-        body: serde_json::Value::Object(body).to_string(),
-    }
+    json_response(style, status(reason), ("www-authenticate", challenge), code.unwrap_or("unauthorized"), reason)
 }
 
-/// 503 with `Retry-After`: the token may be fine, but what we need to judge it is unavailable.
-fn unavailable(style: &ResponseStyle, reason: Reason) -> Response {
+/// A JSON error body `{"error", "error_description"?}` with `first` as the leading header.
+fn json_response(
+    style: &ResponseStyle,
+    status: u32,
+    first: (&'static str, String),
+    error: &str,
+    reason: Reason,
+) -> Response {
     let mut body = serde_json::Map::new();
-    body.insert("error".into(), "temporarily_unavailable".into());
+    body.insert("error".into(), error.into());
     if style.include_error_description {
         body.insert("error_description".into(), reason.description().into());
     }
     Response {
-        status: 503,
-        headers: vec![
-            ("retry-after", style.retry_after_seconds.to_string()),
-            ("content-type", "application/json".into()),
-            ("cache-control", "no-store".into()),
-        ],
+        status,
+        headers: vec![first, ("content-type", "application/json".into()), ("cache-control", "no-store".into())],
         body: serde_json::Value::Object(body).to_string(),
     }
 }
