@@ -79,13 +79,16 @@ pub struct Authenticator {
     caches: Vec<TokenCache<Rc<Verified>>>,
     /// Each provider's keys now: local ones, plus the last good remote set.
     keys: Vec<Vec<Key>>,
+    /// What a logout route requires where no rule says: a token of any provider.
+    any_provider: Rc<Requirement>,
 }
 
 impl Authenticator {
     pub fn new(config: Config) -> Self {
         let caches = config.providers.iter().map(|p| TokenCache::new(p.jwt_cache_size)).collect();
         let keys = config.providers.iter().map(|p| p.keys.clone()).collect();
-        Authenticator { config, caches, keys }
+        let any_provider = Rc::new(Requirement::Any((0..config.providers.len()).map(Requirement::Provider).collect()));
+        Authenticator { config, caches, keys, any_provider }
     }
 
     /// Replaces provider `i`'s remote keys (its local ones stay); an empty set means none usable.
@@ -112,7 +115,7 @@ impl Authenticator {
         let requirement = match (rule.and_then(|r| r.requires.clone()), logout) {
             (Some(requirement), _) => requirement,
             // A logout route needs a token even where no rule asks for one: any provider's.
-            (None, Some(_)) => Requirement::Any((0..self.config.providers.len()).map(Requirement::Provider).collect()),
+            (None, Some(_)) => self.any_provider.clone(),
             (None, None) => return Decision::Pass,
         };
         let mut outcomes: Vec<Option<Outcome>> = (0..self.config.providers.len()).map(|_| None).collect();
@@ -151,11 +154,8 @@ impl Authenticator {
                 None => Decision::Deny { reason: Reason::Missing, scope: None },
             };
         }
-        let revocation = match rule {
-            Some(r) => r.revocation,
-            None => self.config.revocation.as_ref().map(|r| r.failure_mode),
-        };
-        Decision::Allow { headers, strip, tokens, revocation: revocation.filter(|_| self.config.revocation.is_some()) }
+        // Here a rule matched (without one only a logout route gets this far, and it returned).
+        Decision::Allow { headers, strip, tokens, revocation: rule.and_then(|r| r.revocation) }
     }
 
     /// `Some(everywhere)` for a `POST` to one of the configured logout routes.

@@ -10,6 +10,7 @@ use crate::rules::{ClaimRequirement, Matcher, PathMatch};
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 pub const DEFAULT_JWT_CACHE_SIZE: usize = 100;
@@ -76,8 +77,8 @@ pub struct ClaimToHeader {
 #[derive(Debug)]
 pub struct Rule {
     pub matcher: Matcher,
-    /// `None`: a public route, no token needed or checked.
-    pub requires: Option<Requirement>,
+    /// `None`: a public route, no token needed or checked. Shared, so a request borrows it cheaply.
+    pub requires: Option<Rc<Requirement>>,
     pub required_claims: Vec<ClaimRequirement>,
     /// `None`: no revocation check on this route; else the failure mode to apply.
     pub revocation: Option<FailureMode>,
@@ -712,7 +713,7 @@ fn build_rule(
     };
     let methods = m.methods.iter().map(|s| s.to_ascii_uppercase()).collect();
     let requires = match r.requires {
-        Some(req) => Some(build_requirement(&format!("{at}.requires"), req, providers)?),
+        Some(req) => Some(Rc::new(build_requirement(&format!("{at}.requires"), req, providers)?)),
         None => None,
     };
     let mut required_claims = Vec::new();
@@ -823,8 +824,8 @@ pub(crate) mod tests {
         assert_eq!(c.providers[0].name, "ec");
         assert_eq!(c.providers[1].sources.headers[0].name, "x-token");
         assert_eq!(
-            c.rules[1].requires,
-            Some(Requirement::Any(vec![Requirement::Provider(0), Requirement::Provider(1)]))
+            c.rules[1].requires.as_deref(),
+            Some(&Requirement::Any(vec![Requirement::Provider(0), Requirement::Provider(1)]))
         );
         assert_eq!(c.rules[2].matcher.methods, vec!["POST"]);
         assert_eq!(c.output_headers, vec!["x-jwt-payload", "x-jwt-sub"]);

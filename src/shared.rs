@@ -144,7 +144,7 @@ impl Shared {
                 }
                 match (revocation, tokens.first()) {
                     (Some(failure_mode), Some(token)) => {
-                        self.check_revocation(context_id, waiting, token, failure_mode, dispatch)
+                        self.check_revocation(context_id, waiting, token, failure_mode, now, dispatch)
                     }
                     _ => (self.settle(context_id, false, Verdict::Allow, waiting), None),
                 }
@@ -261,13 +261,13 @@ impl Shared {
         waiting: bool,
         token: &Verified,
         failure_mode: FailureMode,
+        now: u64,
         dispatch: Dispatch,
     ) -> (Action, Option<(u32, Callout)>) {
         let Some(rev) = &self.revocation else {
             return (self.settle(context_id, false, Verdict::Allow, waiting), None);
         };
         let identity = &token.identity;
-        let now = now_ms();
         let (cached, _) = hostcalls::get_shared_data(&identity.slot_key(rev.cache_max_entries)).unwrap_or((None, None));
         let entry = cached.and_then(|bytes| Entry::decode(&bytes));
         let stale = match revocation::lookup(entry.as_ref(), identity, now, rev.freshness) {

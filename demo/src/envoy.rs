@@ -183,7 +183,7 @@ impl Envoy {
         format!("http://127.0.0.1:{}{path}", self.ports[listener])
     }
 
-    /// A stat's value as Envoy shows it now, 0 if Envoy does not know it yet.
+    /// A stat's value as Envoy shows it now (gauges are set at once), 0 if Envoy does not know it yet.
     pub fn stat_now(&self, name: &str) -> u64 {
         let text = self.admin_get(&format!("/stats?filter=^{name}$")).unwrap_or_default();
         text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
@@ -203,11 +203,6 @@ impl Envoy {
             }
         }
         value
-    }
-
-    /// A gauge's value (Envoy lists gauges like counters in `/stats`; gauges are set at once).
-    pub fn counter_gauge(&self, name: &str) -> u64 {
-        self.stat_now(name)
     }
 
     pub fn prometheus(&self) -> String {
