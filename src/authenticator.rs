@@ -347,7 +347,165 @@ fn header_value(value: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::revocation::FailureMode;
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use jwtguard_demo::tokens::sign_raw;
     use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000;
+    const A: &str = "secret-of-provider-a-at-least-32-bytes";
+    const B: &str = "secret-of-provider-b-at-least-32-bytes";
+
+    fn authenticator() -> Authenticator {
+        let config = json!({
+            "providers": {
+                "a": {"issuer": "ia", "hmac_secrets": [{"secret": A}], "claim_to_headers": [{"header_name": "x-sub", "claim_name": "sub"}]},
+                "b": {"issuer": "ib", "hmac_secrets": [{"secret": B}], "from_headers": [{"name": "x-b"}], "forward": true}
+            },
+            "rules": [
+                {"match": {"prefix": "/public"}},
+                {"match": {"prefix": "/any"}, "requires": {"requires_any": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}},
+                {"match": {"prefix": "/all"}, "requires": {"requires_all": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}},
+                {"match": {"prefix": "/optional"}, "requires": {"allow_missing": {}}},
+                {"match": {"prefix": "/lenient"}, "requires": {"allow_missing_or_failed": {}}},
+                {"match": {"prefix": "/health"}, "requires": {"provider_name": "a"}, "revocation": {"disabled": true}},
+                {"match": {"prefix": "/admin"}, "requires": {"provider_name": "a"}, "revocation": {"failure_mode": "closed"},
+                 "required_claims": [{"claim_name": "scope", "contains": "admin"}]},
+                {"match": {"prefix": "/api"}, "requires": {"provider_name": "a"}}
+            ],
+            "revocation": {"cluster": "rev", "authority": "rev", "failure_mode": "open", "revoke_credential": "w",
+                           "logout_path": "/logout", "logout_all_path": "/logout-all"}
+        });
+        Authenticator::new(Config::parse(config.to_string().as_bytes()).unwrap())
+    }
+
+    fn token(secret: &str, iss: &str, extra: serde_json::Value) -> String {
+        let mut claims = json!({"iss": iss, "sub": "alice", "exp": NOW + 60});
+        claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        sign_raw(
+            r#"{"alg":"HS256"}"#,
+            &claims.to_string(),
+            &EncodingKey::from_secret(secret.as_bytes()),
+            Algorithm::HS256,
+        )
+    }
+
+    fn run(auth: &mut Authenticator, method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {
+        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        auth.authenticate(&Request { method, path, headers: &headers }, NOW, None, &mut Tally::default())
+    }
+
+    fn denied(d: &Decision) -> Option<Reason> {
+        match d {
+            Decision::Deny { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn unmatched_and_public_routes_pass() {
+        let mut auth = authenticator();
+        assert!(matches!(run(&mut auth, "GET", "/elsewhere", &[]), Decision::Pass));
+        assert!(matches!(run(&mut auth, "GET", "/public/x", &[("authorization", "Bearer junk")]), Decision::Pass));
+    }
+
+    #[test]
+    fn allowed_requests_carry_headers_strips_and_the_rules_failure_mode() {
+        let mut auth = authenticator();
+        let t = token(A, "ia", json!({}));
+        let bearer = format!("Bearer {t}");
+        let Decision::Allow { headers, strip, tokens, revocation } =
+            run(&mut auth, "GET", "/api", &[("authorization", &bearer)])
+        else {
+            panic!("not allowed")
+        };
+        assert_eq!(headers, vec![("x-sub".to_string(), "alice".to_string())]);
+        assert_eq!(strip, vec!["authorization".to_string()], "forward: false");
+        assert_eq!(tokens[0].identity.sub.as_deref(), Some("alice"));
+        assert_eq!(revocation, Some(FailureMode::Open), "the top-level failure mode");
+        let Decision::Allow { revocation, .. } = run(&mut auth, "GET", "/health", &[("authorization", &bearer)]) else {
+            panic!()
+        };
+        assert_eq!(revocation, None, "disabled on this rule");
+        let admin = format!("Bearer {}", token(A, "ia", json!({"scope": "admin"})));
+        let Decision::Allow { revocation, .. } = run(&mut auth, "GET", "/admin", &[("authorization", &admin)]) else {
+            panic!()
+        };
+        assert_eq!(revocation, Some(FailureMode::Closed), "the rule's own");
+        assert_eq!(
+            denied(&run(&mut auth, "GET", "/admin", &[("authorization", &bearer)])),
+            Some(Reason::InsufficientScope)
+        );
+    }
+
+    #[test]
+    fn requirement_trees() {
+        let mut auth = authenticator();
+        let (a, b) = (format!("Bearer {}", token(A, "ia", json!({}))), token(B, "ib", json!({})));
+        let bad_a = format!("Bearer {}", token(B, "ia", json!({})));
+        assert!(matches!(run(&mut auth, "GET", "/any", &[("x-b", &b)]), Decision::Allow { .. }));
+        assert_eq!(denied(&run(&mut auth, "GET", "/any", &[])), Some(Reason::Missing));
+        assert_eq!(
+            denied(&run(&mut auth, "GET", "/any", &[("authorization", &bad_a)])),
+            Some(Reason::BadSignature),
+            "a bad token says more than missing"
+        );
+        assert_eq!(denied(&run(&mut auth, "GET", "/all", &[("authorization", &a)])), Some(Reason::Missing));
+        let Decision::Allow { tokens, strip, .. } =
+            run(&mut auth, "GET", "/all", &[("authorization", &a), ("x-b", &b)])
+        else {
+            panic!()
+        };
+        assert_eq!((tokens.len(), strip.len()), (2, 1), "b forwards its token");
+        assert!(matches!(run(&mut auth, "GET", "/optional", &[]), Decision::Allow { .. }));
+        assert_eq!(
+            denied(&run(&mut auth, "GET", "/optional", &[("authorization", &bad_a)])),
+            Some(Reason::BadSignature)
+        );
+        let Decision::Allow { tokens, .. } =
+            run(&mut auth, "GET", "/lenient", &[("authorization", &bad_a), ("x-b", &b)])
+        else {
+            panic!()
+        };
+        assert_eq!(tokens.len(), 1, "the failed token is ignored, the good one used");
+    }
+
+    #[test]
+    fn logout_routes_need_a_token_even_without_a_rule() {
+        let mut auth = authenticator();
+        let t = format!("Bearer {}", token(B, "ib", json!({"jti": "j"})));
+        assert_eq!(denied(&run(&mut auth, "POST", "/logout", &[])), Some(Reason::Missing));
+        // No rule covers /logout; a token of any provider (here b, via its own header) will do.
+        let b = token(B, "ib", json!({"jti": "j"}));
+        assert!(matches!(
+            run(&mut auth, "POST", "/logout", &[("x-b", &b)]),
+            Decision::Logout { everywhere: false, .. }
+        ));
+        assert!(matches!(
+            run(&mut auth, "POST", "/logout-all?x=1", &[("x-b", &b)]),
+            Decision::Logout { everywhere: true, .. }
+        ));
+        assert!(
+            matches!(run(&mut auth, "GET", "/logout", &[("authorization", &t)]), Decision::Pass),
+            "only POST logs out"
+        );
+    }
+
+    #[test]
+    fn a_cached_token_still_expires() {
+        let mut auth = authenticator();
+        let short = format!("Bearer {}", token(A, "ia", json!({"exp": NOW + 10})));
+        let request = |auth: &mut Authenticator, now: u64, tally: &mut Tally| {
+            let headers = vec![("authorization".to_string(), short.clone())];
+            auth.authenticate(&Request { method: "GET", path: "/api", headers: &headers }, now, None, tally)
+        };
+        let mut tally = Tally::default();
+        assert!(matches!(request(&mut auth, NOW, &mut tally), Decision::Allow { .. }));
+        assert!(matches!(request(&mut auth, NOW + 5, &mut tally), Decision::Allow { .. }));
+        assert_eq!((tally.cache_misses, tally.cache_hits), (1, 1));
+        // Past exp + 60 s skew: refused although it was cached.
+        assert_eq!(denied(&request(&mut auth, NOW + 71, &mut tally)), Some(Reason::Expired));
+    }
 
     #[test]
     fn header_values() {

@@ -791,6 +791,7 @@ fn claim_path(name: &str) -> Result<Vec<String>, String> {
 pub(crate) mod tests {
     use super::*;
     use crate::keys::tests::EC_JWK;
+    use crate::revocation::{FailureMode, Mode};
 
     pub fn sample() -> String {
         let jwks = serde_json::to_string(&format!(r#"{{"keys":[{EC_JWK}]}}"#)).unwrap();
@@ -876,5 +877,78 @@ pub(crate) mod tests {
             r#"{{"providers":{{"p":{{"local_jwks":{{"inline_string":{jwks}}},"hmac_secrets":[{{"secret":"0123456789abcdef0123456789abcdef"}}]}}}}}}"#
         ));
         assert_eq!(e.field, "providers.p");
+    }
+
+    fn hs_provider(extra: &str) -> String {
+        format!(
+            r#""p": {{"issuer": "https://idp.example", "hmac_secrets": [{{"secret": "0123456789abcdef0123456789abcdef"}}]{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn revocation_section_defaults_and_errors() {
+        let ok = format!(
+            r#"{{"providers": {{{}}}, "revocation": {{"cluster": "outbound|8080||rev", "authority": "rev"}}}}"#,
+            hs_provider("")
+        );
+        let r = Config::parse(ok.as_bytes()).unwrap().revocation.unwrap();
+        assert_eq!(
+            (r.path.as_str(), r.timeout_ms, r.freshness.ttl_ms, r.cache_max_entries),
+            ("/v1/status", 200, 1000, 10_000)
+        );
+        assert_eq!((r.failure_mode, r.mode), (FailureMode::Closed, Mode::Denylist));
+        let c = Config::parse(ok.as_bytes()).unwrap();
+        assert!(
+            c.output_headers.contains(&UNCHECKED_HEADER.to_string()),
+            "the open-mode mark is always stripped from clients"
+        );
+        let cases = [
+            (r#""cluster": "", "authority": "r""#, "revocation.cluster"),
+            (r#""cluster": "c", "authority": "r", "path": "status""#, "revocation.path"),
+            (r#""cluster": "c", "authority": "r", "timeout_ms": 0"#, "revocation.timeout_ms"),
+            (r#""cluster": "c", "authority": "r", "logout_path": "/logout""#, "revocation.revoke_credential"),
+            (r#""cluster": "c", "authority": "r", "failure_mode": "maybe""#, "revocation.failure_mode"),
+            (r#""cluster": "c", "authority": "r", "credential": "a\nb""#, "revocation.credential"),
+        ];
+        for (section, field) in cases {
+            let json = format!(r#"{{"providers": {{{}}}, "revocation": {{{section}}}}}"#, hs_provider(""));
+            assert_eq!(error_of(&json).field, field, "{section}");
+        }
+        let orphan = format!(
+            r#"{{"providers": {{{}}}, "rules": [{{"match": {{"prefix": "/"}}, "requires": {{"provider_name": "p"}}, "revocation": {{"disabled": true}}}}]}}"#,
+            hs_provider("")
+        );
+        assert_eq!(error_of(&orphan).field, "rules[0].revocation", "a rule cannot override what does not exist");
+    }
+
+    #[test]
+    fn remote_jwks_from_uri_parts_or_discovery() {
+        let parse = |remote: &str| {
+            let json = format!(
+                r#"{{"providers": {{"p": {{"issuer": "https://idp.example/", "remote_jwks": {{{remote}}}}}}}}}"#
+            );
+            Config::parse(json.as_bytes()).map(|mut c| c.providers.remove(0).remote_jwks.unwrap())
+        };
+        let r = parse(r#""cluster": "idp", "uri": "https://idp.example:8443/keys""#).unwrap();
+        assert_eq!(
+            (r.authority.as_str(), r.path.as_str(), r.cache_duration_ms, r.wait_ms),
+            ("idp.example:8443", "/keys", 600_000, 2_000)
+        );
+        let r = parse(r#""cluster": "idp", "authority": "a", "path": "/k""#).unwrap();
+        assert_eq!((r.authority.as_str(), r.path.as_str()), ("a", "/k"));
+        let r = parse(r#""cluster": "idp", "oidc_discovery": true"#).unwrap();
+        assert_eq!(r.path, "/.well-known/openid-configuration", "derived from the issuer");
+        for (remote, field) in [
+            (r#""cluster": "idp""#, "providers.p.remote_jwks.uri"),
+            (r#""cluster": "idp", "uri": "ftp://x/k""#, "providers.p.remote_jwks.uri"),
+            (r#""cluster": "idp", "authority": "a", "path": "k""#, "providers.p.remote_jwks.path"),
+            (r#""cluster": "", "uri": "http://a/k""#, "providers.p.remote_jwks.cluster"),
+            (
+                r#""cluster": "idp", "uri": "http://a/k", "cache_duration_seconds": 0"#,
+                "providers.p.remote_jwks.cache_duration_seconds",
+            ),
+        ] {
+            assert_eq!(parse(remote).unwrap_err().field, field, "{remote}");
+        }
     }
 }

@@ -222,7 +222,8 @@ fn every_endpoint_on_a_redis_cluster() {
 fn the_operator_cli_revokes_and_asks() {
     let dir = scratch_dir("revocation", "cli");
     let redis = RedisServer::start(&dir, &[]);
-    let svc = Service::start(&bin(), &dir, &args(&[redis.url()], false, &[])).expect("service");
+    // Also the one-worker runtime the status benchmark uses.
+    let svc = Service::start(&bin(), &dir, &args(&[redis.url()], false, &["--worker-threads", "1"])).expect("service");
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(bin())
             .args(args)
