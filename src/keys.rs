@@ -1,6 +1,7 @@
 //! Verification keys from configuration: JWKS, PEM public keys and HMAC secrets, each bound to
 //! the algorithms it may verify (RFC 8725 §3.1) and prepared once for both crypto paths.
 
+use crate::canonical::Shape;
 use crate::der::{self, Curve, PublicKey};
 use crate::host_crypto;
 use crate::jws;
@@ -19,7 +20,8 @@ pub struct Key {
     pub decoding: DecodingKey,
     /// The key as Envoy's `verify_signature` takes it, encoded once; RSA and EC keys only.
     pub host_key: Option<Vec<u8>>,
-    pub curve: Option<Curve>,
+    /// What the signature range checks (`canonical`) need: modulus, curve or kind.
+    pub shape: Shape,
 }
 
 impl std::fmt::Debug for Key {
@@ -160,7 +162,7 @@ struct Material {
     /// What this kind of key can verify, before `alg` and the allowlist narrow it.
     algorithms: Vec<Algorithm>,
     spki: Option<Vec<u8>>,
-    curve: Option<Curve>,
+    shape: Shape,
 }
 
 impl Material {
@@ -178,7 +180,7 @@ impl Material {
             return Err("none of the provider's algorithms fits this key".into());
         }
         let host_key = self.spki.as_deref().map(host_crypto::encode_key);
-        Ok(Key { kid, algorithms, decoding: self.decoding, host_key, curve: self.curve })
+        Ok(Key { kid, algorithms, decoding: self.decoding, host_key, shape: self.shape })
     }
 }
 
@@ -206,7 +208,7 @@ fn rsa_checked(parsed: rsa::RsaPublicKey, pkcs1: Vec<u8>) -> Result<Material, St
         spki: Some(der::rsa_spki(&pkcs1)),
         decoding: DecodingKey::from_rsa_der(&pkcs1),
         algorithms: vec![RS256, RS384, RS512, PS256, PS384, PS512],
-        curve: None,
+        shape: Shape::Rsa { modulus: parsed.n().to_bytes_be() },
     })
 }
 
@@ -247,14 +249,19 @@ fn ec_material(curve: Curve, point: &[u8]) -> Result<Material, String> {
         spki: Some(der::ec_spki(curve, point)),
         decoding: DecodingKey::from_ec_der(point),
         algorithms: vec![alg],
-        curve: Some(curve),
+        shape: Shape::Ec(curve),
     })
 }
 
 fn ed_material(x: &[u8]) -> Result<Material, String> {
     let bytes: &[u8; 32] = x.try_into().map_err(|_| "Ed25519 key is not 32 bytes".to_string())?;
     ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| "Ed25519 key is not a valid point".to_string())?;
-    Ok(Material { decoding: DecodingKey::from_ed_der(x), algorithms: vec![Algorithm::EdDSA], spki: None, curve: None })
+    Ok(Material {
+        decoding: DecodingKey::from_ed_der(x),
+        algorithms: vec![Algorithm::EdDSA],
+        spki: None,
+        shape: Shape::Ed25519,
+    })
 }
 
 fn hmac_material(secret: &[u8]) -> Result<Material, String> {
@@ -267,7 +274,7 @@ fn hmac_material(secret: &[u8]) -> Result<Material, String> {
     if algorithms.is_empty() {
         return Err(format!("HMAC secret has {} bytes, fewer than the 32 HS256 needs", secret.len()));
     }
-    Ok(Material { decoding: DecodingKey::from_secret(secret), algorithms, spki: None, curve: None })
+    Ok(Material { decoding: DecodingKey::from_secret(secret), algorithms, spki: None, shape: Shape::Hmac })
 }
 
 #[cfg(test)]
@@ -358,7 +365,7 @@ rwIDAQAB
     #[test]
     fn pem_public_keys_of_every_kind() {
         let p384 = from_pem(P384_PEM, None, None, ALL).unwrap();
-        assert_eq!((p384.algorithms.clone(), p384.curve), (vec![ES384], Some(Curve::P384)));
+        assert_eq!((p384.algorithms.clone(), &p384.shape), (vec![ES384], &Shape::Ec(Curve::P384)));
         assert_eq!(from_pem(ED25519_PEM, Some("k".into()), None, ALL).unwrap().algorithms, vec![EdDSA]);
         let pkcs1 = from_pem(RSA_PKCS1_PEM, None, Some("RS256"), ALL).unwrap();
         let spki = from_pem(RSA_SPKI_PEM, None, None, ALL).unwrap();

@@ -5,6 +5,7 @@
 
 pub mod authenticator;
 pub mod cache;
+pub mod canonical;
 pub mod claims;
 pub mod config;
 pub mod der;

@@ -2,6 +2,7 @@
 //! crypto when the host offers it; everything else, and any host without it, uses RustCrypto
 //! through `jsonwebtoken`. Both give the same verdict (tested end to end).
 
+use crate::canonical::{self, Shape};
 use crate::der;
 use crate::host_crypto::{self, HostCrypto};
 use crate::jws::Jws;
@@ -44,27 +45,48 @@ pub fn verify(keys: &[Key], jws: &Jws, host: Option<&dyn HostCrypto>) -> Verdict
     verdict
 }
 
-/// Verifies with one key; returns the verdict and the backend that gave it.
+/// Verifies with one key; returns the verdict and the backend that gave it. A signature out of
+/// range or not in canonical form is refused before either backend sees it (`canonical`).
 pub fn verify_with(key: &Key, alg: Algorithm, jws: &Jws, host: Option<&dyn HostCrypto>) -> (bool, Backend) {
-    if let (Some(host), Some(host_key)) = (host, key.host_key.as_deref()) {
-        if let Some(verdict) = verify_on_host(host, host_key, key, alg, jws) {
+    let on_host = host.zip(key.host_key.as_deref()).zip(host_hash(alg));
+    let backend = if on_host.is_some() { Backend::Host } else { Backend::Wasm };
+    if !canonical::is_canonical(&key.shape, alg, &jws.signature) {
+        return (false, backend);
+    }
+    if let Some(((host, host_key), (hash, ecdsa))) = on_host {
+        if let Some(verdict) = verify_on_host(host, host_key, key, hash, ecdsa, jws) {
             return (verdict, Backend::Host);
         }
     }
     (verify_in_wasm(key, alg, jws), Backend::Wasm)
 }
 
-fn verify_on_host(host: &dyn HostCrypto, host_key: &[u8], key: &Key, alg: Algorithm, jws: &Jws) -> Option<bool> {
-    let (hash, ecdsa) = match alg {
-        Algorithm::RS256 => ("sha256", false),
-        Algorithm::RS384 => ("sha384", false),
-        Algorithm::RS512 => ("sha512", false),
-        Algorithm::ES256 => ("sha256", true),
-        Algorithm::ES384 => ("sha384", true),
-        _ => return None, // PSS padding and EdDSA cannot be asked of the host
-    };
+/// The hash Envoy's `verify_signature` takes for `alg`, and whether it is ECDSA; `None` for
+/// what cannot be asked of the host (PSS padding, EdDSA, HMAC).
+fn host_hash(alg: Algorithm) -> Option<(&'static str, bool)> {
+    match alg {
+        Algorithm::RS256 => Some(("sha256", false)),
+        Algorithm::RS384 => Some(("sha384", false)),
+        Algorithm::RS512 => Some(("sha512", false)),
+        Algorithm::ES256 => Some(("sha256", true)),
+        Algorithm::ES384 => Some(("sha384", true)),
+        _ => None,
+    }
+}
+
+fn verify_on_host(
+    host: &dyn HostCrypto,
+    host_key: &[u8],
+    key: &Key,
+    hash: &str,
+    ecdsa: bool,
+    jws: &Jws,
+) -> Option<bool> {
     let args = if ecdsa {
-        let Some(signature) = key.curve.and_then(|c| der::ecdsa_signature(c, &jws.signature)) else {
+        let Shape::Ec(curve) = key.shape else {
+            return Some(false);
+        };
+        let Some(signature) = der::ecdsa_signature(curve, &jws.signature) else {
             return Some(false);
         };
         host_crypto::encode_arguments(host_key, hash, &signature, jws.signing_input.as_bytes())

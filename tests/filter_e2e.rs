@@ -393,6 +393,28 @@ fn host_and_wasm_crypto_give_identical_verdicts() {
     }
     let expected: Vec<u16> = vec![200, 200, 200, 200, 200, 401, 401, 401, 401, 401, 200, 200, 200];
     assert_eq!(on_host, expected, "{:?}", tokens.iter().map(|t| &t.0).collect::<Vec<_>>());
+
+    // Every algorithm's signature out of range or out of its one encoding (s + n, r = n, S + L,
+    // extra octets…): refused on both paths, where Envoy's BoringSSL and RustCrypto each check
+    // less than the whole of it.
+    let mut noncanonical = Vec::new();
+    for (pair, alg) in [
+        (&keys.rsa, Algorithm::RS256),
+        (&keys.ps, Algorithm::PS256),
+        (&keys.ec, Algorithm::ES256),
+        (&keys.es384, Algorithm::ES384),
+        (&keys.ed, Algorithm::EdDSA),
+    ] {
+        let token = pair.sign(&claims(json!({})));
+        assert_eq!(get(&envoy, "wasm", "/api", &[("authorization", &bearer(&token))]).status, 200, "{alg:?}");
+        noncanonical.extend(support::tokens::noncanonical_signatures(alg, &pair.jwk(), &token));
+    }
+    for (name, token) in &noncanonical {
+        for listener in ["host", "wasm"] {
+            let status = get(&envoy, listener, "/api", &[("authorization", &bearer(token))]).status;
+            assert_eq!(status, 401, "{name} on {listener}");
+        }
+    }
 }
 
 /// A raw P-256 r‖s signature as DER, the form JWS forbids.

@@ -111,3 +111,95 @@ pub fn encode(bytes: &[u8]) -> String {
 pub fn decode(text: &str) -> Vec<u8> {
     URL_SAFE_NO_PAD.decode(text).expect("base64url")
 }
+
+/// Group orders for the out-of-range signatures below (SEC 2; RFC 8032 for Ed25519's L).
+const P256_ORDER: &str = "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551";
+const P384_ORDER: &str =
+    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973";
+const ED25519_ORDER_LE: &str = "edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010";
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}
+
+/// `a + b` for big-endian unsigned integers, as long as the longer one plus a carry octet.
+fn add_be(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let len = a.len().max(b.len()) + 1;
+    let digit = |v: &[u8], i: usize| if i < v.len() { u16::from(v[v.len() - 1 - i]) } else { 0 };
+    let mut out = vec![0u8; len];
+    let mut carry = 0u16;
+    for i in 0..len {
+        let sum = digit(a, i) + digit(b, i) + carry;
+        out[len - 1 - i] = sum as u8;
+        carry = sum >> 8;
+    }
+    out
+}
+
+/// `v` as exactly `len` big-endian octets, if it fits.
+fn fit(v: &[u8], len: usize) -> Option<Vec<u8>> {
+    let skip = v.len().saturating_sub(len);
+    v[..skip].iter().all(|b| *b == 0).then(|| {
+        let mut out = vec![0u8; len - (v.len() - skip)];
+        out.extend_from_slice(&v[skip..]);
+        out
+    })
+}
+
+/// Tokens whose signature is the valid one of `token` (signed with `alg`; `jwk` is the public
+/// key, read for the RSA modulus, or null) moved out of range or out of its one encoding: each
+/// must be refused by every verifier, host or wasm. The names say what was done; some variants
+/// exist only when the arithmetic leaves the value's length.
+pub fn noncanonical_signatures(alg: Algorithm, jwk: &Value, token: &str) -> Vec<(String, String)> {
+    let (input, sig) = token.rsplit_once('.').expect("compact token");
+    let sig = decode(sig);
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    match alg {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => {
+            let n = decode(jwk["n"].as_str().expect("n"));
+            let k = n.len();
+            let plus_n = add_be(&sig, &n);
+            out.push(("s + n".into(), fit(&plus_n, k).unwrap_or_else(|| plus_n[plus_n.len() - k - 1..].to_vec())));
+            out.push(("s = n".into(), n.clone()));
+            out.push(("s with a leading zero octet".into(), [&[0u8][..], &sig].concat()));
+            out.push(("s one octet short".into(), sig[1..].to_vec()));
+        }
+        Algorithm::ES256 | Algorithm::ES384 => {
+            let order = hex(if alg == Algorithm::ES256 { P256_ORDER } else { P384_ORDER });
+            let len = order.len();
+            let (r, s) = sig.split_at(len);
+            for (name, value) in [("r + n", add_be(r, &order)), ("r = n", order.clone())] {
+                if let Some(r2) = fit(&value, len) {
+                    out.push((name.into(), [&r2[..], s].concat()));
+                }
+            }
+            for (name, value) in [("s + n", add_be(s, &order)), ("s = n", order.clone())] {
+                if let Some(s2) = fit(&value, len) {
+                    out.push((name.into(), [r, &s2[..]].concat()));
+                }
+            }
+            out.push(("r = 0".into(), [&vec![0u8; len][..], s].concat()));
+            out.push(("s = 0".into(), [r, &vec![0u8; len][..]].concat()));
+            out.push(("r and s with leading zero octets".into(), [&[0u8][..], r, &[0u8][..], s].concat()));
+        }
+        Algorithm::EdDSA => {
+            let (r, s) = sig.split_at(32);
+            let le_to_be = |v: &[u8]| v.iter().rev().copied().collect::<Vec<u8>>();
+            let plus_l = add_be(&le_to_be(s), &le_to_be(&hex(ED25519_ORDER_LE)));
+            let plus_l = le_to_be(&fit(&plus_l, 32).expect("S + L fits 32 octets"));
+            out.push(("S + L".into(), [r, &plus_l[..]].concat()));
+            out.push(("S = L".into(), [r, &hex(ED25519_ORDER_LE)[..]].concat()));
+        }
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            out.push(("MAC truncated".into(), sig[..sig.len() / 2].to_vec()));
+            out.push(("MAC with an extra octet".into(), [&sig[..], &[0u8][..]].concat()));
+        }
+        other => panic!("no variants for {other:?}"),
+    }
+    out.into_iter().map(|(name, s)| (format!("{alg:?} {name}"), format!("{input}.{}", encode(&s)))).collect()
+}
