@@ -115,8 +115,10 @@ fn check_audience(aud: Option<&Value>, accepted: &[String]) -> Result<(), Reason
 }
 
 /// A NumericDate must be a JSON number in [0, 2^53]: a string, boolean, null or absurd value is
-/// malformed, never "no limit".
-fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, Reason> {
+/// malformed, never "no limit". Fractions (RFC 7519 allows them) are truncated to whole seconds.
+/// The one reader of NumericDates: the revocation identity and the service use it too, so
+/// whatever the filter accepts can be revoked.
+pub fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, Reason> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {

@@ -53,16 +53,18 @@ pub struct Identity {
 impl Identity {
     pub fn from_claims(claims: &Map<String, Value>) -> Identity {
         let text = |n: &str| claims.get(n).and_then(Value::as_str).map(String::from);
-        let number = |n: &str| claims.get(n).and_then(Value::as_u64);
+        // A malformed date never gets here from the filter (it refuses the token first).
+        let number = |n: &str| crate::claims::numeric_date(claims, n).ok().flatten();
         let (jti, sub, iss, iat, exp) = (text("jti"), text("sub"), text("iss"), number("iat"), number("exp"));
-        // \u{1f} cannot occur in a claim we got here without JSON escaping it, so fields cannot run together.
-        let key = format!(
-            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
-            jti.as_deref().unwrap_or(""),
-            sub.as_deref().unwrap_or(""),
-            iss.as_deref().unwrap_or(""),
-            iat.map(|i| i.to_string()).unwrap_or_default()
-        );
+        // Length-prefixed parts, `-` for an absent one: any claim text (even one holding the
+        // separator) gives a distinct key, so two identities never share a cached answer.
+        let mut key = String::new();
+        for part in [jti.as_deref(), sub.as_deref(), iss.as_deref(), iat.map(|i| i.to_string()).as_deref()] {
+            match part {
+                Some(p) => key.push_str(&format!("{}:{p};", p.len())),
+                None => key.push_str("-;"),
+            }
+        }
         Identity { jti, sub, iss, iat, exp, key }
     }
 
@@ -243,7 +245,7 @@ mod tests {
     #[test]
     fn identity_keys_and_slots() {
         let id = identity();
-        assert_eq!(id.key, "j 1\u{1f}alice\u{1f}https://i\u{1f}100");
+        assert_eq!(id.key, "3:j 1;5:alice;9:https://i;3:100;");
         let other = Identity::from_claims(
             json!({"jti": "j 1", "sub": "alice", "iss": "https://i", "iat": 101}).as_object().unwrap(),
         );
@@ -251,6 +253,68 @@ mod tests {
         assert!(id.slot_key(10).starts_with("jwtguard.rev."));
         assert_eq!(id.slot_key(1), "jwtguard.rev.0");
         assert_eq!(id.slot_key(0), "jwtguard.rev.0", "zero entries cannot divide by zero");
+    }
+
+    /// Every combination of adversarial claim values (separators, the old `\u{1f}`, lengths
+    /// and prefixes that could run together, absent vs empty) gives a distinct key.
+    #[test]
+    fn identity_keys_are_injective() {
+        let parts = [
+            None,
+            Some(""),
+            Some("a"),
+            Some("a;"),
+            Some("1:a"),
+            Some(";1:a;"),
+            Some("-;"),
+            Some("a\u{1f}b"),
+            Some("}:"),
+        ];
+        let iats = [None, Some(json!(0)), Some(json!(1)), Some(json!(11))];
+        let mut seen = std::collections::HashMap::new();
+        for jti in parts {
+            for sub in parts {
+                for iss in parts {
+                    for iat in &iats {
+                        let mut claims = Map::new();
+                        for (name, v) in [("jti", jti), ("sub", sub), ("iss", iss)] {
+                            if let Some(v) = v {
+                                claims.insert(name.into(), json!(v));
+                            }
+                        }
+                        if let Some(iat) = iat {
+                            claims.insert("iat".into(), iat.clone());
+                        }
+                        let id = Identity::from_claims(&claims);
+                        let tuple = (jti, sub, iss, iat.clone());
+                        if let Some(previous) = seen.insert(id.key.clone(), tuple.clone()) {
+                            panic!("{previous:?} and {tuple:?} share the key {:?}", id.key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The identity reads NumericDates exactly as the claim checks do: a fractional `exp` or
+    /// `iat` the filter accepts is kept, so revocation and cutoffs apply to it.
+    #[test]
+    fn identity_reads_dates_like_the_claim_checks() {
+        for (value, expected) in [
+            (json!(1_700_000_095), Some(1_700_000_095)),
+            (json!(1_700_000_095.5), Some(1_700_000_095)),
+            (json!(0), Some(0)),
+            (json!(-1), None),
+            (json!("1"), None),
+            (json!(1e300), None),
+        ] {
+            let claims = json!({"exp": value, "iat": value});
+            let claims = claims.as_object().unwrap();
+            let accepted = crate::claims::numeric_date(claims, "exp");
+            let id = Identity::from_claims(claims);
+            assert_eq!((id.exp, id.iat), (expected, expected), "{value}");
+            assert_eq!(accepted.ok().flatten(), expected, "{value}");
+        }
     }
 
     #[test]
