@@ -1,4 +1,4 @@
-//! Wycheproof's JWS and JWK vectors (../shared/testvectors/wycheproof/) against the signature
+//! Wycheproof's JWS and JWK vectors (tests/vectors/wycheproof/, copied with their licence) against the signature
 //! layer: strict parsing, key loading and selection, and verification, without claim checks
 //! (the payloads are arbitrary bytes, not claim sets).
 
@@ -24,7 +24,7 @@ const DELIBERATELY_REJECTED: &[(u64, &str)] = &[
 const IDENTICAL_TO_357: &[u64] = &[367, 370];
 
 fn vectors(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testvectors/wycheproof").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/wycheproof").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("vector JSON")
 }
