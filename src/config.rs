@@ -596,17 +596,10 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
             "the provider has no keys (local_jwks, remote_jwks, pem_keys or hmac_secrets)",
         ));
     }
-    // Mixing secrets and public keys invites HS/RS confusion (RFC 8725 §2.1).
-    if keys.iter().any(is_hmac) && keys.iter().any(|k| !is_hmac(k)) {
-        return Err(err(format!("providers.{name}"), "a provider cannot mix HMAC secrets (oct keys) with public keys"));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for k in &keys {
-        if let Some(kid) = &k.kid {
-            if !seen.insert(kid.clone()) {
-                return Err(err(at("local_jwks"), format!("duplicate kid {kid:?}")));
-            }
-        }
+    keys::check_set(&keys).map_err(|m| err(format!("providers.{name}"), m))?;
+    // Fetched key sets are public: a provider that fetches one cannot also hold secrets.
+    if remote_jwks.is_some() && keys.iter().any(Key::is_secret) {
+        return Err(err(format!("providers.{name}"), "a provider with remote_jwks cannot have HMAC secrets"));
     }
     let mut headers = Vec::new();
     for (i, h) in p.from_headers.iter().enumerate() {
@@ -689,10 +682,6 @@ fn build_remote_jwks(name: &str, r: RawRemoteJwks, issuer: Option<&str>) -> Resu
         max_bytes: r.max_jwks_bytes,
         max_keys: r.max_keys,
     })
-}
-
-fn is_hmac(k: &Key) -> bool {
-    k.algorithms.iter().all(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
 }
 
 fn build_rule(

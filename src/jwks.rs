@@ -40,12 +40,16 @@ pub fn split_uri(uri: &str) -> Option<(String, String)> {
 }
 
 /// A fetched JWKS that may replace the good one: within the size and key-count limits, parsed,
-/// with at least one usable key. Keys not for signatures (`use: enc`) and malformed keys are
-/// skipped and reported; a document that fails as a whole changes nothing.
+/// with at least one usable key, and together with the provider's `local` keys obeying every
+/// rule a configured key set obeys (`keys::check_set`). A fetched document is public by
+/// definition, so a secret (`oct`) key in it is never used. Keys not for signatures
+/// (`use: enc`), secrets and malformed keys are skipped and reported; a document that fails as a
+/// whole changes nothing.
 pub fn accept_document(
     body: &[u8],
     allowed: &[Algorithm],
     cfg: &RemoteJwks,
+    local: &[Key],
 ) -> Result<(Vec<Key>, Vec<String>), String> {
     if body.len() > cfg.max_bytes {
         return Err(format!("JWKS is {} bytes, over the {} limit", body.len(), cfg.max_bytes));
@@ -58,6 +62,10 @@ pub fn accept_document(
     let (mut good, mut skipped) = (Vec::new(), Vec::new());
     for key in parsed {
         match key {
+            Ok(k) if k.is_secret() => skipped.push(format!(
+                "JWK {}: a secret (oct) key in a public key set",
+                k.kid.as_deref().unwrap_or("(no kid)")
+            )),
             Ok(k) => good.push(k),
             Err(e) => skipped.push(e),
         }
@@ -65,6 +73,7 @@ pub fn accept_document(
     if good.is_empty() {
         return Err(format!("JWKS has no usable key ({})", skipped.join("; ")));
     }
+    keys::check_set(local.iter().chain(&good))?;
     Ok((good, skipped))
 }
 
@@ -92,18 +101,22 @@ pub struct FetchState {
     pub refetch_requested: bool,
     /// When the last good document was fetched; 0 before the first.
     pub fetched_ms: u64,
+    /// When the last fetch ended, well or not: a request waiting for a refetch that ended after
+    /// it parked has its answer, whichever worker fetched.
+    pub completed_ms: u64,
 }
 
 impl FetchState {
     pub fn encode(&self) -> Vec<u8> {
         format!(
-            "{}|{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}|{}",
             self.in_flight_since_ms,
             self.failures,
             self.next_attempt_ms,
             self.last_kid_refetch_ms,
             u8::from(self.refetch_requested),
-            self.fetched_ms
+            self.fetched_ms,
+            self.completed_ms
         )
         .into_bytes()
     }
@@ -111,7 +124,7 @@ impl FetchState {
     pub fn decode(bytes: &[u8]) -> Option<FetchState> {
         let text = std::str::from_utf8(bytes).ok()?;
         let f: Vec<&str> = text.split('|').collect();
-        let [a, b, c, d, e, g] = f.as_slice() else { return None };
+        let [a, b, c, d, e, g, h] = f.as_slice() else { return None };
         Some(FetchState {
             in_flight_since_ms: a.parse().ok()?,
             failures: b.parse().ok()?,
@@ -119,6 +132,7 @@ impl FetchState {
             last_kid_refetch_ms: d.parse().ok()?,
             refetch_requested: *e == "1",
             fetched_ms: g.parse().ok()?,
+            completed_ms: h.parse().ok()?,
         })
     }
 
@@ -144,16 +158,26 @@ impl FetchState {
             next_attempt_ms: 0,
             refetch_requested: false,
             fetched_ms: now,
+            completed_ms: now,
             ..self.clone()
         }
     }
 
     /// After a failed fetch: retry after `failed_refetch_ms`, doubling up to `max_backoff_ms`.
+    /// A refetch asked for by an unknown kid has had its answer (the next unknown kid may ask
+    /// again once the rate limit allows).
     pub fn failed(&self, now: u64, cfg: &RemoteJwks) -> FetchState {
         let failures = self.failures.saturating_add(1);
         let backoff =
             cfg.failed_refetch_ms.saturating_mul(1u64 << failures.saturating_sub(1).min(20)).min(cfg.max_backoff_ms);
-        FetchState { in_flight_since_ms: 0, failures, next_attempt_ms: now.saturating_add(backoff), ..self.clone() }
+        FetchState {
+            in_flight_since_ms: 0,
+            failures,
+            next_attempt_ms: now.saturating_add(backoff),
+            refetch_requested: false,
+            completed_ms: now,
+            ..self.clone()
+        }
     }
 
     /// Asks for a refetch because a token's `kid` is unknown; `None` if one was asked for too
@@ -168,6 +192,18 @@ impl FetchState {
             next_attempt_ms: 0,
             ..self.clone()
         })
+    }
+
+    /// A refetch asked for or a fetch under way: a request with an unknown `kid` that may not
+    /// ask again (rate limit) can still wait for it, as the new key may be in it.
+    pub fn fetch_pending(&self) -> bool {
+        self.refetch_requested || self.in_flight_since_ms != 0
+    }
+
+    /// Whether a fetch ended at or after `since_ms` and none is pending: what a request that
+    /// parked at `since_ms` for an unknown `kid` waited for.
+    pub fn settled_since(&self, since_ms: u64) -> bool {
+        self.completed_ms >= since_ms && !self.fetch_pending()
     }
 }
 
@@ -233,16 +269,51 @@ mod tests {
     fn documents_must_be_sane_to_replace_the_good_one() {
         let good =
             format!(r#"{{"keys":[{EC_JWK},{{"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"}},{{"kty":"XYZ"}}]}}"#);
-        let (keys, skipped) = accept_document(good.as_bytes(), ALL, &cfg()).unwrap();
+        let (keys, skipped) = accept_document(good.as_bytes(), ALL, &cfg(), &[]).unwrap();
         assert_eq!((keys.len(), skipped.len()), (1, 2), "enc and malformed keys skipped, reported");
-        assert!(accept_document(b"<html>", ALL, &cfg()).is_err());
-        assert!(accept_document(br#"{"keys":[]}"#, ALL, &cfg()).is_err(), "no usable key");
-        assert!(accept_document(br#"{"keys":[{"kty":"XYZ"}]}"#, ALL, &cfg()).is_err());
+        assert!(accept_document(b"<html>", ALL, &cfg(), &[]).is_err());
+        assert!(accept_document(br#"{"keys":[]}"#, ALL, &cfg(), &[]).is_err(), "no usable key");
+        assert!(accept_document(br#"{"keys":[{"kty":"XYZ"}]}"#, ALL, &cfg(), &[]).is_err());
         let many = format!(r#"{{"keys":[{EC_JWK},{EC_JWK},{EC_JWK},{EC_JWK}]}}"#);
-        assert!(accept_document(many.as_bytes(), ALL, &cfg()).unwrap_err().contains("limit"));
+        assert!(accept_document(many.as_bytes(), ALL, &cfg(), &[]).unwrap_err().contains("limit"));
         let huge = format!(r#"{{"keys":[{EC_JWK}],"pad":"{}"}}"#, "x".repeat(70_000));
-        assert!(accept_document(huge.as_bytes(), ALL, &cfg()).unwrap_err().contains("bytes"));
-        assert!(accept_document(&[0xff, 0xfe], ALL, &cfg()).is_err());
+        assert!(accept_document(huge.as_bytes(), ALL, &cfg(), &[]).unwrap_err().contains("bytes"));
+        assert!(accept_document(&[0xff, 0xfe], ALL, &cfg(), &[]).is_err());
+    }
+
+    /// Every rule a configured key set obeys holds for a fetched one: each hostile key, beside
+    /// a good one, is refused by the configuration and never used from a fetched document.
+    #[test]
+    fn fetched_key_sets_obey_every_local_rule() {
+        let secret = r#"{"kty":"oct","kid":"s1","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}"#;
+        let hostile = [
+            ("a secret", secret.to_string()),
+            ("private key material", EC_JWK.replace(r#""kid":"ec1""#, r#""kid":"ec2","d":"AAAA""#)),
+            ("use enc", EC_JWK.replace(r#""kid":"ec1""#, r#""kid":"ec2","use":"enc""#)),
+            ("alg that does not fit", EC_JWK.replace(r#""kid":"ec1""#, r#""kid":"ec2","alg":"HS256""#)),
+            ("point off the curve", EC_JWK.replace(r#""kid":"ec1""#, r#""kid":"ec2""#).replace("UI8exy", "UI8exz")),
+            ("RSA under 2048 bits", format!(r#"{{"kty":"RSA","kid":"r1","n":"{}","e":"AQAB"}}"#, "_".repeat(171))),
+            ("duplicate kid", EC_JWK.to_string()),
+        ];
+        for (what, bad) in hostile {
+            let doc = format!(r#"{{"keys":[{EC_JWK},{bad}]}}"#);
+            let local =
+                format!(r#"{{"providers":{{"p":{{"local_jwks":{{"inline_string":{}}}}}}}}}"#, serde_json::json!(doc));
+            assert!(crate::config::Config::parse(local.as_bytes()).is_err(), "{what}: accepted in configuration");
+            // Either refused whole (the good set stays) or the hostile key skipped.
+            if let Ok((keys, skipped)) = accept_document(doc.as_bytes(), ALL, &cfg(), &[]) {
+                assert_eq!(keys.len(), 1, "{what}: used from a fetched set");
+                assert_eq!((keys[0].kid.as_deref(), skipped.len()), (Some("ec1"), 1), "{what}");
+            }
+            let alone = format!(r#"{{"keys":[{bad}]}}"#);
+            if what != "duplicate kid" {
+                assert!(accept_document(alone.as_bytes(), ALL, &cfg(), &[]).is_err(), "{what} alone replaced the set");
+            }
+        }
+        // Fetched keys and the provider's configured ones form one set: no kid twice.
+        let local = keys::parse_jwks(&format!(r#"{{"keys":[{EC_JWK}]}}"#), ALL).unwrap().remove(0).unwrap();
+        let doc = format!(r#"{{"keys":[{}]}}"#, EC_JWK);
+        assert!(accept_document(doc.as_bytes(), ALL, &cfg(), &[local]).unwrap_err().contains("duplicate kid"));
     }
 
     #[test]
@@ -286,6 +357,19 @@ mod tests {
         assert!(asked.claim(2_000, &c).is_some());
         assert!(asked.ask_for_kid(5_000, &c).is_none(), "within the interval");
         assert!(asked.ask_for_kid(12_000, &c).is_some());
+    }
+
+    #[test]
+    fn a_request_parked_for_a_kid_knows_when_its_refetch_ended() {
+        let c = cfg();
+        let ok = FetchState::default().succeeded(1_000);
+        assert!(!ok.fetch_pending() && ok.settled_since(1_000) && !ok.settled_since(1_001));
+        let asked = ok.ask_for_kid(2_000, &c).expect("ask");
+        assert!(asked.fetch_pending() && !asked.settled_since(2_000), "asked, not fetched yet");
+        let claimed = asked.claim(2_010, &c).expect("claim");
+        assert!(claimed.fetch_pending() && !claimed.settled_since(2_000), "under way");
+        assert!(claimed.succeeded(2_050).settled_since(2_000));
+        assert!(claimed.failed(2_050, &c).settled_since(2_000), "a failed refetch is an answer too");
     }
 
     #[test]

@@ -31,6 +31,11 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
+    /// An HMAC secret, as opposed to a public key.
+    pub fn is_secret(&self) -> bool {
+        self.shape == Shape::Hmac
+    }
+
     /// Whether this key may verify a token with header `alg` and `kid`. A key without a `kid`
     /// fits any `kid`, as PEM keys and secrets usually have none.
     pub fn fits(&self, alg: Algorithm, kid: Option<&str>) -> bool {
@@ -40,6 +45,23 @@ impl Key {
                 _ => true,
             }
     }
+}
+
+/// The rules a provider's whole key set obeys, wherever its keys came from (configuration or a
+/// fetch): secrets and public keys never mix (HS/RS confusion, RFC 8725 §2.1), and a `kid`
+/// names one key.
+pub fn check_set<'a>(keys: impl IntoIterator<Item = &'a Key> + Clone) -> Result<(), String> {
+    let secrets = keys.clone().into_iter().filter(|k| k.is_secret()).count();
+    if secrets > 0 && keys.clone().into_iter().any(|k| !k.is_secret()) {
+        return Err("a provider cannot mix HMAC secrets (oct keys) with public keys".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for kid in keys.into_iter().filter_map(|k| k.kid.as_deref()) {
+        if !seen.insert(kid) {
+            return Err(format!("duplicate kid {kid:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// One JWK as published; unknown members (x5c, x5t, …) are ignored.
