@@ -57,6 +57,10 @@ pub enum Decision {
         /// The value a failed claim requirement wanted, for the challenge's `scope`.
         scope: Option<String>,
     },
+    /// Denied for want of keys (`UnknownKey` or `KeysUnavailable`, the request's reason), which
+    /// a remote JWKS may still bring: `providers` are the ones whose keys were missing, each with
+    /// its own reason, so the request waits for (and asks refetches of) those providers only.
+    AwaitKeys { reason: Reason, providers: Vec<(usize, Reason)> },
 }
 
 /// What happened along the way, for the filter's stats.
@@ -122,6 +126,17 @@ impl Authenticator {
         let mut run = Run { auth: self, req, now, host, tally, outcomes: &mut outcomes };
         let verified = match run.evaluate(&requirement) {
             Ok(v) => v,
+            Err(reason @ (Reason::UnknownKey | Reason::KeysUnavailable)) => {
+                let providers = outcomes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, o)| match o {
+                        Some(Outcome::Failed(r @ (Reason::UnknownKey | Reason::KeysUnavailable))) => Some((i, *r)),
+                        _ => None,
+                    })
+                    .collect();
+                return Decision::AwaitKeys { reason, providers };
+            }
             Err(reason) => return Decision::Deny { reason, scope: None },
         };
         let rule = rule_index.map(|i| &self.config.rules[i]);
@@ -400,6 +415,46 @@ mod tests {
             Decision::Deny { reason, .. } => Some(*reason),
             _ => None,
         }
+    }
+
+    /// A request waits only for the providers whose keys it lacks, each with its own reason.
+    #[test]
+    fn waiting_for_keys_names_only_the_providers_that_lack_them() {
+        let remote = |iss: &str| json!({"issuer": iss, "remote_jwks": {"cluster": "idp", "uri": "https://idp/keys"}});
+        let config = json!({
+            "providers": {"a": {"issuer": "ia", "hmac_secrets": [{"secret": A}]}, "r1": remote("i1"), "r2": remote("i2"), "r3": {"remote_jwks": {"cluster": "idp", "uri": "https://idp/k3"}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+                {"provider_name": "a"}, {"provider_name": "r1"}, {"provider_name": "r2"}]}}}]
+        });
+        let mut auth = Authenticator::new(Config::parse(config.to_string().as_bytes()).unwrap());
+        let index = |name: &str| auth.config.providers.iter().position(|p| p.name == name).unwrap();
+        let (r1, r2) = (index("r1"), index("r2"));
+        let bearer = format!("Bearer {}", token(A, "i2", json!({})));
+        let Decision::AwaitKeys { reason, providers } = run(&mut auth, "GET", "/x", &[("authorization", &bearer)])
+        else {
+            panic!("should wait for keys")
+        };
+        assert_eq!((reason, providers), (Reason::KeysUnavailable, vec![(r2, Reason::KeysUnavailable)]));
+        // With r1's keys in place but not the token's kid, r1 waits for a refetch; r2 is not asked.
+        let ec = crate::keys::parse_jwks(
+            &format!(r#"{{"keys":[{}]}}"#, crate::keys::tests::EC_JWK),
+            crate::config::ALL_ALGORITHMS,
+        )
+        .unwrap()
+        .remove(0)
+        .unwrap();
+        auth.set_remote_keys(r1, vec![ec]);
+        let other_kid = sign_raw(
+            r#"{"alg":"ES256","kid":"new"}"#,
+            &json!({"iss": "i1", "exp": NOW + 60}).to_string(),
+            &EncodingKey::from_secret(b"unused"),
+            Algorithm::HS256,
+        );
+        let bearer = format!("Bearer {other_kid}");
+        let Decision::AwaitKeys { providers, .. } = run(&mut auth, "GET", "/x", &[("authorization", &bearer)]) else {
+            panic!("should wait for a refetch")
+        };
+        assert_eq!(providers, vec![(r1, Reason::UnknownKey)]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ fn key(r: &Remote, what: &str) -> String {
 }
 
 impl Shared {
-    fn read_state(&self, r: &Remote) -> FetchState {
+    pub fn read_state(&self, r: &Remote) -> FetchState {
         let (bytes, _) = hostcalls::get_shared_data(&key(r, "state")).unwrap_or((None, None));
         bytes.and_then(|b| FetchState::decode(&b)).unwrap_or_default()
     }
@@ -38,7 +38,9 @@ impl Shared {
         for r in &self.remote {
             let state = self.read_state(r);
             let freshness = jwks::freshness(state.fetched_ms, now, &r.cfg);
-            Metrics::set(self.metrics.jwks_stale, u64::from(freshness == Freshness::Stale));
+            // Stale stays 1 once the keys expire: refreshes have been failing all along.
+            let stale = matches!(freshness, Freshness::Stale | Freshness::Expired);
+            Metrics::set(self.metrics.jwks[r.index].stale, u64::from(stale));
             match freshness {
                 Freshness::None => {}
                 Freshness::Expired => {
@@ -49,7 +51,7 @@ impl Shared {
                 }
                 Freshness::Fresh | Freshness::Stale if state.fetched_ms != r.loaded_ms.get() => {
                     let (doc, _) = hostcalls::get_shared_data(&key(r, "doc")).unwrap_or((None, None));
-                    match doc.map(|d| jwks::accept_document(&d, &r.algorithms, &r.cfg)) {
+                    match doc.map(|d| jwks::accept_document(&d, &r.algorithms, &r.cfg, &self.local_keys(r))) {
                         Some(Ok((keys, _))) => self.install(r, keys, state.fetched_ms),
                         Some(Err(e)) => warn!("jwtguard: provider {}: stored JWKS unusable: {e}", r.name),
                         None => {}
@@ -60,8 +62,14 @@ impl Shared {
         }
     }
 
+    /// The provider's configured keys, which a fetched set joins.
+    fn local_keys(&self, r: &Remote) -> Vec<crate::keys::Key> {
+        let auth = self.auth.try_borrow();
+        auth.ok().and_then(|a| a.config.providers.get(r.provider).map(|p| p.keys.clone())).unwrap_or_default()
+    }
+
     fn install(&self, r: &Remote, keys: Vec<crate::keys::Key>, fetched_ms: u64) {
-        Metrics::set(self.metrics.jwks_keys, keys.len() as u64);
+        Metrics::set(self.metrics.jwks[r.index].keys_loaded, keys.len() as u64);
         if let Ok(mut auth) = self.auth.try_borrow_mut() {
             auth.set_remote_keys(r.provider, keys);
             r.loaded_ms.set(fetched_ms);
@@ -112,17 +120,16 @@ impl Shared {
         }
     }
 
-    /// Asks every remote provider for a refetch because of an unknown kid; false if all asked
-    /// too recently (the rate limit).
-    pub fn ask_for_unknown_kid(&self, now: u64) -> bool {
-        let mut asked = false;
-        for r in &self.remote {
-            if self.update_state(r, |s| s.ask_for_kid(now, &r.cfg)).is_some() {
-                self.metrics.add(self.metrics.jwks_kid_refetch, 1);
-                asked = true;
-            }
+    /// Asks remote provider `i` for a refetch because a token's kid is unknown to it. True if
+    /// a refetch is now asked for or under way (one asked for within the rate limit by another
+    /// request counts: the new key may be in it); false if there is nothing to wait for.
+    pub fn refetch_for_unknown_kid(&self, i: usize, now: u64) -> bool {
+        let Some(r) = self.remote.get(i) else { return false };
+        if self.update_state(r, |s| s.ask_for_kid(now, &r.cfg)).is_some() {
+            self.metrics.add(self.metrics.jwks[i].unknown_kid_refetch, 1);
+            return true;
         }
-        asked
+        self.read_state(r).fetch_pending()
     }
 
     /// The answer to a JWKS or discovery fetch; a discovery answer starts the JWKS fetch.
@@ -138,7 +145,7 @@ impl Shared {
             Callout::Jwks { remote: i } => {
                 let r = &self.remote[i];
                 let accepted = match status {
-                    Some(200) => jwks::accept_document(body, &r.algorithms, &r.cfg),
+                    Some(200) => jwks::accept_document(body, &r.algorithms, &r.cfg, &self.local_keys(r)),
                     other => Err(format!("answered {other:?}")),
                 };
                 match accepted {
@@ -149,7 +156,7 @@ impl Shared {
                         let now = now_ms();
                         let _ = hostcalls::set_shared_data(&key(r, "doc"), Some(body), None);
                         self.update_state(r, |s| Some(s.succeeded(now)));
-                        self.metrics.add(self.metrics.jwks_fetch_success, 1);
+                        self.metrics.add(self.metrics.jwks[i].fetch_success, 1);
                         info!("jwtguard: provider {}: loaded {} keys from the JWKS", r.name, keys.len());
                         self.install(r, keys, now);
                     }
@@ -186,7 +193,7 @@ impl Shared {
         let r = &self.remote[i];
         let now = now_ms();
         let state = self.update_state(r, |s| Some(s.failed(now, &r.cfg))).unwrap_or_default();
-        self.metrics.add(self.metrics.jwks_fetch_failed, 1);
+        self.metrics.add(self.metrics.jwks[i].fetch_failed, 1);
         let keeping = match jwks::freshness(state.fetched_ms, now, &r.cfg) {
             Freshness::None => "no keys yet".to_string(),
             Freshness::Expired => "no usable keys".to_string(),

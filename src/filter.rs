@@ -51,14 +51,14 @@ impl Root {
         self.dispatch_http_call(cluster, headers, body, vec![], timeout)
     }
 
-    /// Key fetches due, and parked requests to retry (`fetch_done`: a fetch just finished).
-    fn run_keys(&mut self, shared: &Shared, fetch_done: bool) {
+    /// Key fetches due, and parked requests to retry.
+    fn run_keys(&mut self, shared: &Shared) {
         let mut started = Vec::new();
         shared.sync_keys();
         for (token, callout) in shared.start_due_fetches(&|c, h, b, t| self.dispatch(c, h, b, t)) {
             started.push((token, 0, callout));
         }
-        shared.retry_key_waiters(fetch_done, &|c, h, b, t| self.dispatch(c, h, b, t), &mut |token, ctx, callout| {
+        shared.retry_key_waiters(&|c, h, b, t| self.dispatch(c, h, b, t), &mut |token, ctx, callout| {
             started.push((token, ctx, callout))
         });
         for (token, ctx, callout) in started {
@@ -79,7 +79,7 @@ impl Context for Root {
                 {
                     self.callouts.insert(t, (0, next));
                 }
-                self.run_keys(&shared, true);
+                self.run_keys(&shared);
             }
             request => shared.on_request_callout(request, context_id, status, body.as_deref()),
         }
@@ -96,10 +96,6 @@ impl RootContext for Root {
                 error!("jwtguard: {e}");
                 return false;
             }
-        };
-        let Some(metrics) = Metrics::define() else {
-            error!("jwtguard: the host refused to define stats");
-            return false;
         };
         let host = (config.host_crypto && host_crypto::self_test(&EnvoyCrypto)).then_some(EnvoyCrypto);
         if config.host_crypto && host.is_none() {
@@ -126,16 +122,21 @@ impl RootContext for Root {
             .providers
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| {
-                Some(Remote {
-                    provider: i,
-                    name: p.name.clone(),
-                    cfg: p.remote_jwks.clone()?,
-                    algorithms: p.algorithms.clone(),
-                    loaded_ms: Cell::new(0),
-                })
+            .filter_map(|(i, p)| Some((i, p, p.remote_jwks.clone()?)))
+            .enumerate()
+            .map(|(index, (provider, p, cfg))| Remote {
+                index,
+                provider,
+                name: p.name.clone(),
+                cfg,
+                algorithms: p.algorithms.clone(),
+                loaded_ms: Cell::new(0),
             })
             .collect();
+        let Some(metrics) = Metrics::define(remote.iter().map(|r| r.name.as_str())) else {
+            error!("jwtguard: the host refused to define stats");
+            return false;
+        };
         // The tick flushes counters, fetches keys, retries parked requests and answers waits
         // whose callout was lost.
         let tick = match &config.revocation {
@@ -183,7 +184,7 @@ impl RootContext for Root {
             }
         }
         if !shared.remote.is_empty() {
-            self.run_keys(&shared, false);
+            self.run_keys(&shared);
         }
     }
 

@@ -33,24 +33,46 @@ pub struct Metrics {
     pub callout_ms: u32,
     pub logout_ok: u32,
     pub logout_failed: u32,
-    pub jwks_fetch_success: u32,
-    pub jwks_fetch_failed: u32,
-    pub jwks_keys: u32,
-    pub jwks_stale: u32,
-    pub jwks_kid_refetch: u32,
-    pub jwks_waited: u32,
+    /// One set per provider with a remote JWKS, in `Shared::remote` order.
+    pub jwks: Vec<JwksStats>,
     /// Counts not yet handed to Envoy, by counter id.
     pending: RefCell<Vec<(u32, u64)>>,
     last_flush_ms: Cell<u64>,
 }
 
+/// A remote JWKS provider's stats, `jwtguard.jwks.<provider>.*`: each describes that provider
+/// alone, so a stale provider beside a healthy one shows.
+pub struct JwksStats {
+    pub fetch_success: u32,
+    pub fetch_failed: u32,
+    /// Gauge: keys in force now (0 before the first fetch and once the stale period is over).
+    pub keys_loaded: u32,
+    /// Gauge: 1 from the end of `cache_duration` without a successful refresh until one succeeds,
+    /// including after the keys expire.
+    pub stale: u32,
+    pub unknown_kid_refetch: u32,
+    pub requests_waited: u32,
+}
+
 impl Metrics {
-    pub fn define() -> Option<Metrics> {
+    pub fn define<'a>(remote_providers: impl Iterator<Item = &'a str>) -> Option<Metrics> {
         let def = |kind, name: &str| hostcalls::define_metric(kind, &format!("jwtguard.{name}")).ok();
         let counter = |name: &str| def(MetricType::Counter, name);
         let mut denied = Vec::new();
         for reason in Reason::ALL {
             denied.push((reason, counter(&format!("denied.{}", reason.name()))?));
+        }
+        let mut jwks = Vec::new();
+        for name in remote_providers {
+            let stat = |what: &str| format!("jwks.{name}.{what}");
+            jwks.push(JwksStats {
+                fetch_success: counter(&stat("fetch_success"))?,
+                fetch_failed: counter(&stat("fetch_failed"))?,
+                keys_loaded: def(MetricType::Gauge, &stat("keys_loaded"))?,
+                stale: def(MetricType::Gauge, &stat("stale"))?,
+                unknown_kid_refetch: counter(&stat("unknown_kid_refetch"))?,
+                requests_waited: counter(&stat("requests_waited"))?,
+            });
         }
         Some(Metrics {
             allowed: counter("allowed")?,
@@ -72,12 +94,7 @@ impl Metrics {
             callout_ms: def(MetricType::Histogram, "revocation.callout_ms")?,
             logout_ok: counter("logout.ok")?,
             logout_failed: counter("logout.failed")?,
-            jwks_fetch_success: counter("jwks.fetch_success")?,
-            jwks_fetch_failed: counter("jwks.fetch_failed")?,
-            jwks_keys: def(MetricType::Gauge, "jwks.keys_loaded")?,
-            jwks_stale: def(MetricType::Gauge, "jwks.stale")?,
-            jwks_kid_refetch: counter("jwks.unknown_kid_refetch")?,
-            jwks_waited: counter("jwks.requests_waited")?,
+            jwks,
             pending: RefCell::new(Vec::new()),
             last_flush_ms: Cell::new(0),
         })

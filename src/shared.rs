@@ -50,13 +50,19 @@ pub struct Inflight {
 pub struct KeyWaiter {
     pub context_id: u32,
     pub headers: Vec<(String, String)>,
+    /// When it parked, and until when it may wait (its own providers' longest `wait_for_keys_ms`).
+    pub parked_ms: u64,
     pub deadline_ms: u64,
-    /// The key-set version it last saw; it is retried only when that changes.
+    /// The providers (indexes into `Shared::remote`) whose keys it waits for.
+    pub remotes: Vec<usize>,
+    /// The key-set version it last saw.
     pub keys_version: u64,
 }
 
 /// A provider with a remote JWKS, and what this VM has loaded of it.
 pub struct Remote {
+    /// Its place in `Shared::remote` (and in the per-provider stats).
+    pub index: usize,
     pub provider: usize,
     pub name: String,
     pub cfg: RemoteJwks,
@@ -88,9 +94,8 @@ pub fn now_ms() -> u64 {
 /// How `handle` was reached: first time for the request, or retried after parking.
 #[derive(Clone, Copy)]
 pub struct Retry {
+    pub parked_ms: u64,
     pub deadline_ms: u64,
-    /// A fetch finished since the request parked: an unknown kid is now final.
-    pub fetch_done: bool,
 }
 
 impl Shared {
@@ -150,10 +155,8 @@ impl Shared {
                 }
             }
             Decision::Logout { token, everywhere } => self.logout(&token, everywhere, dispatch),
-            Decision::Deny { reason: reason @ (Reason::UnknownKey | Reason::KeysUnavailable), .. }
-                if !self.remote.is_empty() =>
-            {
-                (self.park_for_keys(context_id, headers, reason, retry, now), None)
+            Decision::AwaitKeys { reason, providers } => {
+                (self.park_for_keys(context_id, headers, reason, &providers, retry, now), None)
             }
             Decision::Deny { reason, scope } => {
                 debug!("jwtguard: {method} {path} denied: {}", reason.name());
@@ -163,52 +166,82 @@ impl Shared {
         }
     }
 
-    /// Parks the request until keys arrive, or denies it if it may not wait (any longer).
+    /// Parks the request until its providers' keys arrive, or denies it if it may not wait (any
+    /// longer). Each provider counts alone: its own wait, its own refetch and rate limit.
     fn park_for_keys(
         &self,
         context_id: u32,
         headers: Vec<(String, String)>,
         reason: Reason,
+        providers: &[(usize, Reason)],
         retry: Option<Retry>,
         now: u64,
     ) -> Action {
-        let deadline_ms = match retry {
+        let (parked_ms, deadline_ms, remotes) = match retry {
             None => {
-                let asked = reason == Reason::KeysUnavailable || self.ask_for_unknown_kid(now);
-                let wait = self.remote.iter().map(|r| r.cfg.wait_ms).max().unwrap_or(0);
-                if !asked || wait == 0 {
+                // The providers worth waiting for: keys not fetched yet (a fetch is scheduled),
+                // or an unknown kid whose refetch this request asked for or can join.
+                let remotes: Vec<usize> = providers
+                    .iter()
+                    .filter_map(|&(p, why)| {
+                        let i = self.remote.iter().position(|r| r.provider == p)?;
+                        (why == Reason::KeysUnavailable || self.refetch_for_unknown_kid(i, now)).then_some(i)
+                    })
+                    .collect();
+                let wait = remotes.iter().map(|&i| self.remote[i].cfg.wait_ms).max().unwrap_or(0);
+                if wait == 0 {
                     self.deny(reason, None);
                     return Action::Pause;
                 }
-                self.metrics.add(self.metrics.jwks_waited, 1);
-                now + wait
+                for &i in &remotes {
+                    self.metrics.add(self.metrics.jwks[i].requests_waited, 1);
+                }
+                (now, now + wait, remotes)
             }
-            Some(r) if now >= r.deadline_ms || (reason == Reason::UnknownKey && r.fetch_done) => {
-                self.deny(reason, None);
-                return Action::Pause;
+            Some(r) => {
+                let remotes: Vec<usize> = providers
+                    .iter()
+                    .filter_map(|&(p, why)| {
+                        let i = self.remote.iter().position(|r| r.provider == p)?;
+                        // An unknown kid is final once a fetch that ended after the request
+                        // parked did not bring it.
+                        let settled =
+                            why == Reason::UnknownKey && self.read_state(&self.remote[i]).settled_since(r.parked_ms);
+                        (!settled).then_some(i)
+                    })
+                    .collect();
+                if now >= r.deadline_ms || remotes.is_empty() {
+                    self.deny(reason, None);
+                    return Action::Pause;
+                }
+                (r.parked_ms, r.deadline_ms, remotes)
             }
-            Some(r) => r.deadline_ms,
         };
         self.key_waiters.borrow_mut().push(KeyWaiter {
             context_id,
             headers,
+            parked_ms,
             deadline_ms,
+            remotes,
             keys_version: self.keys_version.get(),
         });
         Action::Pause
     }
 
-    /// Retries parked requests whose keys changed, whose deadline passed, or (`fetch_done`) all.
-    pub fn retry_key_waiters(&self, fetch_done: bool, dispatch: Dispatch, record: &mut dyn FnMut(u32, u32, Callout)) {
+    /// Retries parked requests whose keys changed, whose deadline passed, or whose providers'
+    /// refetch ended (in any worker: the schedule is in shared data).
+    pub fn retry_key_waiters(&self, dispatch: Dispatch, record: &mut dyn FnMut(u32, u32, Callout)) {
         let now = now_ms();
         let version = self.keys_version.get();
         let waiters = std::mem::take(&mut *self.key_waiters.borrow_mut());
+        let states: Vec<_> = self.remote.iter().map(|r| self.read_state(r)).collect();
         for w in waiters {
-            if !fetch_done && w.keys_version == version && now < w.deadline_ms {
+            let refetch_ended = w.remotes.iter().any(|&i| states.get(i).is_some_and(|s| s.settled_since(w.parked_ms)));
+            if w.keys_version == version && now < w.deadline_ms && !refetch_ended {
                 self.key_waiters.borrow_mut().push(w);
                 continue;
             }
-            let retry = Retry { deadline_ms: w.deadline_ms, fetch_done };
+            let retry = Retry { parked_ms: w.parked_ms, deadline_ms: w.deadline_ms };
             let (_, callout) = self.handle(w.context_id, true, w.headers, Some(retry), dispatch);
             if let Some((token, c)) = callout {
                 record(token, w.context_id, c);

@@ -278,7 +278,9 @@ fn every_denial_has_its_rfc6750_response() {
         "wrong_audience",
         "insufficient_scope",
     ] {
-        assert!(prom.contains(&format!("jwtguard_denied_{reason}")), "{reason} missing from /stats/prometheus");
+        // One series, the reason a label (the stats_tags of envoy/envoy.yaml, in the harness too).
+        let series = format!("jwtguard_denied{{reason=\"{reason}\"}} ");
+        assert!(prom.lines().any(|l| l.starts_with(&series)), "{series} missing from /stats/prometheus:\n{prom}");
     }
 }
 

@@ -125,3 +125,30 @@ fn the_istio_manifests_use_crd_fields_and_a_config_the_filter_accepts() {
     let svc_port = service[3]["spec"]["ports"][0]["port"].as_u64().unwrap();
     assert_eq!(revocation.cluster, format!("outbound|{svc_port}||jwtguard-revocation.jwtguard.svc.cluster.local"));
 }
+
+/// The shipped Envoy configurations carry exactly the `stats_tags` the tests run with, so the
+/// labelled series the documented alerts use (checked in jwks_e2e) are the ones users get.
+#[test]
+fn shipped_envoy_configs_carry_the_tested_stats_tags() {
+    for path in ["envoy/envoy.yaml", "envoy/compose/envoy.yaml"] {
+        let docs = yaml_documents(path);
+        assert_eq!(docs[0]["stats_config"]["stats_tags"], support::envoy::stats_tags(), "{path}");
+    }
+}
+
+/// `make test` passes in a plain clone with nothing beside it: no tracked file but prose reads
+/// the workplace's shared folder above the repository (tests/wycheproof.rs once did; its
+/// vectors are now in tests/vectors with their licence).
+#[test]
+fn nothing_tracked_reaches_outside_the_clone() {
+    let files = run(Command::new("git").arg("-C").arg(repo_root()).arg("ls-files"));
+    // Built at run time so this file does not match itself.
+    let needles = [format!("../{}", "shared"), format!("{}/testvectors", "shared"), format!("{}/research", "shared")];
+    for file in files.lines().filter(|f| !f.ends_with(".md")) {
+        let Ok(text) = std::fs::read_to_string(repo_root().join(file)) else { continue };
+        for needle in &needles {
+            assert!(!text.contains(needle.as_str()), "{file} refers to {needle}, outside the clone");
+        }
+    }
+    assert!(repo_root().join("tests/vectors/wycheproof/LICENSE").exists());
+}

@@ -92,8 +92,19 @@ pub fn bootstrap(listeners: &[Listener], clusters: &[Value]) -> Value {
         .collect();
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "stats_config": {"stats_tags": stats_tags()},
         "static_resources": {"listeners": listeners, "clusters": clusters}
     })
+}
+
+/// The `stats_config.stats_tags` that turn the provider and the denial reason in jwtguard's stat
+/// names into Prometheus labels (`jwtguard_jwks_stale{provider="idp"}`,
+/// `jwtguard_denied{reason="expired"}`); the same as envoy/envoy.yaml and docs/operations.md.
+pub fn stats_tags() -> Value {
+    json!([
+        {"tag_name": "provider", "regex": r"^wasmcustom\.jwtguard\.jwks\.((.+)\.)(?:fetch_success|fetch_failed|keys_loaded|stale|unknown_kid_refetch|requests_waited)$"},
+        {"tag_name": "reason", "regex": r"^wasmcustom\.jwtguard\.denied(\.(.+))$"}
+    ])
 }
 
 pub struct Envoy {
