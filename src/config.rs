@@ -3,6 +3,7 @@
 
 use crate::claims::ClaimPolicy;
 use crate::extract::{HeaderSource, Sources};
+use crate::feed::FeedConfig;
 use crate::jwks::RemoteJwks;
 use crate::keys::{self, Key};
 use crate::revocation::{FailureMode, Freshness, Mode};
@@ -48,6 +49,8 @@ pub struct Revocation {
     pub logout_all_path: Option<String>,
     pub revoke_path: String,
     pub revoke_subject_path: String,
+    /// `None`: the `status` source (a callout per token).
+    pub feed: Option<FeedConfig>,
 }
 
 /// The header that marks a request let through without a revocation answer (`failure_mode: open`).
@@ -142,6 +145,43 @@ struct RawRevocation {
     revoke_path: String,
     #[serde(default = "default_revoke_subject_path")]
     revoke_subject_path: String,
+    /// Where revocations come from: `feed` (default: every worker holds the live set, kept
+    /// current by a long-poll) or `status` (a callout per token, cached `cache_ttl_ms`).
+    #[serde(default = "default_source")]
+    source: RawSource,
+    #[serde(default)]
+    feed: RawFeed,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawSource {
+    Feed,
+    Status,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeed {
+    #[serde(default = "default_feed_path")]
+    path: String,
+    #[serde(default = "default_max_staleness_ms")]
+    max_staleness_ms: u64,
+    #[serde(default = "default_wait_for_set_ms")]
+    wait_for_set_ms: u64,
+    #[serde(default = "default_feed_max_entries")]
+    max_entries: usize,
+}
+
+impl Default for RawFeed {
+    fn default() -> Self {
+        RawFeed {
+            path: default_feed_path(),
+            max_staleness_ms: default_max_staleness_ms(),
+            wait_for_set_ms: default_wait_for_set_ms(),
+            max_entries: default_feed_max_entries(),
+        }
+    }
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -404,6 +444,22 @@ fn default_failure_mode() -> RawFailureMode {
 fn default_stale_ms() -> u64 {
     60_000
 }
+fn default_source() -> RawSource {
+    RawSource::Feed
+}
+fn default_feed_path() -> String {
+    "/v1/feed".into()
+}
+fn default_max_staleness_ms() -> u64 {
+    30_000
+}
+fn default_wait_for_set_ms() -> u64 {
+    2_000
+}
+/// A million entries is on the order of 100 MB per worker at the worst (long `jti`s).
+fn default_feed_max_entries() -> usize {
+    1_000_000
+}
 fn default_retry_after() -> u32 {
     1
 }
@@ -523,6 +579,10 @@ fn build_revocation(r: RawRevocation) -> Result<Revocation, ConfigError> {
     if (r.logout_path.is_some() || r.logout_all_path.is_some()) && r.revoke_credential.is_none() {
         return Err(err(at("revoke_credential"), "the logout routes need a credential to revoke with"));
     }
+    let feed = match r.source {
+        RawSource::Status => None,
+        RawSource::Feed => Some(build_feed(r.feed)?),
+    };
     Ok(Revocation {
         cluster: r.cluster,
         authority: r.authority,
@@ -542,6 +602,27 @@ fn build_revocation(r: RawRevocation) -> Result<Revocation, ConfigError> {
         logout_all_path: r.logout_all_path,
         revoke_path: r.revoke_path,
         revoke_subject_path: r.revoke_subject_path,
+        feed,
+    })
+}
+
+fn build_feed(f: RawFeed) -> Result<FeedConfig, ConfigError> {
+    let at = |field: &str| format!("revocation.feed.{field}");
+    if !f.path.starts_with('/') || f.path.contains(['?', '#']) {
+        return Err(err(at("path"), "must start with / and have no query"));
+    }
+    // The heartbeat comes every fifth of it; below a second that is a poll every 200 ms.
+    if f.max_staleness_ms < 1_000 {
+        return Err(err(at("max_staleness_ms"), "must be at least 1000"));
+    }
+    if f.max_entries == 0 {
+        return Err(err(at("max_entries"), "must be positive"));
+    }
+    Ok(FeedConfig {
+        path: f.path,
+        max_staleness_ms: f.max_staleness_ms,
+        wait_for_set_ms: f.wait_for_set_ms,
+        max_entries: f.max_entries,
     })
 }
 

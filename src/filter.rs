@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::host::EnvoyCrypto;
 use crate::host_crypto;
 use crate::metrics::Metrics;
+use crate::poll::Feed;
 use crate::response::ResponseStyle;
 use crate::revocation::Failure;
 use crate::shared::{now_ms, Callout, Remote, Shared};
@@ -81,6 +82,20 @@ impl Context for Root {
                 }
                 self.run_keys(&shared);
             }
+            Callout::Feed => {
+                let Some(feed) = &shared.feed else { return };
+                let mut started = Vec::new();
+                let dispatch = |c: &str, h: Vec<(&str, &str)>, b: Option<&[u8]>, t| self.dispatch(c, h, b, t);
+                shared.on_feed_answer(feed, status, body.as_deref(), &dispatch, &mut |token, ctx, callout| {
+                    started.push((token, ctx, callout))
+                });
+                // The next poll at once: a long-poll is always out, so a revocation arrives as
+                // soon as the service has it.
+                started.extend(shared.poll_feed(feed, &dispatch).map(|(t, c)| (t, 0, c)));
+                for (token, ctx, callout) in started {
+                    self.callouts.insert(token, (ctx, callout));
+                }
+            }
             request => shared.on_request_callout(request, context_id, status, body.as_deref()),
         }
     }
@@ -150,12 +165,14 @@ impl RootContext for Root {
             retry_after_seconds: config.revocation.as_ref().map_or(1, |r| r.retry_after_seconds),
         };
         let revocation = config.revocation.clone();
+        let feed = revocation.as_ref().and_then(|r| r.feed.clone()).map(Feed::new);
         let shared = Rc::new(Shared {
             auth: RefCell::new(Authenticator::new(config)),
             style,
             metrics,
             host,
             revocation,
+            feed,
             inflight: RefCell::new(HashMap::new()),
             key_waiters: RefCell::new(Vec::new()),
             remote,
@@ -185,6 +202,16 @@ impl RootContext for Root {
         }
         if !shared.remote.is_empty() {
             self.run_keys(&shared);
+        }
+        if let Some(feed) = &shared.feed {
+            let mut started = Vec::new();
+            shared.feed_upkeep(feed, &|c, h, b, t| self.dispatch(c, h, b, t), &mut |token, ctx, callout| {
+                started.push((token, ctx, callout))
+            });
+            started.extend(shared.poll_feed(feed, &|c, h, b, t| self.dispatch(c, h, b, t)).map(|(t, c)| (t, 0, c)));
+            for (token, ctx, callout) in started {
+                self.callouts.insert(token, (ctx, callout));
+            }
         }
     }
 

@@ -10,6 +10,7 @@ pub mod claims;
 pub mod config;
 pub mod der;
 pub mod extract;
+pub mod feed;
 pub mod host_crypto;
 pub mod jwks;
 pub mod jws;
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod reason;
 pub mod response;
 pub mod revocation;
+pub mod revocation_set;
 pub mod rules;
 pub mod signature;
 pub mod strict_json;
@@ -29,5 +31,7 @@ mod filter;
 mod host;
 #[cfg(target_arch = "wasm32")]
 mod metrics;
+#[cfg(target_arch = "wasm32")]
+mod poll;
 #[cfg(target_arch = "wasm32")]
 mod shared;

@@ -33,6 +33,14 @@ pub struct Metrics {
     pub callout_ms: u32,
     pub logout_ok: u32,
     pub logout_failed: u32,
+    pub feed_answers: u32,
+    pub feed_failed: u32,
+    pub feed_events: u32,
+    /// Gauges over every worker of this Envoy: the oldest set's age, the largest set, and
+    /// whether this worker's set is over its bound.
+    pub feed_age_ms: u32,
+    pub feed_entries: u32,
+    pub feed_overflowed: u32,
     /// One set per provider with a remote JWKS, in `Shared::remote` order.
     pub jwks: Vec<JwksStats>,
     /// Counts not yet handed to Envoy, by counter id.
@@ -94,6 +102,12 @@ impl Metrics {
             callout_ms: def(MetricType::Histogram, "revocation.callout_ms")?,
             logout_ok: counter("logout.ok")?,
             logout_failed: counter("logout.failed")?,
+            feed_answers: counter("revocation.feed.answers")?,
+            feed_failed: counter("revocation.feed.failed")?,
+            feed_events: counter("revocation.feed.events")?,
+            feed_age_ms: def(MetricType::Gauge, "revocation.feed.age_ms")?,
+            feed_entries: def(MetricType::Gauge, "revocation.feed.entries")?,
+            feed_overflowed: def(MetricType::Gauge, "revocation.feed.overflowed")?,
             jwks,
             pending: RefCell::new(Vec::new()),
             last_flush_ms: Cell::new(0),

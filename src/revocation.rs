@@ -131,7 +131,9 @@ pub struct Freshness {
     pub stale_ms: u64,
 }
 
-pub fn lookup(entry: Option<&Entry>, identity: &Identity, now_ms: u64, f: Freshness) -> Lookup {
+/// `active_until_exp`: an active answer stays fresh until the token expires (allowlist mode fed
+/// by a current feed, which brings every session that ends).
+pub fn lookup(entry: Option<&Entry>, identity: &Identity, now_ms: u64, f: Freshness, active_until_exp: bool) -> Lookup {
     let Some(entry) = entry.filter(|e| e.identity == identity.key) else {
         return Lookup::Miss;
     };
@@ -142,6 +144,7 @@ pub fn lookup(entry: Option<&Entry>, identity: &Identity, now_ms: u64, f: Freshn
     match entry.known {
         // A revocation never ends before the token does.
         Known::Revoked if entry.exp != 0 || age < f.ttl_ms => Lookup::Fresh(Known::Revoked),
+        Known::Active if active_until_exp && entry.exp != 0 => Lookup::Fresh(Known::Active),
         known if age < f.ttl_ms => Lookup::Fresh(known),
         known if age < f.stale_ms => Lookup::Stale(known),
         _ => Lookup::Miss,
@@ -333,20 +336,31 @@ mod tests {
         let id = identity();
         let entry = |known, fetched_ms| Entry { known, fetched_ms, exp: 2_000, identity: id.key.clone() };
         let now = 1_000_000;
-        assert_eq!(lookup(Some(&entry(Known::Active, now - 999)), &id, now, F), Lookup::Fresh(Known::Active));
-        assert_eq!(lookup(Some(&entry(Known::Active, now - 1_000)), &id, now, F), Lookup::Stale(Known::Active));
-        assert_eq!(lookup(Some(&entry(Known::Active, now - 60_000)), &id, now, F), Lookup::Miss);
-        assert_eq!(lookup(Some(&entry(Known::Revoked, 0)), &id, now, F), Lookup::Fresh(Known::Revoked), "until exp");
-        assert_eq!(lookup(Some(&entry(Known::Revoked, 0)), &id, 2_000_000, F), Lookup::Miss, "never past exp");
+        assert_eq!(lookup(Some(&entry(Known::Active, now - 999)), &id, now, F, false), Lookup::Fresh(Known::Active));
+        assert_eq!(lookup(Some(&entry(Known::Active, now - 1_000)), &id, now, F, false), Lookup::Stale(Known::Active));
+        assert_eq!(lookup(Some(&entry(Known::Active, now - 60_000)), &id, now, F, false), Lookup::Miss);
         assert_eq!(
-            lookup(Some(&entry(Known::NoSession, now - 1_500)), &id, now, F),
+            lookup(Some(&entry(Known::Revoked, 0)), &id, now, F, false),
+            Lookup::Fresh(Known::Revoked),
+            "until exp"
+        );
+        assert_eq!(lookup(Some(&entry(Known::Revoked, 0)), &id, 2_000_000, F, false), Lookup::Miss, "never past exp");
+        assert_eq!(
+            lookup(Some(&entry(Known::NoSession, now - 1_500)), &id, now, F, false),
             Lookup::Stale(Known::NoSession),
             "a login may come"
         );
         let mut other = entry(Known::Revoked, now);
         other.identity = "someone else".into();
-        assert_eq!(lookup(Some(&other), &id, now, F), Lookup::Miss, "another token in the same slot");
-        assert_eq!(lookup(None, &id, now, F), Lookup::Miss);
+        assert_eq!(lookup(Some(&other), &id, now, F, false), Lookup::Miss, "another token in the same slot");
+        assert_eq!(lookup(None, &id, now, F, false), Lookup::Miss);
+        let old_active = entry(Known::Active, now - 59_000);
+        assert_eq!(lookup(Some(&old_active), &id, now, F, true), Lookup::Fresh(Known::Active), "until exp with a feed");
+        assert_eq!(
+            lookup(Some(&entry(Known::NoSession, now - 1_500)), &id, now, F, true),
+            Lookup::Stale(Known::NoSession),
+            "a login may come"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::host::{self, EnvoyCrypto};
 use crate::host_crypto::HostCrypto;
 use crate::jwks::RemoteJwks;
 use crate::metrics::Metrics;
+use crate::poll::Feed;
 use crate::reason::Reason;
 use crate::response::{self, ResponseStyle};
 use crate::revocation::{self, Entry, Failure, FailureMode, Identity, Known, Lookup, Verdict};
@@ -26,10 +27,22 @@ pub type Dispatch<'a> = &'a dyn Fn(&str, Vec<(&str, &str)>, Option<&[u8]>, Durat
 
 /// A callout in flight, and what its answer is for.
 pub enum Callout {
-    Status { identity: Identity, started_ms: u64 },
-    Logout { identity: Identity },
-    Jwks { remote: usize },
-    Discovery { remote: usize },
+    Status {
+        identity: Identity,
+        started_ms: u64,
+    },
+    Logout {
+        identity: Identity,
+        everywhere: bool,
+    },
+    Jwks {
+        remote: usize,
+    },
+    Discovery {
+        remote: usize,
+    },
+    /// A long-poll of the revocation feed (root context).
+    Feed,
 }
 
 /// A request waiting for the revocation answer about its token.
@@ -77,6 +90,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub host: Option<EnvoyCrypto>,
     pub revocation: Option<config::Revocation>,
+    /// The revocation feed and set, with `revocation.source: feed`.
+    pub feed: Option<Feed>,
     pub inflight: RefCell<HashMap<String, Inflight>>,
     pub key_waiters: RefCell<Vec<KeyWaiter>>,
     pub remote: Vec<Remote>,
@@ -148,9 +163,12 @@ impl Shared {
                     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &name, Some(&value));
                 }
                 match (revocation, tokens.first()) {
-                    (Some(failure_mode), Some(token)) => {
-                        self.check_revocation(context_id, waiting, token, failure_mode, now, dispatch)
-                    }
+                    (Some(failure_mode), Some(token)) => match &self.feed {
+                        Some(feed) => self.check_on_set(feed, context_id, waiting, token, failure_mode, now, dispatch),
+                        None => {
+                            self.check_status(context_id, waiting, &token.identity, failure_mode, now, dispatch, false)
+                        }
+                    },
                     _ => (self.settle(context_id, false, Verdict::Allow, waiting), None),
                 }
             }
@@ -288,22 +306,25 @@ impl Shared {
     }
 
     /// The shared cache first; on a miss, join or start the single status callout for this token.
-    fn check_revocation(
+    /// `active_until_exp`: an active answer holds until the token expires (allowlist mode with
+    /// a current feed, which brings every end of a session).
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_status(
         &self,
         context_id: u32,
         waiting: bool,
-        token: &Verified,
+        identity: &Identity,
         failure_mode: FailureMode,
         now: u64,
         dispatch: Dispatch,
+        active_until_exp: bool,
     ) -> (Action, Option<(u32, Callout)>) {
         let Some(rev) = &self.revocation else {
             return (self.settle(context_id, false, Verdict::Allow, waiting), None);
         };
-        let identity = &token.identity;
         let (cached, _) = hostcalls::get_shared_data(&identity.slot_key(rev.cache_max_entries)).unwrap_or((None, None));
         let entry = cached.and_then(|bytes| Entry::decode(&bytes));
-        let stale = match revocation::lookup(entry.as_ref(), identity, now, rev.freshness) {
+        let stale = match revocation::lookup(entry.as_ref(), identity, now, rev.freshness, active_until_exp) {
             Lookup::Fresh(known) => {
                 self.metrics.add(self.metrics.rev_cache_hit, 1);
                 return (
@@ -374,7 +395,7 @@ impl Shared {
             ("authorization", authorization.as_str()),
         ];
         match dispatch(&rev.cluster, headers, Some(&body), Duration::from_millis(rev.timeout_ms)) {
-            Ok(t) => (Action::Pause, Some((t, Callout::Logout { identity: id.clone() }))),
+            Ok(t) => (Action::Pause, Some((t, Callout::Logout { identity: id.clone(), everywhere }))),
             Err(_) => {
                 self.metrics.add(self.metrics.logout_failed, 1);
                 self.deny(Reason::RevocationUnavailable, None);
@@ -396,13 +417,17 @@ impl Shared {
                 }
                 self.finish_inflight(&identity.key, answer);
             }
-            Callout::Logout { identity } => {
+            Callout::Logout { identity, everywhere } => {
                 if !host::set_effective_context(context_id) {
                     return;
                 }
                 if status == Some(200) {
-                    // This Envoy refuses the token at once; the others within cache_ttl_ms.
+                    // This Envoy (status source) or worker (feed) refuses the token at once; the
+                    // others within cache_ttl_ms, or as soon as the feed brings it.
                     self.remember(rev, &identity, Known::Revoked);
+                    if let Some(feed) = &self.feed {
+                        self.mark_logged_out(feed, &identity, everywhere);
+                    }
                     self.metrics.add(self.metrics.logout_ok, 1);
                     let _ = hostcalls::send_http_response(204, vec![("cache-control", "no-store")], None);
                 } else {
@@ -411,7 +436,7 @@ impl Shared {
                     self.deny(Reason::RevocationUnavailable, None);
                 }
             }
-            Callout::Jwks { .. } | Callout::Discovery { .. } => {}
+            Callout::Jwks { .. } | Callout::Discovery { .. } | Callout::Feed => {}
         }
     }
 

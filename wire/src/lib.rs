@@ -84,3 +84,37 @@ pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_description: Option<String>,
 }
+
+/// `GET /v1/feed?after=POSITION&wait_ms=N`: every write that can refuse a token, in order, from
+/// after `position`. A client without a position (or whose position was trimmed away) gets the
+/// whole live set, in pages. The set is a join: nothing is ever un-revoked (a `jti` stays revoked
+/// until its `exp`, a cutoff only moves forward, an ended session stays ended), so events can be
+/// applied in any order and more than once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedResponse {
+    /// Where to continue from (opaque to clients; a Redis stream id).
+    pub position: String,
+    /// More events are ready now: ask again at once. A client that has seen a page with
+    /// `more: false` holds the whole live set.
+    pub more: bool,
+    pub events: Vec<FeedEvent>,
+}
+
+/// One write that can refuse tokens. Each matters until its `until` (seconds since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FeedEvent {
+    /// The token `jti` is revoked until it expires.
+    Revoked { jti: String, until: u64 },
+    /// Tokens of `sub` (from `iss`, or from any issuer without it) issued before `before` are
+    /// revoked; after `until` no such token is still valid.
+    SubjectCutoff {
+        sub: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        iss: Option<String>,
+        before: u64,
+        until: u64,
+    },
+    /// Allowlist mode: the session of token `jti` ended (logout, or the subject's session limit).
+    SessionEnded { jti: String, until: u64 },
+}

@@ -1,0 +1,163 @@
+//! The revocation feed, client side, without host calls: when to poll, what to ask for, what an
+//! answer is, and whether the set built from it may decide on its own.
+
+use jwtguard_wire::{FeedEvent, FeedResponse};
+
+/// `revocation.feed` of the configuration, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedConfig {
+    pub path: String,
+    /// Past this age (since the last answer) the set no longer decides alone: the failure mode
+    /// does. The long-poll asks for an answer at least every fifth of it, so a healthy feed never
+    /// comes near.
+    pub max_staleness_ms: u64,
+    /// How long a request may wait for the first complete set before the failure mode decides.
+    pub wait_for_set_ms: u64,
+    /// Most entries a worker holds; at the bound the set is incomplete (see `RevocationSet`).
+    pub max_entries: usize,
+}
+
+impl FeedConfig {
+    /// How long the service may hold a poll with nothing new: a heartbeat at least this often.
+    pub fn poll_wait_ms(&self) -> u64 {
+        self.max_staleness_ms / 5
+    }
+}
+
+/// One worker's place in the feed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedClient {
+    /// Where to continue from; empty before the first answer (the service then sends the whole
+    /// live set).
+    pub position: String,
+    /// A page with `more: false` was seen: the set holds everything the service knew.
+    pub ready: bool,
+    /// When the last good answer came (ms); 0 before the first.
+    pub answered_ms: u64,
+    pub in_flight: bool,
+    pub failures: u32,
+    /// No poll before this time (backoff after failures).
+    pub next_attempt_ms: u64,
+}
+
+/// Backoff after failed polls: 100 ms doubling to at most 2 s, so a service back from an outage
+/// is found again quickly.
+const BACKOFF_MS: u64 = 100;
+const MAX_BACKOFF_MS: u64 = 2_000;
+
+impl FeedClient {
+    pub fn due(&self, now_ms: u64) -> bool {
+        !self.in_flight && now_ms >= self.next_attempt_ms
+    }
+
+    /// The poll's `:path`. Until the set is complete the service answers at once.
+    pub fn poll_path(&self, cfg: &FeedConfig) -> String {
+        let wait = if self.ready { cfg.poll_wait_ms() } else { 0 };
+        if self.position.is_empty() {
+            format!("{}?wait_ms={wait}", cfg.path)
+        } else {
+            format!("{}?after={}&wait_ms={wait}", cfg.path, self.position)
+        }
+    }
+
+    /// Takes in a poll's answer: the events to apply, or `None` (and a backoff) when it was not
+    /// a feed answer. A position that is not the service's kind is refused: it goes into a path.
+    pub fn answer(&mut self, status: Option<u16>, body: Option<&[u8]>, now_ms: u64) -> Option<Vec<FeedEvent>> {
+        self.in_flight = false;
+        let parsed = match status {
+            Some(200) => body.and_then(|b| serde_json::from_slice::<FeedResponse>(b).ok()),
+            _ => None,
+        };
+        let Some(response) = parsed.filter(|r| is_position(&r.position)) else {
+            self.failures = self.failures.saturating_add(1);
+            let backoff = BACKOFF_MS.saturating_mul(1 << self.failures.saturating_sub(1).min(10));
+            self.next_attempt_ms = now_ms.saturating_add(backoff.min(MAX_BACKOFF_MS));
+            return None;
+        };
+        self.position = response.position;
+        self.ready |= !response.more;
+        self.answered_ms = now_ms;
+        self.failures = 0;
+        self.next_attempt_ms = now_ms;
+        Some(response.events)
+    }
+
+    /// Whether the set may decide alone at `now_ms`: complete, and heard from recently.
+    pub fn fresh(&self, now_ms: u64, cfg: &FeedConfig) -> bool {
+        self.ready && now_ms.saturating_sub(self.answered_ms) <= cfg.max_staleness_ms
+    }
+
+    /// The set's age: time since the last answer (0 before the first).
+    pub fn age_ms(&self, now_ms: u64) -> u64 {
+        if self.answered_ms == 0 {
+            0
+        } else {
+            now_ms.saturating_sub(self.answered_ms)
+        }
+    }
+}
+
+/// A Redis stream id, `MS-SEQ`: the only position the service hands out.
+fn is_position(p: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    p.split_once('-').is_some_and(|(ms, seq)| digits(ms) && digits(seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> FeedConfig {
+        FeedConfig { path: "/v1/feed".into(), max_staleness_ms: 30_000, wait_for_set_ms: 2_000, max_entries: 100 }
+    }
+
+    #[test]
+    fn polls_resume_from_the_position_and_wait_once_complete() {
+        let c = cfg();
+        let mut f = FeedClient::default();
+        assert!(f.due(0));
+        assert_eq!(f.poll_path(&c), "/v1/feed?wait_ms=0");
+        let page = br#"{"position":"17-0","more":true,"events":[{"type":"revoked","jti":"a","until":9}]}"#;
+        assert_eq!(f.answer(Some(200), Some(page), 1_000).map(|e| e.len()), Some(1));
+        assert!(!f.ready && !f.fresh(1_000, &c), "a snapshot page is not the whole set");
+        assert_eq!(f.poll_path(&c), "/v1/feed?after=17-0&wait_ms=0");
+        assert!(f.answer(Some(200), Some(br#"{"position":"18-3","more":false,"events":[]}"#), 1_500).is_some());
+        assert!(f.ready && f.fresh(1_500, &c));
+        assert_eq!(f.poll_path(&c), "/v1/feed?after=18-3&wait_ms=6000");
+        assert!(f.fresh(1_500 + 30_000, &c) && !f.fresh(1_501 + 30_000, &c), "max_staleness");
+        assert_eq!(f.age_ms(2_000), 500);
+    }
+
+    #[test]
+    fn anything_but_a_feed_answer_backs_off_and_keeps_the_position() {
+        let c = cfg();
+        let mut f = FeedClient { position: "5-0".into(), ready: true, answered_ms: 1_000, ..Default::default() };
+        for (status, body) in [
+            (Some(503), None),
+            (Some(504), None),
+            (Some(200), Some(&b"upstream connect error"[..])),
+            (Some(200), Some(br#"{"position":"../../admin","more":false,"events":[]}"#)),
+            (Some(200), Some(br#"{"position":"9-0","more":false,"events":[{"type":"unknown"}]}"#)),
+            (None, None),
+        ] {
+            f.in_flight = true;
+            assert_eq!(f.answer(status, body, 2_000), None, "{status:?}");
+            assert_eq!(f.position, "5-0");
+            assert!(!f.in_flight);
+        }
+        assert_eq!(f.next_attempt_ms, 2_000 + 2_000, "capped backoff");
+        assert!(!f.due(3_999) && f.due(4_000));
+        assert_eq!(f.age_ms(10_000), 9_000);
+        assert!(!f.fresh(31_001, &c));
+    }
+
+    #[test]
+    fn positions_are_stream_ids() {
+        for good in ["0-0", "1733000000000-12"] {
+            assert!(is_position(good), "{good}");
+        }
+        for bad in ["", "-", "1", "1-", "-1", "1-2-3", "a-1", "1-1&x=1", "123456789012345678901-0"] {
+            assert!(!is_position(bad), "{bad}");
+        }
+    }
+}

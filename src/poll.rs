@@ -1,0 +1,344 @@
+//! The revocation feed in the VM: each worker long-polls the service from its root context and
+//! holds the live set in memory, so a request's revocation check is a lookup with no callout and
+//! no host call. Requests that arrive before the first complete set wait for it (bounded); a set
+//! that is not complete, too old or over its bound leaves the decision to the failure mode.
+//! The schedule and the set are in `feed.rs` and `revocation_set.rs`; this is the host side.
+
+use crate::authenticator::Verified;
+use crate::feed::{FeedClient, FeedConfig};
+use crate::metrics::Metrics;
+use crate::revocation::{self, Failure, FailureMode, Identity, Known, Mode, Verdict};
+use crate::revocation_set::RevocationSet;
+use crate::shared::{now_ms, Callout, Dispatch, Shared};
+use jwtguard_wire::FeedEvent;
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Action;
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+/// Shared-data slots in which each worker publishes its set's age and size, so the gauges show
+/// the worst worker of this Envoy rather than whichever wrote last.
+const SLOTS: u32 = 64;
+/// A slot not refreshed for this long belongs to a VM that is gone.
+const SLOT_LIFETIME_MS: u64 = 5_000;
+/// Expired entries are dropped this often (a pass over the whole set).
+const EXPIRE_EVERY_MS: u64 = 10_000;
+
+/// A request parked until the first complete set.
+struct SetWaiter {
+    context_id: u32,
+    identity: Identity,
+    failure_mode: FailureMode,
+    deadline_ms: u64,
+}
+
+/// One worker's feed: its place in it, the set, and the requests waiting for the set.
+pub struct Feed {
+    pub cfg: FeedConfig,
+    client: RefCell<FeedClient>,
+    set: RefCell<RevocationSet>,
+    waiters: RefCell<Vec<SetWaiter>>,
+    /// This worker's gauge slot and the nonce that marks it as ours.
+    slot: Cell<Option<u32>>,
+    nonce: u64,
+    /// When this worker first polled: the age of a set that never became complete.
+    started_ms: Cell<u64>,
+    expired_ms: Cell<u64>,
+    /// Whether the last decision found the set usable, for one log line per change.
+    usable: Cell<bool>,
+}
+
+impl Feed {
+    pub fn new(cfg: FeedConfig) -> Feed {
+        use std::hash::BuildHasher;
+        // WASI's random source seeds RandomState: enough to tell this VM's slot from a gone one's.
+        let nonce = std::collections::hash_map::RandomState::new().hash_one(now_ms());
+        Feed {
+            set: RefCell::new(RevocationSet::new(cfg.max_entries)),
+            cfg,
+            client: RefCell::new(FeedClient::default()),
+            waiters: RefCell::new(Vec::new()),
+            slot: Cell::new(None),
+            nonce,
+            started_ms: Cell::new(0),
+            expired_ms: Cell::new(0),
+            usable: Cell::new(true),
+        }
+    }
+}
+
+impl Shared {
+    /// Decides a verified request's revocation on the set; parks it if the first set is still
+    /// coming. Allowlist mode still asks the service once about a token the set cannot vouch
+    /// for (is it a registered session?).
+    pub fn check_on_set(
+        &self,
+        feed: &Feed,
+        context_id: u32,
+        waiting: bool,
+        token: &Verified,
+        failure_mode: FailureMode,
+        now: u64,
+        dispatch: Dispatch,
+    ) -> (Action, Option<(u32, Callout)>) {
+        match self.set_verdict(feed, &token.identity, failure_mode, now) {
+            SetAnswer::Decided(verdict) => (self.settle(context_id, false, verdict, waiting), None),
+            SetAnswer::AskService => {
+                self.check_status(context_id, waiting, &token.identity, failure_mode, now, dispatch, true)
+            }
+            SetAnswer::Wait => {
+                feed.waiters.borrow_mut().push(SetWaiter {
+                    context_id,
+                    identity: token.identity.clone(),
+                    failure_mode,
+                    deadline_ms: now.saturating_add(feed.cfg.wait_for_set_ms),
+                });
+                (Action::Pause, None)
+            }
+        }
+    }
+
+    fn set_verdict(&self, feed: &Feed, identity: &Identity, failure_mode: FailureMode, now: u64) -> SetAnswer {
+        // A revoked token is refused whatever state the set is in.
+        if let Some(known) = feed.set.borrow().check(identity, now / 1000) {
+            return SetAnswer::Decided(revocation::verdict(Ok(known), failure_mode, None));
+        }
+        let client = feed.client.borrow();
+        let usable = client.fresh(now, &feed.cfg) && !feed.set.borrow().overflowed();
+        self.note_usable(feed, usable, &client, now);
+        if usable {
+            let allowlist = self.revocation.as_ref().is_some_and(|r| r.mode == Mode::Allowlist);
+            return if allowlist { SetAnswer::AskService } else { SetAnswer::Decided(Verdict::Allow) };
+        }
+        if !client.ready && feed.cfg.wait_for_set_ms > 0 {
+            return SetAnswer::Wait;
+        }
+        // What the set held is the last answer, for `failure_mode: stale`.
+        let last = client.ready.then_some(Known::Active);
+        SetAnswer::Decided(revocation::verdict(Err(Failure::Unavailable), failure_mode, last))
+    }
+
+    fn note_usable(&self, feed: &Feed, usable: bool, client: &FeedClient, now: u64) {
+        if feed.usable.replace(usable) == usable {
+            return;
+        }
+        if usable {
+            info!("jwtguard: revocation set usable again ({} entries)", feed.set.borrow().len());
+        } else if feed.set.borrow().overflowed() {
+            error!(
+                "jwtguard: revocation set over revocation.feed.max_entries ({}); failure_mode decides until it fits",
+                feed.cfg.max_entries
+            );
+        } else if client.ready {
+            warn!(
+                "jwtguard: revocation set is {} ms old (max_staleness_ms {}); failure_mode decides until the feed answers",
+                client.age_ms(now),
+                feed.cfg.max_staleness_ms
+            );
+        }
+    }
+
+    /// Starts this worker's next poll if one is due (called on the tick and after each answer).
+    pub fn poll_feed(&self, feed: &Feed, dispatch: Dispatch) -> Option<(u32, Callout)> {
+        let rev = self.revocation.as_ref()?;
+        let now = now_ms();
+        if feed.started_ms.get() == 0 {
+            feed.started_ms.set(now);
+        }
+        if !feed.client.borrow().due(now) {
+            return None;
+        }
+        let path = feed.client.borrow().poll_path(&feed.cfg);
+        let authorization = rev.credential.as_ref().map(|c| format!("Bearer {c}"));
+        let mut headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", rev.authority.as_str())];
+        if let Some(a) = &authorization {
+            headers.push(("authorization", a.as_str()));
+        }
+        // The service holds the poll up to the heartbeat; allow it the usual timeout on top.
+        let wait = feed.cfg.poll_wait_ms().saturating_add(rev.timeout_ms);
+        match dispatch(&rev.cluster, headers, None, Duration::from_millis(wait)) {
+            Ok(token) => {
+                feed.client.borrow_mut().in_flight = true;
+                Some((token, Callout::Feed))
+            }
+            Err(status) => {
+                warn!("jwtguard: revocation feed poll to cluster {:?} failed: {status:?}", rev.cluster);
+                let _ = feed.client.borrow_mut().answer(None, None, now);
+                self.metrics.add(self.metrics.feed_failed, 1);
+                None
+            }
+        }
+    }
+
+    /// A poll's answer: apply its events; once the set is complete, the parked requests go on.
+    pub fn on_feed_answer(
+        &self,
+        feed: &Feed,
+        status: Option<u16>,
+        body: Option<&[u8]>,
+        dispatch: Dispatch,
+        record: &mut dyn FnMut(u32, u32, Callout),
+    ) {
+        let now = now_ms();
+        let was_ready = feed.client.borrow().ready;
+        let events = feed.client.borrow_mut().answer(status, body, now);
+        let Some(events) = events else {
+            self.metrics.add(self.metrics.feed_failed, 1);
+            return;
+        };
+        self.metrics.add(self.metrics.feed_answers, 1);
+        self.metrics.add(self.metrics.feed_events, u32::try_from(events.len()).unwrap_or(u32::MAX));
+        self.apply(feed, events, now);
+        if !was_ready && feed.client.borrow().ready {
+            info!("jwtguard: revocation set complete: {} entries", feed.set.borrow().len());
+            self.release_set_waiters(feed, now, true, dispatch, record);
+        }
+    }
+
+    fn apply(&self, feed: &Feed, events: Vec<FeedEvent>, now: u64) {
+        let mut set = feed.set.borrow_mut();
+        for event in events {
+            set.apply(event, now / 1000);
+        }
+    }
+
+    /// Marks a token this worker just logged out, before the feed brings it back.
+    pub fn mark_logged_out(&self, feed: &Feed, identity: &Identity, everywhere: bool) {
+        let now = now_ms() / 1000;
+        let until = identity.exp.unwrap_or(now.saturating_add(3_600));
+        let event = match (&identity.sub, &identity.jti) {
+            // This token at least: it was issued before `before`.
+            (Some(sub), _) if everywhere => FeedEvent::SubjectCutoff {
+                sub: sub.clone(),
+                iss: identity.iss.clone(),
+                before: now.max(identity.iat.map_or(0, |i| i.saturating_add(1))),
+                until,
+            },
+            (_, Some(jti)) => FeedEvent::Revoked { jti: jti.clone(), until },
+            _ => return,
+        };
+        feed.set.borrow_mut().apply(event, now);
+    }
+
+    /// The tick's upkeep: parked requests past their wait, expired entries, the gauges.
+    pub fn feed_upkeep(&self, feed: &Feed, dispatch: Dispatch, record: &mut dyn FnMut(u32, u32, Callout)) {
+        let now = now_ms();
+        self.release_set_waiters(feed, now, false, dispatch, record);
+        if now.saturating_sub(feed.expired_ms.get()) >= EXPIRE_EVERY_MS {
+            feed.expired_ms.set(now);
+            feed.set.borrow_mut().expire(now / 1000);
+        }
+        self.publish_gauges(feed, now);
+    }
+
+    /// Parked requests go on when the set is complete (`all`), or at their deadline.
+    fn release_set_waiters(
+        &self,
+        feed: &Feed,
+        now: u64,
+        all: bool,
+        dispatch: Dispatch,
+        record: &mut dyn FnMut(u32, u32, Callout),
+    ) {
+        let waiters = std::mem::take(&mut *feed.waiters.borrow_mut());
+        for w in waiters {
+            if !all && now < w.deadline_ms {
+                feed.waiters.borrow_mut().push(w);
+                continue;
+            }
+            let answer = match self.set_verdict(feed, &w.identity, w.failure_mode, now) {
+                SetAnswer::Wait => {
+                    SetAnswer::Decided(revocation::verdict(Err(Failure::Unavailable), w.failure_mode, None))
+                }
+                other => other,
+            };
+            match answer {
+                SetAnswer::Decided(verdict) => {
+                    self.settle(w.context_id, true, verdict, true);
+                }
+                SetAnswer::AskService => {
+                    if !crate::host::set_effective_context(w.context_id) {
+                        continue;
+                    }
+                    let (_, callout) =
+                        self.check_status(w.context_id, true, &w.identity, w.failure_mode, now, dispatch, true);
+                    if let Some((token, c)) = callout {
+                        record(token, w.context_id, c);
+                    }
+                }
+                SetAnswer::Wait => {}
+            }
+        }
+    }
+
+    /// Publishes this worker's set age and size in its slot, and sets the gauges to the worst
+    /// live slot of this Envoy.
+    fn publish_gauges(&self, feed: &Feed, now: u64) {
+        let client = feed.client.borrow();
+        let age = if client.ready { client.age_ms(now) } else { now.saturating_sub(feed.started_ms.get()) };
+        let mine = format!("{}|{now}|{age}|{}", feed.nonce, feed.set.borrow().len());
+        let slot = match feed.slot.get() {
+            Some(s) => s,
+            None => match claim_slot(feed.nonce, now) {
+                Some(s) => {
+                    feed.slot.set(Some(s));
+                    s
+                }
+                None => return,
+            },
+        };
+        let _ = hostcalls::set_shared_data(&slot_key(slot), Some(mine.as_bytes()), None);
+        let (mut worst_age, mut most) = (0u64, 0u64);
+        for i in 0..SLOTS {
+            if let Some((_, seen, age, entries)) = read_slot(i) {
+                if now.saturating_sub(seen) < SLOT_LIFETIME_MS {
+                    worst_age = worst_age.max(age);
+                    most = most.max(entries);
+                }
+            }
+        }
+        Metrics::set(self.metrics.feed_age_ms, worst_age);
+        Metrics::set(self.metrics.feed_entries, most);
+        Metrics::set(self.metrics.feed_overflowed, u64::from(feed.set.borrow().overflowed()));
+    }
+}
+
+enum SetAnswer {
+    Decided(Verdict),
+    /// Allowlist mode: the set has nothing against the token; the service says whether it is a
+    /// registered session.
+    AskService,
+    Wait,
+}
+
+fn slot_key(i: u32) -> String {
+    format!("jwtguard.feed.slot.{i}")
+}
+
+/// (nonce, last seen ms, age ms, entries) of slot `i`.
+fn read_slot(i: u32) -> Option<(u64, u64, u64, u64)> {
+    let (bytes, _) = hostcalls::get_shared_data(&slot_key(i)).ok()?;
+    let text = String::from_utf8(bytes?).ok()?;
+    let mut parts = text.split('|').map(|p| p.parse::<u64>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??, parts.next()??))
+}
+
+/// Claims a free slot (never written, or left by a gone VM) with compare-and-swap.
+fn claim_slot(nonce: u64, now: u64) -> Option<u32> {
+    for i in 0..SLOTS {
+        let (bytes, cas) = hostcalls::get_shared_data(&slot_key(i)).ok()?;
+        let free = match bytes.and_then(|b| String::from_utf8(b).ok()) {
+            None => true,
+            Some(text) => {
+                let seen = text.split('|').nth(1).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+                now.saturating_sub(seen) >= SLOT_LIFETIME_MS
+            }
+        };
+        let claim = format!("{nonce}|{now}|0|0");
+        if free && hostcalls::set_shared_data(&slot_key(i), Some(claim.as_bytes()), cas).is_ok() {
+            return Some(i);
+        }
+    }
+    None
+}
