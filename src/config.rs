@@ -498,13 +498,206 @@ pub const ALL_ALGORITHMS: &[Algorithm] = &[
 
 impl Config {
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            err(if path == "." { "(root)".into() } else { path }, e.inner().to_string())
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
+            let message = e.to_string();
+            err(error_path(bytes, e.line(), e.column(), &message), message)
         })?;
         build(raw)
     }
+}
+
+/// The dotted path (`providers.main.issuer`, `rules[1].match`) of the field a serde_json error is
+/// about, recovered from where serde_json stopped reading: the JSON is scanned up to that byte,
+/// keeping the stack of open objects (with their current key) and arrays (with the current index).
+///
+/// serde_json reports (1-based line, byte column) of the last byte it consumed, or, for syntax
+/// errors, of the byte it peeked at. Where that byte is, for each kind of error:
+/// - invalid type or value of a scalar: the value's last byte; of an object or array: the byte
+///   before its `{` or `[` (the value is not consumed). Either way the key or index is current.
+/// - unknown field or variant, duplicate field: the key's closing quote (or whitespace after it).
+/// - missing field: the `}` of the object that lacks it; invalid length (a struct written as an
+///   array): the `]`. In both the closer is not applied, so the container is still open.
+/// - `invalid type: unit variant` (a variant written as a bare string) is positioned by the
+///   enclosing container, which first reads on past the string over whitespace and a `,`.
+/// - syntax errors: the offending byte; end of input: the last byte, which is applied (with EOF
+///   nothing can be wrong at a closer, so one there has closed its container).
+///
+/// `message` is serde_json's text for the error, which tells these cases apart. Total: any input
+/// gives some path, `(root)` when nothing is open.
+fn error_path(text: &[u8], line: usize, column: usize, message: &str) -> String {
+    // Bytes before the start of `line`, then `column` more: the position one past the byte.
+    let line_start = match line.checked_sub(2) {
+        None => 0,
+        Some(newlines) => {
+            text.iter().enumerate().filter(|&(_, &b)| b == b'\n').nth(newlines).map_or(text.len(), |(i, _)| i + 1)
+        }
+    };
+    let mut seen = text.get(..line_start.saturating_add(column)).unwrap_or(text);
+    if message.starts_with("invalid type: unit variant") {
+        seen = seen.trim_ascii_end();
+        if let Some(before) = seen.strip_suffix(b",") {
+            seen = before.trim_ascii_end();
+        }
+    }
+    let eof = message.starts_with("EOF while parsing");
+    let mut levels = open_levels(seen, !eof);
+    let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next());
+    if missing.is_some() {
+        // The path of the object lacking the field, then the field's name.
+        if let Some(Level::Object(key)) = levels.last_mut() {
+            *key = None;
+        }
+    } else if message.starts_with("invalid length") && matches!(levels.last(), Some(Level::Array(_))) {
+        levels.pop();
+    }
+    let mut path = String::new();
+    for level in &levels {
+        match level {
+            Level::Object(Some(key)) => push_key(&mut path, &unescape(key)),
+            Level::Object(None) => {}
+            Level::Array(i) => path.push_str(&format!("[{i}]")),
+        }
+    }
+    if let Some(field) = missing {
+        push_key(&mut path, field);
+    }
+    if path.is_empty() {
+        "(root)".into()
+    } else {
+        path
+    }
+}
+
+/// A container open at the error: an object with the raw (still escaped) key being read, `None`
+/// before the first key and after a `,`; an array with the index of the element being read.
+enum Level<'a> {
+    Object(Option<&'a [u8]>),
+    Array(usize),
+}
+
+/// The containers open after `text`. With `hold_last_closer`, a `}` or `]` as the very last byte
+/// is not applied: serde_json has consumed it but the error is about the container it closes.
+fn open_levels(text: &[u8], hold_last_closer: bool) -> Vec<Level<'_>> {
+    let mut levels = Vec::new();
+    // The next string in the innermost object is a key (just after `{` or `,`).
+    let mut key_next = false;
+    // Inside a string: where its content starts and whether it is a key.
+    let mut string: Option<(usize, bool)> = None;
+    let mut escaped = false;
+    for (i, &b) in text.iter().enumerate() {
+        if let Some((start, is_key)) = string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                string = None;
+                if let (true, Some(Level::Object(key))) = (is_key, levels.last_mut()) {
+                    *key = text.get(start..i);
+                }
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                string = Some((i + 1, key_next));
+                key_next = false;
+            }
+            b'{' => {
+                levels.push(Level::Object(None));
+                key_next = true;
+            }
+            b'[' => {
+                levels.push(Level::Array(0));
+                key_next = false;
+            }
+            b'}' | b']' if hold_last_closer && i + 1 == text.len() => {}
+            b'}' | b']' => {
+                levels.pop();
+                key_next = false;
+            }
+            b',' => match levels.last_mut() {
+                Some(Level::Object(key)) => {
+                    *key = None;
+                    key_next = true;
+                }
+                Some(Level::Array(n)) => *n += 1,
+                None => {}
+            },
+            b':' => key_next = false,
+            _ => {}
+        }
+    }
+    levels
+}
+
+/// `providers.NAME`, written as a configuration error would name it.
+fn provider_path(name: &str) -> String {
+    let mut path = "providers".to_string();
+    push_key(&mut path, name);
+    path
+}
+
+/// Appends `.key`, or `["key"]` for a key that would make the path ambiguous (a dot, bracket,
+/// quote, backslash, whitespace or control character, or empty).
+fn push_key(path: &mut String, key: &str) {
+    let plain = !key.is_empty()
+        && !key.chars().any(|c| matches!(c, '.' | '[' | ']' | '"' | '\\') || c.is_whitespace() || c.is_control());
+    if !plain {
+        path.push_str(&format!("[{key:?}]"));
+        return;
+    }
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(key);
+}
+
+/// A JSON string's content with its escapes decoded; anything malformed becomes U+FFFD.
+fn unescape(raw: &[u8]) -> String {
+    let hex = |at: usize| -> Option<u32> {
+        let digits = raw.get(at..at + 4)?;
+        digits.iter().try_fold(0, |n, &d| Some(n * 16 + char::from(d).to_digit(16)?))
+    };
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        i += 1;
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let Some(&e) = raw.get(i) else { break };
+        i += 1;
+        let c = match e {
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let unit = hex(i);
+                i += 4;
+                // A high surrogate takes the `\uDC00`-`\uDFFF` escape after it as its pair.
+                let low = match unit {
+                    Some(0xD800..=0xDBFF) if raw.get(i..i + 2) == Some(b"\\u") => hex(i + 2),
+                    _ => None,
+                };
+                match (unit, low) {
+                    (Some(high), Some(low @ 0xDC00..=0xDFFF)) => {
+                        i += 6;
+                        char::from_u32(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+                    }
+                    (unit, _) => unit.and_then(char::from_u32),
+                }
+                .unwrap_or(char::REPLACEMENT_CHARACTER)
+            }
+            // `\"`, `\\`, `\/` (and anything serde_json would have refused) stand for themselves.
+            other => char::from(other),
+        };
+        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn build(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -627,7 +820,8 @@ fn build_feed(f: RawFeed) -> Result<FeedConfig, ConfigError> {
 }
 
 fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
-    let at = |field: &str| format!("providers.{name}.{field}");
+    let base = provider_path(name);
+    let at = |field: &str| format!("{base}.{field}");
     let allowed: Vec<Algorithm> = match &p.algorithms {
         None => ALL_ALGORITHMS.to_vec(),
         Some(list) => {
@@ -677,10 +871,10 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
             "the provider has no keys (local_jwks, remote_jwks, pem_keys or hmac_secrets)",
         ));
     }
-    keys::check_set(&keys).map_err(|m| err(format!("providers.{name}"), m))?;
+    keys::check_set(&keys).map_err(|m| err(base.clone(), m))?;
     // Fetched key sets are public: a provider that fetches one cannot also hold secrets.
     if remote_jwks.is_some() && keys.iter().any(Key::is_secret) {
-        return Err(err(format!("providers.{name}"), "a provider with remote_jwks cannot have HMAC secrets"));
+        return Err(err(base, "a provider with remote_jwks cannot have HMAC secrets"));
     }
     let mut headers = Vec::new();
     for (i, h) in p.from_headers.iter().enumerate() {
@@ -729,7 +923,8 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
 }
 
 fn build_remote_jwks(name: &str, r: RawRemoteJwks, issuer: Option<&str>) -> Result<RemoteJwks, ConfigError> {
-    let at = |field: &str| format!("providers.{name}.remote_jwks.{field}");
+    let base = provider_path(name);
+    let at = |field: &str| format!("{base}.remote_jwks.{field}");
     if r.cluster.is_empty() {
         return Err(err(at("cluster"), "must name an Envoy cluster"));
     }
@@ -1020,5 +1215,260 @@ pub(crate) mod tests {
         ] {
             assert_eq!(parse(remote).unwrap_err().field, field, "{remote}");
         }
+    }
+
+    // ---- the field named by a JSON error (error_path) ----
+
+    /// `{"providers": {"p": …}}` with `provider` the body of `p`, and `rest` more top-level members.
+    fn with_provider(provider: &str, rest: &str) -> String {
+        format!(
+            r#"{{"providers": {{"p": {{"hmac_secrets": [{{"secret": "0123456789abcdef0123456789abcdef"}}]{provider}}}}}{rest}}}"#
+        )
+    }
+
+    /// A config whose rule 0 requires `requires` (a JSON requirement).
+    fn with_requirement(requires: &str) -> String {
+        with_provider("", &format!(r#", "rules": [{{"match": {{"prefix": "/"}}, "requires": {requires}}}]"#))
+    }
+
+    fn assert_fields(cases: &[(String, &str)]) {
+        for (json, field) in cases {
+            let e = error_of(json);
+            assert_eq!(e.field, *field, "{json}\n{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_end_the_path() {
+        assert_fields(&[
+            (with_provider("", r#", "bogus": 1"#), "bogus"),
+            (with_provider(r#", "isuer": "x""#, ""), "providers.p.isuer"),
+            (with_provider(r#", "isuer"  :  "x""#, ""), "providers.p.isuer"),
+            (with_provider(", \"isuer\"\n\n : \"x\"", ""), "providers.p.isuer"),
+            (
+                with_provider(r#", "from_headers": [{"name": "a"}, {"name": "b", "prefix": "B "}]"#, ""),
+                "providers.p.from_headers[1].prefix",
+            ),
+            (with_provider("", r#", "rules": [{"match": {"prefx": "/"}}]"#), "rules[0].match.prefx"),
+            (with_provider(r#", "local_jwks": {"inline": "x"}"#, ""), "providers.p.local_jwks.inline"),
+            (with_provider("", r#", "x.\"y\"[0]": 1"#), r#"["x.\"y\"[0]"]"#),
+            (with_provider(r#", "is\u0073uer": "x", "iss\"uer": 1"#, ""), r#"providers.p["iss\"uer"]"#),
+            (
+                with_provider("", r#", "rules": [{"match": {"prefix": "/"}, "revocation": {"off": true}}]"#),
+                "rules[0].revocation.off",
+            ),
+            (with_requirement(r#"{"allow_missing": {"x": 1}}"#), "rules[0].requires.allow_missing.x"),
+        ]);
+        let e = error_of(&with_provider(r#", "isuer": "x""#, ""));
+        assert!(
+            e.to_string()
+                .starts_with("invalid configuration at providers.p.isuer: unknown field `isuer`, expected one of"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn invalid_types_and_values_name_the_value() {
+        assert_fields(&[
+            ("5".to_string(), "(root)"),
+            ("  [1] ".to_string(), "[0]"), // a struct as an array: element 0 is `providers`
+            (with_provider("", r#", "max_token_bytes": "big""#), "max_token_bytes"),
+            (with_provider("", r#", "realm": {"a": 1}"#), "realm"),
+            (with_provider("", r#", "realm":["a"]"#), "realm"),
+            (
+                with_provider("", r#", "revocation": {"cluster": "c", "authority": "a", "timeout_ms": -1}"#),
+                "revocation.timeout_ms",
+            ),
+            (
+                with_provider(
+                    "",
+                    r#", "revocation": {"cluster": "c", "authority": "a", "cache_max_entries": 5000000000}"#,
+                ),
+                "revocation.cache_max_entries",
+            ),
+            (with_provider("", r#", "revocation": {"cluster": "c", "authority": "a", "mode": 5}"#), "revocation.mode"),
+            (with_provider(r#", "issuer": 5"#, ""), "providers.p.issuer"),
+            (with_provider(r#", "clock_skew_seconds": 1.5"#, ""), "providers.p.clock_skew_seconds"),
+            (with_provider(r#", "issuer": null, "audiences": {}"#, ""), "providers.p.audiences"),
+            (with_provider(r#", "audiences": ["a", 5]"#, ""), "providers.p.audiences[1]"),
+            (with_provider(r#", "audiences": ["a", {}]"#, ""), "providers.p.audiences[1]"),
+            (with_provider(r#", "audiences": ["a",{}]"#, ""), "providers.p.audiences[1]"),
+            (with_provider(r#", "audiences": [["a"]]"#, ""), "providers.p.audiences[0]"),
+            (with_provider(", \"audiences\": [\"a\",\n\n  true]", ""), "providers.p.audiences[1]"),
+            (
+                with_provider(r#", "from_headers": [{"name": "a"}, {"name": "b", "value_prefix": false}]"#, ""),
+                "providers.p.from_headers[1].value_prefix",
+            ),
+            (
+                with_requirement(
+                    r#"{"requires_any": {"requirements": [{"provider_name": "p"}, {"provider_name": 5}]}}"#,
+                ),
+                "rules[0].requires.requires_any.requirements[1].provider_name",
+            ),
+            (with_requirement(r#"{"allow_missing": null}"#), "rules[0].requires.allow_missing"),
+            (with_requirement(r#""allow_missing""#), "rules[0].requires"),
+            (with_requirement(r#""allow_missing" "#), "rules[0].requires"),
+            (
+                with_requirement(r#"{"requires_all": {"requirements": ["allow_missing"]}}"#),
+                "rules[0].requires.requires_all.requirements[0]",
+            ),
+            (
+                with_requirement(r#"{"requires_all": {"requirements": ["allow_missing" , {"provider_name": "p"}]}}"#),
+                "rules[0].requires.requires_all.requirements[0]",
+            ),
+            (
+                with_requirement(
+                    "{\"requires_all\": {\"requirements\": [{\"provider_name\": \"p\"}, \"allow_missing\"\n]}}",
+                ),
+                "rules[0].requires.requires_all.requirements[1]",
+            ),
+            (
+                r#"{"providers": {"we\"ird.name[0]": {"issuer": 5}}}"#.to_string(),
+                r#"providers["we\"ird.name[0]"].issuer"#,
+            ),
+            (
+                r#"{"providers": {"caf\u00e9 \ud83d\ude00": {"issuer": 5}}}"#.to_string(),
+                r#"providers["café 😀"].issuer"#,
+            ),
+            (r#"{"providers": {"caf\u00e9": {"issuer": 5}}}"#.to_string(), "providers.café.issuer"),
+            (r#"{"providers": {"a\\": {"issuer": 5}}}"#.to_string(), r#"providers["a\\"].issuer"#),
+            (r#"{"providers": {"": {"issuer": 5}}}"#.to_string(), r#"providers[""].issuer"#),
+        ]);
+        let e = error_of(&with_provider(r#", "issuer": 5"#, ""));
+        assert!(
+            e.to_string().starts_with("invalid configuration at providers.p.issuer: invalid type: integer `5`, expected a string at line 1 column"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_fields_are_named_in_their_object() {
+        assert_fields(&[
+            ("{}".to_string(), "providers"),
+            (" {\n\"rules\": [] }\n".to_string(), "providers"),
+            (with_provider("", r#", "revocation": {"authority": "a"}"#), "revocation.cluster"),
+            (with_provider("", r#", "revocation": {"cluster": "c"}"#), "revocation.authority"),
+            (with_provider("", r#", "revocation": {}"#), "revocation.cluster"),
+            (with_provider(r#", "remote_jwks": { }"#, ""), "providers.p.remote_jwks.cluster"),
+            (with_provider(r#", "local_jwks": {}"#, ""), "providers.p.local_jwks.inline_string"),
+            (with_provider(r#", "from_headers": [{"name": "a"}, {}]"#, ""), "providers.p.from_headers[1].name"),
+            (with_provider(r#", "from_headers": [{"value_prefix": "a"}]"#, ""), "providers.p.from_headers[0].name"),
+            (
+                with_provider("", r#", "rules": [{"match": {"prefix": "/"}}, {"requires": {"provider_name": "p"}}]"#),
+                "rules[1].match",
+            ),
+            (with_requirement(r#"{"requires_any": {}}"#), "rules[0].requires.requires_any.requirements"),
+            (
+                r#"{"providers": {"a.b": {"remote_jwks": {"uri": "http://x/k"}}}}"#.to_string(),
+                r#"providers["a.b"].remote_jwks.cluster"#,
+            ),
+        ]);
+        let e = error_of(&with_provider("", r#", "revocation": {"authority": "a"}"#));
+        assert!(
+            e.to_string().starts_with("invalid configuration at revocation.cluster: missing field `cluster` at line 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_variants_and_structs_written_as_arrays() {
+        assert_fields(&[
+            (
+                with_provider("", r#", "revocation": {"cluster": "c", "authority": "a", "source": "both"}"#),
+                "revocation.source",
+            ),
+            (
+                with_provider("", r#", "revocation": {"cluster": "c", "authority": "a", "mode": {"greylist": null}}"#),
+                "revocation.mode.greylist",
+            ),
+            (with_requirement(r#"{"provider": "p"}"#), "rules[0].requires.provider"),
+            (with_requirement(r#""provider""#), "rules[0].requires"),
+            (with_requirement(r#"{}"#), "rules[0].requires"),
+            (
+                with_requirement(r#"{"requires_any": {"requirements": [{"provider_name": "p"}, {"nope": {}}]}}"#),
+                "rules[0].requires.requires_any.requirements[1].nope",
+            ),
+            (with_requirement(r#"{"a.\"b\"": 1}"#), r#"rules[0].requires["a.\"b\""]"#),
+            (with_provider(r#", "issuer": "a", "issuer": "b""#, ""), "providers.p.issuer"),
+            // A struct may be written as an array of its fields; too few is about the struct.
+            ("[]".to_string(), "(root)"),
+            (with_provider("", r#", "rules": [{"match": []}]"#), "rules[0].match"),
+            (with_provider("", r#", "rules": [{"match": ["/x"]}]"#), "rules[0].match"),
+            (with_provider("", r#", "rules": [{"match": ["/x", null, null, [], 5]}]"#), "rules[0].match[4]"),
+        ]);
+    }
+
+    #[test]
+    fn syntax_errors_name_what_is_open() {
+        assert_fields(&[
+            ("not json".to_string(), "(root)"),
+            (String::new(), "(root)"),
+            ("\n\n".to_string(), "(root)"),
+            (with_provider("", "} x"), "(root)"),
+            (with_provider("", "}}"), "(root)"),
+            (r#"{"providers": {"p": {"issuer": "x",}}}"#.to_string(), "providers.p"),
+            (r#"{"providers": {"p": {"issuer": }}}"#.to_string(), "providers.p.issuer"),
+            (r#"{"providers": {"p": {"issuer" "x"}}}"#.to_string(), "providers.p.issuer"),
+            (r#"{"providers": {"p": {"issuer": "x""#.to_string(), "providers.p.issuer"),
+            (r#"{"providers": {"p": {"issuer": "x}}}"#.to_string(), "providers.p.issuer"),
+            (r#"{"providers": {"p": {"audiences": ["a" "b"]}}}"#.to_string(), "providers.p.audiences[0]"),
+            (r#"{"providers": {"p": {"audiences": ["a", ]}}}"#.to_string(), "providers.p.audiences[1]"),
+            (r#"{"providers": {5: 1}}"#.to_string(), "providers"),
+            (r#"{"providers": {"p"#.to_string(), "providers"),
+            (r#"{"providers": {"p": {}}"#.to_string(), "providers"),
+            (r#"{"providers": {"x.y": {"issuer": tru}}}"#.to_string(), r#"providers["x.y"].issuer"#),
+        ]);
+    }
+
+    /// Hostile input is refused with some field named, never a panic; and the path recovery itself
+    /// is total whatever position and message it is given.
+    #[test]
+    fn hostile_configs_are_refused_without_panic() {
+        let mut inputs: Vec<Vec<u8>> = vec![
+            "[".repeat(5_000).into_bytes(),
+            r#"{"providers": "#.repeat(5_000).into_bytes(),
+            format!(r#"{{"providers": {{"p": {}1{}}}}}"#, "[".repeat(200), "]".repeat(200)).into_bytes(),
+            b"\"abc".to_vec(),
+            br#"{"providers": {"\"#.to_vec(),
+            br#"{"providers": {"\u12"#.to_vec(),
+            br#"{"providers": {"\ud800": {}}, "x": 1}"#.to_vec(),
+            br#"{"providers": {"\udc00\ud800\u": 1}}"#.to_vec(),
+            br#"{"max_token_bytes": 1e999999}"#.to_vec(),
+            br#"{"max_token_bytes": 999999999999999999999999999999999999}"#.to_vec(),
+            br#"{"max_token_bytes": -0.0e-99999}"#.to_vec(),
+            b"{\"providers\": {\"\xff\xfe\": {}}}".to_vec(),
+            b"{\"\xff\": 1}".to_vec(),
+            b"\xff\xfe\x00".to_vec(),
+            b"{\"providers\": {\"p\": {\"issuer\": \"a\x00b\"}}}".to_vec(),
+            b"{\"providers\": {\"p\": {\"issuer\": \"\xc3\"}}}".to_vec(),
+            b"\\\\\\\"\"\"]]]}}}".to_vec(),
+            b"{\"\\".to_vec(),
+            b" \n\r\t".to_vec(),
+        ];
+        inputs.push(sample().into_bytes().split_last().map_or(vec![], |(_, rest)| rest.to_vec()));
+        for input in &inputs {
+            let e = Config::parse(input).expect_err("hostile input accepted");
+            assert!(!e.field.is_empty());
+            for line in [0, 1, 2, 3, usize::MAX] {
+                for column in [0, 1, 7, input.len(), usize::MAX] {
+                    for message in [
+                        "missing field `x`",
+                        "missing field `",
+                        "invalid length 0",
+                        "invalid type: unit variant",
+                        "EOF while parsing a value",
+                        "",
+                    ] {
+                        assert!(!error_path(input, line, column, message).is_empty());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keys_are_unescaped() {
+        assert_eq!(unescape(br#"a\"b\\c\/d\n\u0041\u00e9\ud83d\ude00"#), "a\"b\\c/d\nAé😀");
+        assert_eq!(unescape(br#"\ud800\u0041\udc00\u12\"#), "\u{fffd}A\u{fffd}\u{fffd}");
     }
 }
