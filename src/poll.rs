@@ -39,9 +39,8 @@ pub struct Feed {
     client: RefCell<FeedClient>,
     set: RefCell<RevocationSet>,
     waiters: RefCell<Vec<SetWaiter>>,
-    /// This worker's gauge slot and the nonce that marks it as ours.
+    /// This worker's gauge slot.
     slot: Cell<Option<u32>>,
-    nonce: u64,
     /// When this worker first polled: the age of a set that never became complete.
     started_ms: Cell<u64>,
     expired_ms: Cell<u64>,
@@ -51,16 +50,12 @@ pub struct Feed {
 
 impl Feed {
     pub fn new(cfg: FeedConfig) -> Feed {
-        use std::hash::BuildHasher;
-        // WASI's random source seeds RandomState: enough to tell this VM's slot from a gone one's.
-        let nonce = std::collections::hash_map::RandomState::new().hash_one(now_ms());
         Feed {
             set: RefCell::new(RevocationSet::new(cfg.max_entries)),
             cfg,
             client: RefCell::new(FeedClient::default()),
             waiters: RefCell::new(Vec::new()),
             slot: Cell::new(None),
-            nonce,
             started_ms: Cell::new(0),
             expired_ms: Cell::new(0),
             usable: Cell::new(true),
@@ -72,6 +67,7 @@ impl Shared {
     /// Decides a verified request's revocation on the set; parks it if the first set is still
     /// coming. Allowlist mode still asks the service once about a token the set cannot vouch
     /// for (is it a registered session?).
+    #[allow(clippy::too_many_arguments)]
     pub fn check_on_set(
         &self,
         feed: &Feed,
@@ -277,10 +273,10 @@ impl Shared {
     fn publish_gauges(&self, feed: &Feed, now: u64) {
         let client = feed.client.borrow();
         let age = if client.ready { client.age_ms(now) } else { now.saturating_sub(feed.started_ms.get()) };
-        let mine = format!("{}|{now}|{age}|{}", feed.nonce, feed.set.borrow().len());
+        let mine = format!("{now}|{age}|{}", feed.set.borrow().len());
         let slot = match feed.slot.get() {
             Some(s) => s,
-            None => match claim_slot(feed.nonce, now) {
+            None => match claim_slot(now) {
                 Some(s) => {
                     feed.slot.set(Some(s));
                     s
@@ -291,7 +287,7 @@ impl Shared {
         let _ = hostcalls::set_shared_data(&slot_key(slot), Some(mine.as_bytes()), None);
         let (mut worst_age, mut most) = (0u64, 0u64);
         for i in 0..SLOTS {
-            if let Some((_, seen, age, entries)) = read_slot(i) {
+            if let Some((seen, age, entries)) = read_slot(i) {
                 if now.saturating_sub(seen) < SLOT_LIFETIME_MS {
                     worst_age = worst_age.max(age);
                     most = most.max(entries);
@@ -316,26 +312,27 @@ fn slot_key(i: u32) -> String {
     format!("jwtguard.feed.slot.{i}")
 }
 
-/// (nonce, last seen ms, age ms, entries) of slot `i`.
-fn read_slot(i: u32) -> Option<(u64, u64, u64, u64)> {
+/// (last seen ms, age ms, entries) of slot `i`.
+fn read_slot(i: u32) -> Option<(u64, u64, u64)> {
     let (bytes, _) = hostcalls::get_shared_data(&slot_key(i)).ok()?;
     let text = String::from_utf8(bytes?).ok()?;
     let mut parts = text.split('|').map(|p| p.parse::<u64>().ok());
-    Some((parts.next()??, parts.next()??, parts.next()??, parts.next()??))
+    Some((parts.next()??, parts.next()??, parts.next()??))
 }
 
-/// Claims a free slot (never written, or left by a gone VM) with compare-and-swap.
-fn claim_slot(nonce: u64, now: u64) -> Option<u32> {
+/// Claims a free slot (never written, or left by a VM that is gone) with compare-and-swap; a
+/// live VM refreshes its slot every tick, so it is never taken from under it.
+fn claim_slot(now: u64) -> Option<u32> {
     for i in 0..SLOTS {
         let (bytes, cas) = hostcalls::get_shared_data(&slot_key(i)).ok()?;
         let free = match bytes.and_then(|b| String::from_utf8(b).ok()) {
             None => true,
             Some(text) => {
-                let seen = text.split('|').nth(1).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+                let seen = text.split('|').next().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
                 now.saturating_sub(seen) >= SLOT_LIFETIME_MS
             }
         };
-        let claim = format!("{nonce}|{now}|0|0");
+        let claim = format!("{now}|0|0");
         if free && hostcalls::set_shared_data(&slot_key(i), Some(claim.as_bytes()), cas).is_ok() {
             return Some(i);
         }

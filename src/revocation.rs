@@ -8,7 +8,6 @@
 //! until the token's `exp`. Nothing is used past the token's `exp`.
 
 use crate::reason::Reason;
-use jwtguard_wire::{InactiveReason, StatusResponse};
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,13 +195,15 @@ pub enum Failure {
 pub fn read_answer(status: Option<u16>, body: Option<&[u8]>) -> Result<Known, Failure> {
     match status {
         Some(200) => {
-            let answer: StatusResponse =
-                body.and_then(|b| serde_json::from_slice(b).ok()).ok_or(Failure::Unavailable)?;
-            Ok(match (answer.active, answer.reason) {
-                (true, _) => Known::Active,
-                (false, Some(InactiveReason::NoSession)) => Known::NoSession,
-                (false, _) => Known::Revoked,
-            })
+            // `jwtguard_wire::StatusResponse`, read with the strict reader the filter already
+            // has (serde's derive would add to the .wasm).
+            let answer = body.and_then(|b| crate::strict_json::parse_object(b).ok()).ok_or(Failure::Unavailable)?;
+            match (answer.get("active").and_then(Value::as_bool), answer.get("reason").and_then(Value::as_str)) {
+                (Some(true), _) => Ok(Known::Active),
+                (Some(false), Some("no_session")) => Ok(Known::NoSession),
+                (Some(false), _) => Ok(Known::Revoked),
+                (None, _) => Err(Failure::Unavailable),
+            }
         }
         Some(504) => Err(Failure::Timeout),
         _ => Err(Failure::Unavailable),
@@ -371,6 +372,21 @@ mod tests {
         );
         let bare = Identity::from_claims(json!({"sub": "bob"}).as_object().unwrap());
         assert_eq!(status_path("/s", &bare, Mode::Allowlist), "/s?sub=bob&mode=allowlist");
+    }
+
+    /// The reader agrees with the wire type the service writes.
+    #[test]
+    fn reads_every_status_the_service_writes() {
+        use jwtguard_wire::{InactiveReason, StatusResponse};
+        for (answer, known) in [
+            (StatusResponse { active: true, reason: None }, Known::Active),
+            (StatusResponse { active: false, reason: Some(InactiveReason::Revoked) }, Known::Revoked),
+            (StatusResponse { active: false, reason: Some(InactiveReason::SubjectRevoked) }, Known::Revoked),
+            (StatusResponse { active: false, reason: Some(InactiveReason::NoSession) }, Known::NoSession),
+        ] {
+            let body = serde_json::to_vec(&answer).unwrap();
+            assert_eq!(read_answer(Some(200), Some(&body)), Ok(known), "{answer:?}");
+        }
     }
 
     #[test]
