@@ -74,6 +74,32 @@ impl RedisServer {
         cli(self.port, args)
     }
 
+    /// A replica of `primary` (`--replicaof`); waits until its link to the primary is up.
+    pub fn start_replica(dir: &Path, primary: &RedisServer) -> RedisServer {
+        let port = primary.port.to_string();
+        let replica = RedisServer::start(dir, &["--replicaof", "127.0.0.1", &port]);
+        wait_for("the replica's link to its primary", Duration::from_secs(20), || {
+            replica.cli(&["INFO", "replication"]).contains("master_link_status:up").then_some(())
+        });
+        replica
+    }
+
+    /// Freezes the process (SIGSTOP): it holds its connections but answers nothing, as a hung
+    /// node would. `resume` (SIGCONT) lets it go on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running server");
+        let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill {signal} {}", child.id());
+    }
+
     /// Kills the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -166,6 +192,26 @@ impl RedisCluster {
             });
             (ok && linked).then_some(())
         });
+    }
+
+    /// The index of a replica of the node at `primary` (from `CLUSTER NODES`).
+    pub fn replica_of(&self, primary: usize) -> usize {
+        let live = self.nodes.iter().find(|n| n.child.is_some()).expect("a live node");
+        let nodes = live.cli(&["CLUSTER", "NODES"]);
+        let port_of =
+            |f: &[&str]| f.get(1).and_then(|a| a.split(['@', ':']).nth(1)).and_then(|p| p.parse::<u16>().ok());
+        let lines: Vec<Vec<&str>> = nodes.lines().map(|l| l.split_whitespace().collect()).collect();
+        let primary_id = lines
+            .iter()
+            .find(|f| port_of(f) == Some(self.nodes[primary].port))
+            .map(|f| f[0])
+            .expect("the primary in CLUSTER NODES");
+        let port = lines
+            .iter()
+            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == primary_id)
+            .and_then(|f| port_of(f))
+            .expect("a replica of the primary");
+        self.nodes.iter().position(|n| n.port == port).expect("a node of ours")
     }
 
     /// The index of the node that is primary for `key` now.

@@ -4,6 +4,8 @@
 mod api;
 mod auth;
 mod client;
+mod form;
+mod keys;
 mod store;
 mod token;
 mod validate;

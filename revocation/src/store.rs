@@ -1,21 +1,25 @@
 //! Revocation state in Redis, standalone or Cluster.
 //!
-//! Keys (hash tags keep each request on one shard per identifier):
-//! - `P:jti:{JTI}` — a revoked token, expiring with the token (`SET … EXAT`).
-//! - `P:cut:{SUB}:ISS` — "log out everywhere": tokens of SUB issued before this time are revoked;
-//!   `ISS` empty means every issuer. Only moves forward; expires after the maximum token lifetime.
-//! - `P:ses:{SUB}` (zset, registration order), `P:sesexp:{SUB}` (hash jti → exp), `P:seq:{SUB}`
-//!   — the allowlist of live sessions; `P:sidx:{JTI}` → SUB, to end a session by `jti`.
+//! Keys (built in `keys`, hash tags keep each request on one shard per identifier):
+//! - `jti` — a revoked token, expiring with the token (`SET … EXAT`).
+//! - `cut` — "log out everywhere": tokens of a subject issued before this time are revoked, for
+//!   one issuer or every issuer. Only moves forward; expires after the maximum token lifetime.
+//! - `ses` (zset, registration order), `sesexp` (hash jti → exp), `seq` — the allowlist of a
+//!   subject's live sessions; `sidx` (jti → subject), to end a session by `jti`.
 //!
 //! A status check reads at most two shards (the `jti`'s and the subject's), in parallel. Every
-//! write goes to its key's primary in one pipeline with `WAIT` when replicas must acknowledge it.
+//! write goes to its key's primary in one pipeline with `WAIT` when replicas must acknowledge it,
+//! on connections of their own so that reads never wait behind a WAIT.
 
+use crate::keys::Keys;
 use jwtguard_wire::{InactiveReason, StatusResponse};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Pipeline, RedisResult, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How the service reaches Redis, with explicit bounds on every call: the crate's defaults retry
@@ -67,9 +71,18 @@ enum Connection {
     Cluster(ClusterConnection),
 }
 
+/// Connections for writes: WAIT blocks the connection it is sent on until the replicas answer or
+/// the wait times out, so writes have their own, a few so concurrent writes do not queue behind
+/// one another's waits. Any other blocking command belongs there too, never on `reads`.
+const WRITE_CONNECTIONS: usize = 4;
+
 #[derive(Clone)]
 pub struct Store {
-    conn: Connection,
+    /// Status reads and everything else that never blocks.
+    reads: Connection,
+    writes: Arc<Vec<Connection>>,
+    next_write: Arc<AtomicUsize>,
+    keys: Keys,
     options: RedisOptions,
 }
 
@@ -125,18 +138,37 @@ return redis.call('HDEL', KEYS[2], ARGV[1])";
 
 impl Store {
     pub async fn connect(options: RedisOptions) -> Result<Store, StoreError> {
+        // A write that waits is answered only after WAIT returns: allow for the wait on top of the
+        // ordinary bound, or every slow acknowledgement would look like a dead Redis.
+        let write_timeout = if options.min_replicas_ack > 0 {
+            options.response_timeout + options.wait_timeout
+        } else {
+            options.response_timeout
+        };
+        let reads = Self::open(&options, options.response_timeout).await?;
+        let mut writes = Vec::with_capacity(WRITE_CONNECTIONS);
+        for _ in 0..WRITE_CONNECTIONS {
+            writes.push(Self::open(&options, write_timeout).await?);
+        }
+        let keys = Keys::new(&options.prefix);
+        Ok(Store { reads, writes: Arc::new(writes), next_write: Arc::new(AtomicUsize::new(0)), keys, options })
+    }
+
+    /// One connection (per node, in a cluster) of its own: redis-rs multiplexes every command
+    /// given to a connection onto one socket, so sharing it would share its waits.
+    async fn open(options: &RedisOptions, response_timeout: Duration) -> Result<Connection, StoreError> {
         let certs = |ca: &Vec<u8>| redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) };
-        let conn = if options.cluster {
+        if options.cluster {
             let mut builder = ClusterClientBuilder::new(options.urls.clone())
                 .retries(options.retries)
                 .min_retry_wait(10)
                 .max_retry_wait(200)
                 .connection_timeout(options.connect_timeout)
-                .response_timeout(options.response_timeout);
+                .response_timeout(response_timeout);
             if let Some(ca) = &options.ca_pem {
                 builder = builder.certs(certs(ca));
             }
-            Connection::Cluster(builder.build()?.get_async_connection().await?)
+            Ok(Connection::Cluster(builder.build()?.get_async_connection().await?))
         } else {
             let url = options.urls.first().ok_or_else(|| StoreError::Unavailable("no Redis URL".into()))?;
             let client = match &options.ca_pem {
@@ -147,36 +179,21 @@ impl Store {
                 .set_number_of_retries(options.retries as usize)
                 .set_max_delay(Duration::from_millis(200))
                 .set_connection_timeout(Some(options.connect_timeout))
-                .set_response_timeout(Some(options.response_timeout));
-            Connection::Standalone(client.get_connection_manager_with_config(config).await?)
-        };
-        Ok(Store { conn, options })
+                .set_response_timeout(Some(response_timeout));
+            Ok(Connection::Standalone(client.get_connection_manager_with_config(config).await?))
+        }
     }
 
-    fn key(&self, kind: &str, tag: &str, rest: &str) -> String {
-        format!("{}:{kind}:{{{tag}}}{rest}", self.options.prefix)
+    /// The next write connection, in turn: concurrent writes wait side by side, not in a queue.
+    fn write_connection(&self) -> &Connection {
+        &self.writes[self.next_write.fetch_add(1, Ordering::Relaxed) % self.writes.len()]
     }
 
-    pub fn jti_key(&self, jti: &str) -> String {
-        self.key("jti", jti, "")
-    }
-
-    fn cutoff_key(&self, sub: &str, iss: Option<&str>) -> String {
-        self.key("cut", sub, &format!(":{}", iss.unwrap_or("")))
-    }
-
-    fn session_keys(&self, sub: &str) -> [String; 3] {
-        [self.key("ses", sub, ""), self.key("sesexp", sub, ""), self.key("seq", sub, "")]
-    }
-
-    fn session_index_key(&self, jti: &str) -> String {
-        self.key("sidx", jti, "")
-    }
-
-    /// Runs `pipe` on the primary that owns `key`'s slot (in a cluster) and records its latency.
-    async fn run(&self, op: &'static str, key: &str, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+    /// Runs `pipe` on `conn`, on the primary that owns `key`'s slot (in a cluster), and records
+    /// its latency.
+    async fn run(&self, conn: &Connection, op: &'static str, key: &str, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
         let started = Instant::now();
-        let result = match self.conn.clone() {
+        let result = match conn.clone() {
             Connection::Standalone(mut c) => pipe.query_async(&mut c).await,
             Connection::Cluster(mut c) => {
                 let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
@@ -190,14 +207,20 @@ impl Store {
         result
     }
 
+    /// A read on the request path: never behind a write's WAIT.
+    async fn read(&self, op: &'static str, key: &str, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        self.run(&self.reads, op, key, pipe).await
+    }
+
     /// A write: `pipe`, then `WAIT` for the configured replicas, all in one round trip to the
-    /// key's primary. Answers only once the write is as durable as configured.
+    /// key's primary, on a write connection (WAIT blocks the connection it is sent on). Answers
+    /// only once the write is as durable as configured.
     async fn write(&self, op: &'static str, key: &str, mut pipe: Pipeline) -> Result<Vec<Value>, StoreError> {
         let required = self.options.min_replicas_ack;
         if required > 0 {
             pipe.cmd("WAIT").arg(required).arg(self.options.wait_timeout.as_millis() as u64);
         }
-        let mut values = self.run(op, key, &pipe).await?;
+        let mut values = self.run(self.write_connection(), op, key, &pipe).await?;
         if required > 0 {
             let acked = match values.pop() {
                 Some(Value::Int(n)) => n,
@@ -212,7 +235,7 @@ impl Store {
 
     /// Revokes `jti` until `until` (seconds since the epoch). Idempotent.
     pub async fn revoke_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
-        let key = self.jti_key(jti);
+        let key = self.keys.jti(jti);
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&key).arg(1).arg("EXAT").arg(until).ignore();
         self.write("revoke", &key, pipe).await.map(|_| ())
@@ -227,7 +250,7 @@ impl Store {
         issued_before: u64,
         ttl: u64,
     ) -> Result<u64, StoreError> {
-        let key = self.cutoff_key(sub, iss);
+        let key = self.keys.cutoff(sub, iss);
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL").arg(CUTOFF_SCRIPT).arg(1).arg(&key).arg(issued_before).arg(ttl.max(1));
         let values = self.write("revoke_subject", &key, pipe).await?;
@@ -248,15 +271,15 @@ impl Store {
         ttl: u64,
     ) -> Result<Vec<String>, StoreError> {
         // The index first: a session whose index is missing could not be ended by jti.
-        let index = self.session_index_key(jti);
+        let index = self.keys.session_index(jti);
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&index).arg(sub).arg("EXAT").arg(exp).ignore();
         self.write("session_index", &index, pipe).await?;
-        let [ses, sesexp, seq] = self.session_keys(sub);
+        let s = self.keys.sessions(sub);
         let mut pipe = redis::pipe();
-        pipe.cmd("EVAL").arg(REGISTER_SCRIPT).arg(3).arg(&ses).arg(&sesexp).arg(&seq);
+        pipe.cmd("EVAL").arg(REGISTER_SCRIPT).arg(3).arg(&s.order).arg(&s.expiry).arg(&s.seq);
         pipe.arg(jti).arg(exp).arg(now).arg(limit).arg(ttl.max(1));
-        let values = self.write("session_register", &ses, pipe).await?;
+        let values = self.write("session_register", &s.order, pipe).await?;
         Ok(match values.into_iter().next() {
             Some(Value::Array(items)) => items.into_iter().filter_map(|v| redis::from_redis_value(v).ok()).collect(),
             _ => Vec::new(),
@@ -265,20 +288,20 @@ impl Store {
 
     /// Ends the session `jti`; `false` if there was none.
     pub async fn end_session(&self, jti: &str) -> Result<bool, StoreError> {
-        let index = self.session_index_key(jti);
+        let index = self.keys.session_index(jti);
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(&index);
-        let sub: Option<String> = match self.run("session_lookup", &index, &pipe).await?.into_iter().next() {
+        let sub: Option<String> = match self.read("session_lookup", &index, &pipe).await?.into_iter().next() {
             Some(v) => redis::from_redis_value(v).ok(),
             None => None,
         };
         let Some(sub) = sub else {
             return Ok(false);
         };
-        let [ses, sesexp, _] = self.session_keys(&sub);
+        let s = self.keys.sessions(&sub);
         let mut pipe = redis::pipe();
-        pipe.cmd("EVAL").arg(END_SCRIPT).arg(2).arg(&ses).arg(&sesexp).arg(jti);
-        let values = self.write("session_end", &ses, pipe).await?;
+        pipe.cmd("EVAL").arg(END_SCRIPT).arg(2).arg(&s.order).arg(&s.expiry).arg(jti);
+        let values = self.write("session_end", &s.order, pipe).await?;
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(&index).ignore();
         self.write("session_index", &index, pipe).await?;
@@ -289,14 +312,14 @@ impl Store {
     pub async fn status(&self, q: &StatusQuery, now: u64) -> Result<StatusResponse, StoreError> {
         let jti_read = |pipe: &mut Pipeline| {
             if let Some(jti) = &q.jti {
-                pipe.cmd("EXISTS").arg(self.jti_key(jti));
+                pipe.cmd("EXISTS").arg(self.keys.jti(jti));
             }
         };
         let subject_read = |pipe: &mut Pipeline| {
             if let Some(sub) = &q.sub {
-                pipe.cmd("MGET").arg(self.cutoff_key(sub, q.iss.as_deref())).arg(self.cutoff_key(sub, None));
+                pipe.cmd("MGET").arg(self.keys.cutoff(sub, q.iss.as_deref())).arg(self.keys.cutoff(sub, None));
                 if q.allowlist {
-                    pipe.cmd("HGET").arg(&self.session_keys(sub)[1]).arg(q.jti.as_deref().unwrap_or(""));
+                    pipe.cmd("HGET").arg(self.keys.sessions(sub).expiry).arg(q.jti.as_deref().unwrap_or(""));
                 }
             }
         };
@@ -306,13 +329,13 @@ impl Store {
         let (mut jti_pipe, mut subject_pipe) = (redis::pipe(), redis::pipe());
         jti_read(&mut jti_pipe);
         subject_read(&mut subject_pipe);
-        let jti_key = q.jti.as_deref().map(|j| self.jti_key(j)).unwrap_or_default();
-        let subject_key = q.sub.as_deref().map(|s| self.cutoff_key(s, None)).unwrap_or_default();
-        match &self.conn {
+        let jti_key = q.jti.as_deref().map(|j| self.keys.jti(j)).unwrap_or_default();
+        let subject_key = q.sub.as_deref().map(|s| self.keys.cutoff(s, None)).unwrap_or_default();
+        match &self.reads {
             Connection::Standalone(_) => {
                 jti_read(&mut subject_pipe);
                 if !subject_pipe.is_empty() {
-                    let mut all = self.run("status", &jti_key, &subject_pipe).await?;
+                    let mut all = self.read("status", &jti_key, &subject_pipe).await?;
                     // Put the jti's answer first, as in the cluster case.
                     if q.jti.is_some() {
                         let jti_value = all.pop();
@@ -329,7 +352,7 @@ impl Store {
                         if pipe.is_empty() {
                             Ok(Vec::new())
                         } else {
-                            self.run(op, &key, &pipe).await
+                            self.read(op, &key, &pipe).await
                         }
                     }
                 };
@@ -364,11 +387,13 @@ impl Store {
         Ok(StatusResponse { active: reason.is_none(), reason })
     }
 
-    /// Readiness: Redis answers and accepts a write (on the shard of the probe key).
+    /// Readiness: Redis answers and accepts a write (on the shard of the probe key). On the read
+    /// connection: it does not wait for replicas, and a replica outage must not make the service
+    /// unready for the reads it can still answer.
     pub async fn ready(&self) -> Result<(), StoreError> {
-        let key = format!("{}:readyz", self.options.prefix);
+        let key = self.keys.ready();
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&key).arg(1).arg("PX").arg(5000).ignore();
-        self.run("ready", &key, &pipe).await.map(|_| ()).map_err(StoreError::from)
+        self.read("ready", &key, &pipe).await.map(|_| ()).map_err(StoreError::from)
     }
 }
