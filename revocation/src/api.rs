@@ -3,7 +3,7 @@
 
 use crate::auth::Credentials;
 use crate::store::{StatusQuery, Store, StoreError};
-use crate::{token, validate};
+use crate::{form, token, validate};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -11,10 +11,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use jwtguard::keys::Key;
-use jwtguard_wire::{Ack, ErrorBody, RevokeRequest, RevokeSubjectRequest, SessionRequest, SessionResponse};
+use jwtguard::strict_json;
+use jwtguard_wire::{Ack, ErrorBody, RevokeSubjectRequest, SessionRequest, SessionResponse};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
-use std::collections::HashMap;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -147,41 +148,70 @@ async fn revoke(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes)
     counted("revoke", revoke_inner(&s, &headers, &body).await.map(Json))
 }
 
+/// The JSON body with a raw token (the document's `RevokeByToken`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeByToken {
+    token: String,
+    #[serde(default)]
+    #[allow(dead_code)] // accepted as RFC 7009 allows; every token is looked up the same way
+    token_type_hint: Option<String>,
+}
+
+/// The JSON body with a token's facts (the document's `RevokeById`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeById {
+    jti: String,
+    exp: u64,
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+}
+
 async fn revoke_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Ack, ApiError> {
     s.authorize_write(headers)?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let request: RevokeRequest = if content_type.starts_with("application/x-www-form-urlencoded") {
-        serde_urlencoded::from_bytes(body).map_err(|e| ApiError::bad_request(format!("form: {e}")))?
-    } else if content_type.starts_with("application/json") {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("JSON: {e}")))?
-    } else {
-        return Err(ApiError::bad_request(
-            "Content-Type must be application/x-www-form-urlencoded or application/json",
-        ));
+    let raw = match media_type(headers).as_str() {
+        // RFC 7009 §2.1: the form carries the token, never its facts.
+        "application/x-www-form-urlencoded" => {
+            let mut fields = form::parse(body, &["token", "token_type_hint"])
+                .map_err(|e| ApiError::bad_request(format!("form: {e}")))?;
+            fields.remove("token").ok_or_else(|| ApiError::bad_request("form: token is required"))?
+        }
+        "application/json" => {
+            let object = strict_json::parse_object(body).map_err(|e| ApiError::bad_request(format!("JSON: {e}")))?;
+            // A `token` member (even null) selects the token shape, whose members alone are allowed.
+            if object.contains_key("token") {
+                let request: RevokeByToken = serde_json::from_value(Value::Object(object))
+                    .map_err(|e| ApiError::bad_request(format!("JSON: {e}")))?;
+                request.token
+            } else {
+                let request: RevokeById = serde_json::from_value(Value::Object(object))
+                    .map_err(|e| ApiError::bad_request(format!("JSON: {e}")))?;
+                if let Some(iss) = &request.iss {
+                    validate::iss(iss).map_err(ApiError::bad_request)?;
+                }
+                if let Some(sub) = &request.sub {
+                    validate::sub(sub).map_err(ApiError::bad_request)?;
+                }
+                return s.revoke_facts(&request.jti, request.exp).await;
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "Content-Type must be application/x-www-form-urlencoded or application/json",
+            ))
+        }
     };
-    match (&request.token, &request.jti) {
-        (Some(raw), None) => {
-            // RFC 7009 §2.2: an invalid or unknown token is answered 200 all the same.
-            let Some(identity) = token::read(raw, s.keys.as_deref()) else {
-                return Ok(Ack { stored: false });
-            };
-            let (Some(jti), Some(exp)) = (identity.jti, identity.exp) else {
-                return Err(ApiError::bad_request("the token has no jti or exp; revoke its subject instead"));
-            };
-            s.revoke_facts(&jti, exp).await
-        }
-        (None, Some(jti)) => {
-            let exp = request.exp.ok_or_else(|| ApiError::bad_request("exp is required with jti"))?;
-            if let Some(iss) = &request.iss {
-                validate::iss(iss).map_err(ApiError::bad_request)?;
-            }
-            if let Some(sub) = &request.sub {
-                validate::sub(sub).map_err(ApiError::bad_request)?;
-            }
-            s.revoke_facts(jti, exp).await
-        }
-        _ => Err(ApiError::bad_request("give exactly one of token and jti")),
-    }
+    // RFC 7009 §2.2: an invalid or unknown token is answered 200 all the same.
+    let Some(identity) = token::read(&raw, s.keys.as_deref()) else {
+        return Ok(Ack { stored: false });
+    };
+    let (Some(jti), Some(exp)) = (identity.jti, identity.exp) else {
+        return Err(ApiError::bad_request("the token has no jti or exp; revoke its subject instead"));
+    };
+    s.revoke_facts(&jti, exp).await
 }
 
 /// `POST /v1/revoke-subject`: log out everywhere.
@@ -237,15 +267,6 @@ async fn end_session_inner(s: &AppState, headers: &HeaderMap, jti: &str) -> Resu
     Ok(Ack { stored: existed })
 }
 
-#[derive(Deserialize)]
-struct StatusParams {
-    jti: Option<String>,
-    sub: Option<String>,
-    iss: Option<String>,
-    iat: Option<String>,
-    mode: Option<String>,
-}
-
 /// `GET /v1/status`: may this token pass?
 async fn status(State(s): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     counted("status", status_inner(&s, &headers, query.as_deref().unwrap_or("")).await.map(Json))
@@ -259,33 +280,26 @@ async fn status_inner(
     if let Some(readers) = &s.readers {
         s.check(readers, headers)?;
     }
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(query).map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
-    let mut raw = HashMap::new();
-    for (name, value) in pairs {
-        if raw.insert(name.clone(), value).is_some() {
-            return Err(ApiError::bad_request(format!("parameter {name:?} is repeated")));
-        }
-    }
-    let get = |k: &str| raw.get(k).cloned();
-    let p = StatusParams { jti: get("jti"), sub: get("sub"), iss: get("iss"), iat: get("iat"), mode: get("mode") };
-    let allowlist = match p.mode.as_deref() {
+    // Unknown names are refused too: a misspelt `jti` must not be answered "active".
+    let mut p = form::parse(query.as_bytes(), &["jti", "sub", "iss", "iat", "mode"])
+        .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let allowlist = match p.get("mode").map(String::as_str) {
         None | Some("denylist") => false,
         Some("allowlist") => true,
         Some(other) => return Err(ApiError::bad_request(format!("unknown mode {other:?}"))),
     };
-    for (check, value) in
-        [(validate::jti as fn(&str) -> Result<&str, String>, &p.jti), (validate::sub, &p.sub), (validate::iss, &p.iss)]
+    for (name, check) in
+        [("jti", validate::jti as fn(&str) -> Result<&str, String>), ("sub", validate::sub), ("iss", validate::iss)]
     {
-        if let Some(v) = value {
+        if let Some(v) = p.get(name) {
             check(v).map_err(ApiError::bad_request)?;
         }
     }
-    let iat = match p.iat.as_deref() {
+    let iat = match p.get("iat") {
         None => None,
-        Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request("iat must be seconds since the epoch"))?),
+        Some(v) => Some(seconds(v).ok_or_else(|| ApiError::bad_request("iat must be seconds since the epoch"))?),
     };
-    let query = StatusQuery { jti: p.jti, sub: p.sub, iss: p.iss, iat, allowlist };
+    let query = StatusQuery { jti: p.remove("jti"), sub: p.remove("sub"), iss: p.remove("iss"), iat, allowlist };
     s.bounded(s.store.status(&query, now())).await
 }
 
@@ -296,10 +310,38 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// Seconds as the document's integer: decimal digits only (`str::parse` would also take "+5").
+fn seconds(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The request's media type, lowercase, without parameters (`; charset=…`).
+fn media_type(headers: &HeaderMap) -> String {
+    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    value.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
 fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !content_type.starts_with("application/json") {
+    if media_type(headers) != "application/json" {
         return Err(ApiError::bad_request("Content-Type must be application/json"));
     }
+    // The wire types refuse unknown and repeated members.
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_digits_only() {
+        assert_eq!(seconds("0"), Some(0));
+        assert_eq!(seconds("18446744073709551615"), Some(u64::MAX));
+        for bad in ["", "+5", "-1", " 1", "1.5", "1e3", "18446744073709551616"] {
+            assert_eq!(seconds(bad), None, "{bad:?}");
+        }
+    }
 }

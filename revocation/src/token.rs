@@ -40,6 +40,9 @@ mod tests {
             (Some("j1"), Some(99), Some("alice"), Some("i"))
         );
         assert_eq!(read(&unsigned(r#"{"exp":"soon"}"#), None).unwrap().exp, None);
+        // Fractional NumericDates (RFC 7519 §2) as the filter reads them: whole seconds.
+        let id = read(&unsigned(r#"{"jti":"j","exp":1700000095.5,"iat":1700000000.9}"#), None).unwrap();
+        assert_eq!((id.exp, id.iat), (Some(1_700_000_095), Some(1_700_000_000)));
         assert!(read("garbage", None).is_none());
         assert!(read(&unsigned(r#"{"jti":"a","jti":"b"}"#), None).is_none());
     }
