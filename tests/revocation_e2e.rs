@@ -1,5 +1,6 @@
-//! End-to-end revocation: the filter in real Envoys, the real service, real Redis (standalone
-//! and a 6-node cluster), and stand-in services for failures the real one cannot produce.
+//! End-to-end revocation with `source: status` (a callout per token, cached): the filter in
+//! real Envoys, the real service, real Redis (standalone and a 6-node cluster), and stand-in
+//! services for failures the real one cannot produce. The feed source: tests/feed_e2e.rs.
 
 mod support;
 
@@ -26,7 +27,7 @@ fn plugin(key: &KeyPair, revocation: Value, extra_rules: Value) -> Value {
     let mut rules = extra_rules.as_array().cloned().unwrap_or_default();
     rules.push(json!({"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}));
     let mut rev = json!({
-        "cluster": "revocation", "authority": "revocation", "timeout_ms": 200,
+        "cluster": "revocation", "authority": "revocation", "timeout_ms": 200, "source": "status",
         "credential": STATUS, "revoke_credential": WRITE, "cache_ttl_ms": TTL_MS,
         "logout_path": "/logout", "logout_all_path": "/logout-all"
     });
@@ -357,7 +358,8 @@ fn a_cluster_primary_killed_during_traffic_never_lets_a_revoked_token_through() 
         .send_string(&json!({"jti": "h-revoked", "exp": now() + 600}).to_string())
         .expect("revoke");
     assert_eq!(r.status(), 200);
-    let victim = cluster.primary_for("jwtguard:jti:{h-revoked}");
+    // The service's key for a jti: the identifier base64url-encoded in the hash tag.
+    let victim = cluster.primary_for(&format!("jwtguard:jti:{{~{}}}", support::tokens::encode(b"h-revoked")));
     cluster.nodes[victim].kill();
     let killed = Instant::now();
     let mut recovered = None;

@@ -1,18 +1,28 @@
 //! The revocation service against real Redis (standalone and a 6-node cluster) that the tests
 //! start on free ports: every endpoint and error path, TTLs, credentials, and failover.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use jsonwebtoken::Algorithm;
+use jwtguard::claims::ClaimPolicy;
+use jwtguard::revocation::{status_path, Identity, Mode};
 use jwtguard_demo::redis::{key_slot, RedisCluster, RedisServer};
 use jwtguard_demo::service::Service;
 use jwtguard_demo::tokens::{now, KeyPair};
 use jwtguard_demo::{scratch_dir, wait_for};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const WRITE: &str = "write-credential";
 const STATUS: &str = "status-credential";
 const MAX_LIFETIME: u64 = 3600;
+
+/// A key as the service names it (docs/revocation-service.md): each part `~` + base64url.
+fn redis_key(kind: &str, id: &str) -> String {
+    format!("jwtguard:{kind}:{{~{}}}", URL_SAFE_NO_PAD.encode(id))
+}
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jwtguard-revocation"))
@@ -77,6 +87,22 @@ fn status(svc: &Service, query: &str) -> Value {
     r.json()
 }
 
+/// The status request the filter sends for a token with `claims` (its own identity reader and
+/// query encoding), and the answer.
+fn filter_status(svc: &Service, claims: Value, mode: Mode) -> Value {
+    let identity = Identity::from_claims(claims.as_object().expect("claims"));
+    let r =
+        call("GET", &format!("{}{}", svc.url(), status_path("/v1/status", &identity, mode)), Some(STATUS), None, None);
+    assert_eq!(r.status, 200, "{claims}: {}", r.body);
+    r.json()
+}
+
+fn utf8_percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { char::from(b).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
 /// Reads a key's TTL from whichever node holds it.
 type TtlOf<'a> = &'a dyn Fn(&str) -> i64;
 
@@ -103,7 +129,7 @@ fn exercise_every_endpoint(svc: &Service, keys_dir: &Path, ttl_of: TtlOf) {
     let r = post_json(svc, "/v1/revoke", Some(WRITE), &json!({"jti": "j-1", "exp": t + 600, "sub": "alice"}));
     assert_eq!((r.status, r.json()["stored"].clone()), (200, json!(true)), "{}", r.body);
     assert_eq!(status(svc, "jti=j-1&sub=alice"), json!({"active": false, "reason": "revoked"}));
-    let ttl = ttl_of("jwtguard:jti:{j-1}");
+    let ttl = ttl_of(&redis_key("jti", "j-1"));
     assert!((655..=660).contains(&ttl), "TTL {ttl} should be ~660");
     assert_eq!(
         post_json(svc, "/v1/revoke", Some(WRITE), &json!({"jti": "j-1", "exp": t + 600})).status,
@@ -113,9 +139,9 @@ fn exercise_every_endpoint(svc: &Service, keys_dir: &Path, ttl_of: TtlOf) {
     // exp in the past: nothing to store; far future: clamped to the maximum lifetime.
     let r = post_json(svc, "/v1/revoke", Some(WRITE), &json!({"jti": "old", "exp": t - 3600}));
     assert_eq!((r.status, r.json()["stored"].clone()), (200, json!(false)));
-    assert_eq!(ttl_of("jwtguard:jti:{old}"), -2);
+    assert_eq!(ttl_of(&redis_key("jti", "old")), -2);
     post_json(svc, "/v1/revoke", Some(WRITE), &json!({"jti": "far", "exp": t + 10 * MAX_LIFETIME}));
-    assert!(ttl_of("jwtguard:jti:{far}") <= (MAX_LIFETIME + 60) as i64);
+    assert!(ttl_of(&redis_key("jti", "far")) <= (MAX_LIFETIME + 60) as i64);
 
     // RFC 7009 form with a raw token; invalid tokens are answered 200 and store nothing.
     let key = KeyPair::load_or_generate(keys_dir, Algorithm::RS256, "svc");
@@ -139,7 +165,7 @@ fn exercise_every_endpoint(svc: &Service, keys_dir: &Path, ttl_of: TtlOf) {
     // Bad input never reaches Redis.
     for (body, ct) in [
         ("{not json", "application/json"),
-        (r#"{"jti": "has space", "exp": 1}"#, "application/json"),
+        (r#"{"jti": "has\u0001control", "exp": 1}"#, "application/json"),
         (r#"{"jti": "x"}"#, "application/json"),
         (r#"{"jti": "x", "exp": 1, "extra": 1}"#, "application/json"),
         (r#"{"jti": "x", "exp": "soon"}"#, "application/json"),
@@ -158,7 +184,7 @@ fn exercise_every_endpoint(svc: &Service, keys_dir: &Path, ttl_of: TtlOf) {
     );
     let long_jti = json!({"jti": "x".repeat(300), "exp": t + 10});
     assert_eq!(post_json(svc, "/v1/revoke", Some(WRITE), &long_jti).status, 400);
-    for q in ["iat=x&jti=a", "iat=&jti=a", "jti=a&jti=b", "jti=a&mode=other", "jti=a%20b", "sub=%01", "iss="] {
+    for q in ["iat=x&jti=a", "iat=&jti=a", "jti=a&jti=b", "jti=a&mode=other", "jti=a%01b", "sub=%01", "iss="] {
         let r = call("GET", &format!("{url}/v1/status?{q}"), Some(STATUS), None, None);
         assert_eq!(r.status, 400, "{q}: {}", r.body);
     }
@@ -174,7 +200,7 @@ fn exercise_every_endpoint(svc: &Service, keys_dir: &Path, ttl_of: TtlOf) {
     post_json(svc, "/v1/revoke-subject", Some(WRITE), &json!({"sub": "dave", "iss": "https://a", "issued_before": t}));
     assert_eq!(status(svc, &format!("jti=d1&sub=dave&iss=https://a&iat={}", t - 1))["reason"], "subject_revoked");
     assert_eq!(status(svc, &format!("jti=d2&sub=dave&iss=https://b&iat={}", t - 1))["active"], true);
-    let cut_ttl = ttl_of("jwtguard:cut:{carol}:");
+    let cut_ttl = ttl_of(&redis_key("cut", "carol"));
     assert!(cut_ttl > 0 && cut_ttl <= (MAX_LIFETIME + 60) as i64, "cutoff TTL {cut_ttl}");
     assert_eq!(post_json(svc, "/v1/revoke-subject", Some(WRITE), &json!({"sub": ""})).status, 400);
 
@@ -194,6 +220,23 @@ fn exercise_every_endpoint(svc: &Service, keys_dir: &Path, ttl_of: TtlOf) {
     assert_eq!(call("DELETE", &format!("{url}/v1/sessions/s2"), None, None, None).status, 401);
     let expired = post_json(svc, "/v1/sessions", Some(WRITE), &json!({"jti": "s3", "sub": "erin", "exp": t - 1}));
     assert_eq!((expired.status, expired.json()["stored"].clone()), (200, json!(false)));
+
+    // Identifiers holding key syntax reach their own keys only, and a subject's keys stay on one
+    // shard (a raw `}` once cut the hash tag short: the session script then failed CROSSSLOT).
+    let asked = |claims: Value| filter_status(svc, claims, Mode::Denylist);
+    for (i, sub) in ["}x", "{}", "{a}", "x}:{y"].into_iter().enumerate() {
+        let jti = format!("brace }}{{ {i} é");
+        let r = post_json(svc, "/v1/sessions", Some(WRITE), &json!({"jti": jti, "sub": sub, "exp": t + 600}));
+        assert_eq!((r.status, r.json()["stored"].clone()), (200, json!(true)), "{sub}: {}", r.body);
+        let claims = json!({"jti": jti, "sub": sub});
+        assert_eq!(filter_status(svc, claims.clone(), Mode::Allowlist)["active"], true, "{sub}");
+        let path = format!("{url}/v1/sessions/{}", utf8_percent_encode(&jti));
+        assert_eq!(call("DELETE", &path, Some(WRITE), None, None).json()["stored"], true, "{sub}");
+        assert_eq!(filter_status(svc, claims.clone(), Mode::Allowlist)["reason"], "no_session", "{sub}");
+        let r = post_json(svc, "/v1/revoke", Some(WRITE), &json!({"jti": jti, "exp": t + 600}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(asked(claims)["reason"], "revoked", "{sub}");
+    }
 
     let metrics = call("GET", &format!("{url}/metrics"), None, None, None).body;
     assert!(metrics.contains("jwtguard_revocation_requests_total{endpoint=\"revoke\",outcome=\"200\"}"), "{metrics}");
@@ -434,7 +477,7 @@ fn acknowledged_revocations_survive_a_primary_failover() {
         &args(&cluster.urls(), true, &["--min-replicas-ack", "1", "--wait-timeout-ms", "100"]),
     )
     .expect("service");
-    let jti_key = |jti: &str| format!("jwtguard:jti:{{{jti}}}");
+    let jti_key = |jti: &str| redis_key("jti", jti);
     let victim = cluster.primary_for(&jti_key("f-0"));
     let victim_slot = key_slot(&jti_key("f-0"));
     let victim_ranges = cluster.original_slots[victim].clone();
@@ -484,4 +527,277 @@ fn acknowledged_revocations_survive_a_primary_failover() {
     for jti in &acknowledged {
         assert_eq!(status(&svc, &format!("jti={jti}"))["reason"], "revoked", "{jti} was acknowledged and lost");
     }
+}
+
+/// `P:cut:{SUB}:ISS` with raw parts meant both "X}:evil, every issuer" and "X, issuer evil}:":
+/// logging the first out logged the second out too.
+#[test]
+fn a_subject_holding_key_syntax_reaches_no_other_subject() {
+    let dir = scratch_dir("revocation", "keysyntax");
+    let redis = RedisServer::start(&dir, &[]);
+    let svc = Service::start(&bin(), &dir, &args(&[redis.url()], false, &[])).expect("service");
+    let t = now();
+    let r = post_json(&svc, "/v1/revoke-subject", Some(WRITE), &json!({"sub": "X}:evil", "issued_before": t}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let asked = |claims: Value| filter_status(&svc, claims, Mode::Denylist);
+    assert_eq!(asked(json!({"sub": "X}:evil", "iat": t - 5}))["reason"], "subject_revoked");
+    assert_eq!(asked(json!({"sub": "X", "iss": "evil}:", "iat": t - 5}))["active"], true, "another subject's cutoff");
+    assert_eq!(redis.cli(&["EXISTS", &redis_key("cut", "X}:evil")]), "1", "the documented key name");
+    let r =
+        post_json(&svc, "/v1/revoke-subject", Some(WRITE), &json!({"sub": "X", "iss": "evil}:", "issued_before": t}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(redis.cli(&["DBSIZE"]), "2", "two subjects, two cutoffs");
+}
+
+/// Whatever the filter accepts can be revoked by token (RFC 7009 form and the CLI) and is then
+/// refused: fractional NumericDates (RFC 7519 §2 allows them), identifiers with spaces, unicode
+/// and key syntax. The status request is the one the filter builds from the same claims.
+#[test]
+fn a_token_the_filter_accepts_is_revocable_by_token() {
+    let dir = scratch_dir("revocation", "accepted");
+    let redis = RedisServer::start(&dir, &[]);
+    let signer = KeyPair::load_or_generate(&dir, Algorithm::ES256, "accepted");
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [signer.jwk()]}).to_string()).unwrap();
+    let svc = Service::start(&bin(), &dir, &args(&[redis.url()], false, &["--jwks-file", jwks.to_str().unwrap()]))
+        .expect("service");
+    let t = now();
+    let accepted = |claims: &Value| {
+        let policy = ClaimPolicy { require_expiration: true, clock_skew_seconds: 60, ..Default::default() };
+        let verdict = jwtguard::claims::check(claims.as_object().unwrap(), Some("JWT"), &policy, t);
+        assert!(verdict.is_ok(), "the filter refuses {claims}: {verdict:?}");
+    };
+    let exp = (t + 300) as f64 + 0.5;
+    for jti in ["frac-form", "with space", "ünï}:{code"] {
+        let claims = json!({"jti": jti, "sub": "fiona", "iat": t as f64 - 10.25, "exp": exp});
+        accepted(&claims);
+        let form = format!("token={}&token_type_hint=access_token", signer.sign(&claims));
+        let url = format!("{}/v1/revoke", svc.url());
+        let r = call("POST", &url, Some(WRITE), Some("application/x-www-form-urlencoded"), Some(&form));
+        assert_eq!((r.status, r.json()["stored"].clone()), (200, json!(true)), "{jti}: {}", r.body);
+        assert_eq!(filter_status(&svc, claims, Mode::Denylist)["reason"], "revoked", "{jti}");
+    }
+
+    let claims = json!({"jti": "frac-cli", "exp": exp});
+    accepted(&claims);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .env("JWTGUARD_REVOCATION_URL", svc.url())
+            .env("JWTGUARD_REVOCATION_CREDENTIAL", WRITE)
+            .env("JWTGUARD_STATUS_CREDENTIAL", STATUS)
+            .output()
+            .expect("run the CLI");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, out) = cli(&["revoke", "--token", &signer.sign(&claims)]);
+    assert!(ok && out.contains(r#""stored":true"#), "{out}");
+    let (ok, out) = cli(&["status", "--jti", "frac-cli"]);
+    assert!(ok && out.contains(r#""reason":"revoked""#), "{out}");
+
+    // A cutoff against fractional iat: compared as the filter reads it (whole seconds).
+    let r = post_json(&svc, "/v1/revoke-subject", Some(WRITE), &json!({"sub": "gina", "issued_before": t}));
+    assert_eq!(r.json()["issued_before"], t, "{}", r.body);
+    let before = json!({"jti": "g-1", "sub": "gina", "iat": t as f64 - 0.75, "exp": exp});
+    let after = json!({"jti": "g-2", "sub": "gina", "iat": t as f64 + 0.5, "exp": exp});
+    accepted(&before);
+    accepted(&after);
+    assert_eq!(filter_status(&svc, before, Mode::Denylist)["reason"], "subject_revoked");
+    assert_eq!(filter_status(&svc, after, Mode::Denylist)["active"], true, "issued in the cutoff's second");
+}
+
+/// The server refuses every input `openapi.json` forbids, on every endpoint, with the documented
+/// 400 `invalid_request`, and none of them leaves anything in Redis (schemathesis generates
+/// more in tests/openapi.rs; these are the ones that were accepted before).
+#[test]
+fn every_input_the_document_forbids_is_refused_and_stores_nothing() {
+    let dir = scratch_dir("revocation", "forbidden");
+    let redis = RedisServer::start(&dir, &[]);
+    let svc = Service::start(&bin(), &dir, &args(&[redis.url()], false, &[])).expect("service");
+    let exp = now() + 600;
+    let form = "application/x-www-form-urlencoded";
+    let jsn = "application/json";
+    let revoke: Vec<(String, &str)> = vec![
+        // RFC 7009 form: `token` required, `token_type_hint` the only other member.
+        (format!("jti=x&exp={exp}"), form),
+        (format!("token=t&jti=x&exp={exp}"), form),
+        ("token=t&extra=1".into(), form),
+        ("token_type_hint=access_token".into(), form),
+        (String::new(), form),
+        ("token=a&token=b".into(), form),
+        ("token=%FF".into(), form),
+        ("token=%zz".into(), form),
+        // JSON: a raw token alone, or jti and exp (+ iss, sub) alone.
+        (format!(r#"{{"token": "t", "exp": {exp}}}"#), jsn),
+        (r#"{"token": "t", "jti": "x"}"#.into(), jsn),
+        (r#"{"token": "t", "jti": null}"#.into(), jsn),
+        (r#"{"token": null}"#.into(), jsn),
+        (format!(r#"{{"jti": "x", "exp": {exp}, "token_type_hint": "access_token"}}"#), jsn),
+        (format!(r#"{{"jti": "x", "exp": {exp}, "token": null}}"#), jsn),
+        (format!(r#"{{"jti": "x", "exp": {exp}, "unknown": 1}}"#), jsn),
+        (format!(r#"{{"jti": null, "exp": {exp}}}"#), jsn),
+        (format!(r#"{{"jti": "x", "jti": "y", "exp": {exp}}}"#), jsn),
+        (format!(r#"{{"jti": "", "exp": {exp}}}"#), jsn),
+        (format!(r#"{{"jti": "x", "exp": {exp}, "sub": ""}}"#), jsn),
+        (r#"{"jti": "x", "exp": -1}"#.into(), jsn),
+        (format!(r#"{{"jti": "x", "exp": {exp}.5}}"#), jsn),
+        (r#"{"jti": "x", "exp": 18446744073709551616}"#.into(), jsn),
+        (r#"{"jti": "x", "exp": "1"}"#.into(), jsn),
+        ("[]".into(), jsn),
+        (format!(r#"{{"jti": "x", "exp": {exp}}}"#), "application/jsonp"),
+        (format!(r#"{{"jti": "x", "exp": {exp}}}"#), "text/plain"),
+    ];
+    let subject = [
+        r#"{"sub": "a", "unknown": 1}"#,
+        r#"{"sub": "a", "issued_before": -1}"#,
+        r#"{"sub": "a", "issued_before": "1"}"#,
+        r#"{"sub": "a", "iss": ""}"#,
+        r#"{"sub": null}"#,
+        r#"{}"#,
+    ];
+    let sessions = [
+        format!(r#"{{"jti": "s", "sub": "a", "exp": {exp}, "unknown": 1}}"#),
+        r#"{"jti": "s", "sub": "a"}"#.to_string(),
+        r#"{"jti": "s", "sub": "a", "exp": null}"#.to_string(),
+        format!(r#"{{"jti": "s", "sub": "a\u0007", "exp": {exp}}}"#),
+    ];
+    let mut requests: Vec<(String, String, Option<String>, &str)> = Vec::new();
+    for (body, ct) in &revoke {
+        requests.push(("POST".into(), "/v1/revoke".into(), Some(body.clone()), ct));
+    }
+    for body in subject {
+        requests.push(("POST".into(), "/v1/revoke-subject".into(), Some(body.into()), jsn));
+    }
+    for body in sessions {
+        requests.push(("POST".into(), "/v1/sessions".into(), Some(body), jsn));
+    }
+    requests.push((
+        "POST".into(),
+        "/v1/sessions".into(),
+        Some(format!(r#"{{"jti":"s","sub":"a","exp":{exp}}}"#)),
+        form,
+    ));
+    requests.push(("DELETE".into(), "/v1/sessions/a%01b".into(), None, jsn));
+    for q in [
+        "jti=a&unknown=1",
+        "jti=a&jti=b",
+        "iat=%2B5&sub=a",
+        "iat=-1&sub=a",
+        "iat=1.5&sub=a",
+        "mode=",
+        "sub=%FF",
+        "jti=%",
+    ] {
+        requests.push(("GET".into(), format!("/v1/status?{q}"), None, jsn));
+    }
+    for (method, path, body, ct) in &requests {
+        let credential = if method == "GET" { STATUS } else { WRITE };
+        let r = call(method, &format!("{}{path}", svc.url()), Some(credential), Some(ct), body.as_deref());
+        assert_eq!(r.status, 400, "{method} {path} {ct} {body:?}: {}", r.body);
+        assert_eq!(r.json()["error"], "invalid_request", "{path} {body:?}");
+    }
+    assert_eq!(redis.cli(&["DBSIZE"]), "0", "a refused request stored something: {:?}", redis.cli(&["KEYS", "*"]));
+}
+
+/// Times 20 status reads while writes keep waiting for a replica that does not answer (SIGSTOP):
+/// WAIT blocks the connection it is sent on, so a read sharing that connection would wait with
+/// it. Every read must be answered, quickly.
+fn reads_do_not_wait_behind_writes(
+    svc: &Service,
+    primary: &RedisServer,
+    replica: &RedisServer,
+    write: &str,
+    write_body: &(dyn Fn(usize) -> Value + Sync),
+    read: &str,
+) {
+    let r = post_json(svc, write, Some(WRITE), &write_body(0));
+    assert_eq!(r.status, 200, "acknowledged while the replica answers: {}", r.body);
+    replica.pause();
+    let stop = AtomicBool::new(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (writes, reads) = std::thread::scope(|scope| {
+        // Stops the writers however this scope ends, so a failed wait cannot leave them looping.
+        let _stop = StopOnDrop(&stop);
+        let writers: Vec<_> = (0..3)
+            .map(|w| {
+                let stop = &stop;
+                scope.spawn(move || {
+                    let mut statuses = Vec::new();
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        statuses.push(post_json(svc, write, Some(WRITE), &write_body(w * 1000 + statuses.len() + 1)));
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        // WAIT is under way once the primary counts a blocked client.
+        wait_for("a write waiting for its replica", Duration::from_secs(10), || {
+            let info = primary.cli(&["INFO", "clients"]);
+            info.lines().any(|l| l.strip_prefix("blocked_clients:").is_some_and(|n| n != "0")).then_some(())
+        });
+        let reads: Vec<(Duration, Reply)> = (0..20)
+            .map(|_| {
+                let started = Instant::now();
+                let r = call("GET", &format!("{}{read}", svc.url()), Some(STATUS), None, None);
+                (started.elapsed(), r)
+            })
+            .collect();
+        stop.store(true, Ordering::Relaxed);
+        let writes: Vec<Reply> = writers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect();
+        (writes, reads)
+    });
+    replica.resume();
+    for w in &writes {
+        assert_eq!(w.status, 503, "not durable without the replica: {}", w.body);
+    }
+    let max = reads.iter().map(|(took, _)| *took).max().unwrap_or_default();
+    eprintln!("status reads while {} writes waited for a stopped replica: max {max:?}", writes.len());
+    for (took, r) in &reads {
+        assert_eq!(r.status, 200, "a read failed after {took:?} while writes waited: {}", r.body);
+    }
+    assert!(max < Duration::from_millis(250), "a status read took {max:?}");
+}
+
+struct StopOnDrop<'a>(&'a AtomicBool);
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn waiting_args() -> [&'static str; 6] {
+    ["--min-replicas-ack", "1", "--wait-timeout-ms", "2000", "--request-timeout-ms", "5000"]
+}
+
+#[test]
+fn status_reads_never_wait_behind_a_durability_wait() {
+    let dir = scratch_dir("revocation", "waitreads");
+    let primary = RedisServer::start(&dir, &[]);
+    let replica = RedisServer::start_replica(&dir, &primary);
+    let svc = Service::start(&bin(), &dir, &args(&[primary.url()], false, &waiting_args())).expect("service");
+    let exp = now() + 600;
+    let body = |i: usize| json!({"jti": format!("w-{i}"), "exp": exp});
+    reads_do_not_wait_behind_writes(&svc, &primary, &replica, "/v1/revoke", &body, "/v1/status?jti=w-0&sub=someone");
+}
+
+/// The same in a cluster: the writes and the reads go to one shard (one subject's keys), whose
+/// replica is stopped.
+#[test]
+fn status_reads_never_wait_behind_a_durability_wait_in_a_cluster() {
+    let dir = scratch_dir("revocation", "waitreadscluster");
+    let cluster = RedisCluster::start(&dir);
+    let svc = Service::start(&bin(), &dir, &args(&cluster.urls(), true, &waiting_args())).expect("service");
+    let primary = cluster.primary_for(&redis_key("cut", "walter"));
+    let replica = cluster.replica_of(primary);
+    // One issuer per write: a cutoff that does not move writes nothing, and WAIT returns at once.
+    let body = |i: usize| json!({"sub": "walter", "iss": format!("i-{i}")});
+    let read = format!("/v1/status?sub=walter&iss=i-0&iat={}", now() + 5);
+    reads_do_not_wait_behind_writes(
+        &svc,
+        &cluster.nodes[primary],
+        &cluster.nodes[replica],
+        "/v1/revoke-subject",
+        &body,
+        &read,
+    );
 }
