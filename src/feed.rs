@@ -31,8 +31,11 @@ pub struct FeedClient {
     /// Where to continue from; empty before the first answer (the service then sends the whole
     /// live set).
     pub position: String,
-    /// A page with `more: false` was seen: the set holds everything the service knew.
+    /// A page with `more: false` was seen since the start (or the last start over): the set
+    /// holds everything the service knew.
     pub ready: bool,
+    /// The set was complete once: a request then never waits for it again.
+    pub was_ready: bool,
     /// When the last good answer came (ms); 0 before the first.
     pub answered_ms: u64,
     pub in_flight: bool,
@@ -77,10 +80,18 @@ impl FeedClient {
         };
         self.position = response.position;
         self.ready |= !response.more;
+        self.was_ready |= self.ready;
         self.answered_ms = now_ms;
         self.failures = 0;
         self.next_attempt_ms = now_ms;
         Some(response.events)
+    }
+
+    /// Reads the feed again from the beginning (after the set overflowed and entries have
+    /// since expired): the set is incomplete until the replay ends.
+    pub fn start_over(&mut self) {
+        self.position.clear();
+        self.ready = false;
     }
 
     /// Whether the set may decide alone at `now_ms`: complete, and heard from recently.
@@ -160,6 +171,18 @@ mod tests {
         assert_eq!(f.poll_path(&c), "/v1/feed?after=18-3&wait_ms=6000");
         assert!(f.fresh(1_500 + 30_000, &c) && !f.fresh(1_501 + 30_000, &c), "max_staleness");
         assert_eq!(f.age_ms(2_000), 500);
+    }
+
+    #[test]
+    fn starting_over_replays_from_the_beginning() {
+        let c = cfg();
+        let mut f = FeedClient::default();
+        assert!(f.answer(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#), 1_000).is_some());
+        f.start_over();
+        assert!(!f.ready && f.was_ready && !f.fresh(1_000, &c));
+        assert_eq!(f.poll_path(&c), "/v1/feed?wait_ms=0");
+        assert!(f.answer(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#), 1_100).is_some());
+        assert!(f.fresh(1_100, &c));
     }
 
     #[test]

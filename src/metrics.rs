@@ -126,6 +126,14 @@ impl Metrics {
         }
     }
 
+    /// Adds to a counter and hands it to Envoy now: for rare events whose count tests and
+    /// dashboards follow closely (the feed's events, applied once per worker).
+    pub fn add_now(id: u32, n: u32) {
+        if n > 0 {
+            let _ = hostcalls::increment_metric(id, i64::from(n));
+        }
+    }
+
     /// Hands the added-up counts to Envoy.
     pub fn flush(&self, now_ms: u64) {
         self.last_flush_ms.set(now_ms);

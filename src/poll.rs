@@ -107,11 +107,11 @@ impl Shared {
             let allowlist = self.revocation.as_ref().is_some_and(|r| r.mode == Mode::Allowlist);
             return if allowlist { SetAnswer::AskService } else { SetAnswer::Decided(Verdict::Allow) };
         }
-        if !client.ready && feed.cfg.wait_for_set_ms > 0 {
+        if !client.was_ready && feed.cfg.wait_for_set_ms > 0 {
             return SetAnswer::Wait;
         }
         // What the set held is the last answer, for `failure_mode: stale`.
-        let last = client.ready.then_some(Known::Active);
+        let last = client.was_ready.then_some(Known::Active);
         SetAnswer::Decided(revocation::verdict(Err(Failure::Unavailable), failure_mode, last))
     }
 
@@ -184,7 +184,7 @@ impl Shared {
             return;
         };
         self.metrics.add(self.metrics.feed_answers, 1);
-        self.metrics.add(self.metrics.feed_events, u32::try_from(events.len()).unwrap_or(u32::MAX));
+        Metrics::add_now(self.metrics.feed_events, u32::try_from(events.len()).unwrap_or(u32::MAX));
         self.apply(feed, events, now);
         if !was_ready && feed.client.borrow().ready {
             info!("jwtguard: revocation set complete: {} entries", feed.set.borrow().len());
@@ -223,7 +223,15 @@ impl Shared {
         self.release_set_waiters(feed, now, false, dispatch, record);
         if now.saturating_sub(feed.expired_ms.get()) >= EXPIRE_EVERY_MS {
             feed.expired_ms.set(now);
-            feed.set.borrow_mut().expire(now / 1000);
+            let mut set = feed.set.borrow_mut();
+            set.expire(now / 1000);
+            if set.room_to_start_over() {
+                info!(
+                    "jwtguard: revocation set has room again ({} entries); reading the feed from the start",
+                    set.len()
+                );
+                feed.client.borrow_mut().start_over();
+            }
         }
         self.publish_gauges(feed, now);
     }
@@ -273,7 +281,8 @@ impl Shared {
     fn publish_gauges(&self, feed: &Feed, now: u64) {
         let client = feed.client.borrow();
         let age = if client.ready { client.age_ms(now) } else { now.saturating_sub(feed.started_ms.get()) };
-        let mine = format!("{now}|{age}|{}", feed.set.borrow().len());
+        let set = feed.set.borrow();
+        let mine = format!("{now}|{age}|{}|{}", set.len(), u8::from(set.overflowed()));
         let slot = match feed.slot.get() {
             Some(s) => s,
             None => match claim_slot(now) {
@@ -285,18 +294,19 @@ impl Shared {
             },
         };
         let _ = hostcalls::set_shared_data(&slot_key(slot), Some(mine.as_bytes()), None);
-        let (mut worst_age, mut most) = (0u64, 0u64);
+        let (mut worst_age, mut most, mut overflowed) = (0u64, 0u64, 0u64);
         for i in 0..SLOTS {
-            if let Some((seen, age, entries)) = read_slot(i) {
+            if let Some([seen, age, entries, over]) = read_slot(i) {
                 if now.saturating_sub(seen) < SLOT_LIFETIME_MS {
                     worst_age = worst_age.max(age);
                     most = most.max(entries);
+                    overflowed = overflowed.max(over);
                 }
             }
         }
         Metrics::set(self.metrics.feed_age_ms, worst_age);
         Metrics::set(self.metrics.feed_entries, most);
-        Metrics::set(self.metrics.feed_overflowed, u64::from(feed.set.borrow().overflowed()));
+        Metrics::set(self.metrics.feed_overflowed, overflowed);
     }
 }
 
@@ -312,12 +322,12 @@ fn slot_key(i: u32) -> String {
     format!("jwtguard.feed.slot.{i}")
 }
 
-/// (last seen ms, age ms, entries) of slot `i`.
-fn read_slot(i: u32) -> Option<(u64, u64, u64)> {
+/// [last seen ms, age ms, entries, overflowed] of slot `i`.
+fn read_slot(i: u32) -> Option<[u64; 4]> {
     let (bytes, _) = hostcalls::get_shared_data(&slot_key(i)).ok()?;
     let text = String::from_utf8(bytes?).ok()?;
     let mut parts = text.split('|').map(|p| p.parse::<u64>().ok());
-    Some((parts.next()??, parts.next()??, parts.next()??))
+    Some([parts.next()??, parts.next()??, parts.next()??, parts.next()??])
 }
 
 /// Claims a free slot (never written, or left by a VM that is gone) with compare-and-swap; a
@@ -332,7 +342,7 @@ fn claim_slot(now: u64) -> Option<u32> {
                 now.saturating_sub(seen) >= SLOT_LIFETIME_MS
             }
         };
-        let claim = format!("{now}|0|0");
+        let claim = format!("{now}|0|0|0");
         if free && hostcalls::set_shared_data(&slot_key(i), Some(claim.as_bytes()), cas).is_ok() {
             return Some(i);
         }

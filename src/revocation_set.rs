@@ -29,6 +29,8 @@ pub struct RevocationSet {
     revoked: HashMap<String, u64>,
     /// `sub` → its cutoffs (one per issuer named, one for every issuer).
     cutoffs: HashMap<String, Vec<Cutoff>>,
+    /// The number of cutoffs, kept so `len` is cheap (the gauges read it every tick).
+    cutoff_count: usize,
     /// Allowlist mode: `jti` of an ended session → until when that matters.
     ended: HashMap<String, u64>,
     max_entries: usize,
@@ -43,7 +45,7 @@ impl RevocationSet {
 
     /// Entries held now.
     pub fn len(&self) -> usize {
-        self.revoked.len() + self.cutoffs.values().map(Vec::len).sum::<usize>() + self.ended.len()
+        self.revoked.len() + self.cutoff_count + self.ended.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -75,7 +77,10 @@ impl RevocationSet {
                         c.until = c.until.max(until);
                     }
                     None if full => self.overflowed = true,
-                    None => self.cutoffs.entry(sub).or_default().push(Cutoff { iss, before, until }),
+                    None => {
+                        self.cutoffs.entry(sub).or_default().push(Cutoff { iss, before, until });
+                        self.cutoff_count += 1;
+                    }
                 }
             }
         }
@@ -110,12 +115,18 @@ impl RevocationSet {
             list.retain(|c| c.until > now);
             !list.is_empty()
         });
+        self.cutoff_count = self.cutoffs.values().map(Vec::len).sum();
     }
 
-    /// Forgets everything, for a feed that starts over from the beginning.
-    pub fn clear(&mut self) {
-        let max_entries = self.max_entries;
-        *self = RevocationSet::new(max_entries);
+    /// Whether an overflowed set has room again (entries expired) to replay the feed from the
+    /// beginning; if so the overflow is forgotten and the replay tells whether it fits now.
+    /// What it holds stays: a replay on top of it gives the same set (a join).
+    pub fn room_to_start_over(&mut self) -> bool {
+        let room = self.overflowed && self.len() < self.max_entries;
+        if room {
+            self.overflowed = false;
+        }
+        room
     }
 }
 
@@ -224,7 +235,9 @@ mod tests {
         set.apply(revoked("b", 500), 100);
         assert!(set.overflowed());
         assert_eq!(set.check(&id(json!({"jti": "a"})), 200), Some(Known::Revoked), "what it holds still counts");
-        set.clear();
-        assert!(!set.overflowed() && set.is_empty());
+        assert!(!set.room_to_start_over(), "still full");
+        set.expire(550);
+        assert!(set.room_to_start_over() && !set.overflowed());
+        assert!(!set.room_to_start_over(), "once");
     }
 }
