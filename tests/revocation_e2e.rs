@@ -5,7 +5,7 @@
 mod support;
 
 use jsonwebtoken::Algorithm;
-use jwtguard_demo::redis::{RedisCluster, RedisServer};
+use jwtguard_demo::redis::RedisCluster;
 use jwtguard_demo::service::{self, Service};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -14,91 +14,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::echo::Echo;
-use support::envoy::{bootstrap, jwtguard_filter, static_cluster, Envoy, Listener};
+use support::revocation::{self, assert_revoked, envoy, get, post, service_args, token, world, TTL_MS, WRITE};
 use support::tokens::{now, KeyPair};
-use support::{http, scratch_dir, wait_for, Reply};
+use support::{http, scratch_dir, wait_for};
 
-const ISSUER: &str = "https://issuer.test";
-const WRITE: &str = "write-credential";
-const STATUS: &str = "status-credential";
-const TTL_MS: u64 = 1000;
-
+/// The status source, which these tests are about, over `support::revocation::plugin`.
 fn plugin(key: &KeyPair, revocation: Value, extra_rules: Value) -> Value {
-    let mut rules = extra_rules.as_array().cloned().unwrap_or_default();
-    rules.push(json!({"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}));
-    let mut rev = json!({
-        "cluster": "revocation", "authority": "revocation", "timeout_ms": 200, "source": "status",
-        "credential": STATUS, "revoke_credential": WRITE, "cache_ttl_ms": TTL_MS,
-        "logout_path": "/logout", "logout_all_path": "/logout-all"
-    });
-    if let (Some(r), Some(o)) = (rev.as_object_mut(), revocation.as_object()) {
-        for (k, v) in o {
-            r.insert(k.clone(), v.clone());
-        }
-    }
-    json!({
-        "providers": {"main": {"issuer": ISSUER, "local_jwks": {"inline_string": json!({"keys": [key.jwk()]}).to_string()},
-                               "claim_to_headers": [{"header_name": "x-jwt-sub", "claim_name": "sub"}]}},
-        "rules": rules,
-        "revocation": rev
-    })
-}
-
-fn token(key: &KeyPair, sub: &str, jti: &str, iat: u64) -> String {
-    key.sign(&json!({"iss": ISSUER, "sub": sub, "jti": jti, "iat": iat, "exp": now() + 600}))
-}
-
-fn get(envoy: &Envoy, listener: &str, token: &str) -> Reply {
-    http("GET", &envoy.url(listener, "/api"), &[("authorization", &format!("Bearer {token}"))])
-}
-
-fn post(envoy: &Envoy, listener: &str, path: &str, token: &str) -> Reply {
-    http("POST", &envoy.url(listener, path), &[("authorization", &format!("Bearer {token}"))])
-}
-
-fn service_args(redis: &[String], cluster: bool, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = if cluster {
-        vec!["--redis-cluster-node".into(), redis.join(",")]
-    } else {
-        vec!["--redis-url".into(), redis[0].clone()]
-    };
-    a.extend(["--credentials", WRITE, "--status-credentials", STATUS].map(String::from));
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
-
-/// Envoy with one listener per (name, plugin config), its revocation cluster at `service_port`.
-fn envoy(dir: &std::path::Path, name: &str, listeners: &[(&str, Value)], service_port: u16, echo: &Echo) -> Envoy {
-    let sub = dir.join(name);
-    std::fs::create_dir_all(&sub).unwrap();
-    let listeners: Vec<Listener> = listeners
-        .iter()
-        .map(|(l, c)| Listener::to_cluster(l, vec![jwtguard_filter(&format!("{name}-{l}"), c)], "upstream"))
-        .collect();
-    let clusters = [static_cluster("upstream", echo.port), static_cluster("revocation", service_port)];
-    Envoy::start(&sub, &bootstrap(&listeners, &clusters))
-}
-
-fn assert_revoked(reply: &Reply) {
-    assert_eq!(reply.status, 401, "{reply:?}");
-    assert!(reply.header("www-authenticate").unwrap_or("").contains("token revoked"), "{reply:?}");
-}
-
-struct World {
-    dir: std::path::PathBuf,
-    key: KeyPair,
-    echo: Echo,
-    _redis: RedisServer,
-    service: Service,
-}
-
-fn world(name: &str, service_extra: &[&str]) -> World {
-    let dir = scratch_dir(name);
-    let key = KeyPair::generate(&dir, Algorithm::RS256, "k1");
-    let redis = RedisServer::start(&dir, &[]);
-    let service =
-        Service::start(&service::binary(), &dir, &service_args(&[redis.url()], false, service_extra)).expect("service");
-    World { key, echo: Echo::start("127.0.0.1:0").expect("echo"), _redis: redis, service, dir }
+    let mut config = revocation::plugin(key, revocation, extra_rules);
+    config["revocation"]["source"] = json!("status");
+    config
 }
 
 #[test]

@@ -4,6 +4,8 @@
 
 pub use jwtguard_demo::{echo, envoy, tokens, wait_for};
 
+pub mod revocation;
+
 use std::time::Duration;
 
 /// A fresh directory under `target/e2e/` for one test's files.

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 const ISSUER: &str = "https://bench.jwtguard.local";
 const HS_SECRET: &str = "a-benchmark-hmac-secret-of-32-bytes!";
+/// The listener of the revocation-feed variant.
+const FEED_VARIANT: &str = "rev_feed";
 
 struct Variant {
     name: String,
@@ -172,11 +174,11 @@ fn filter(seconds: u32, rounds: usize) {
     let service_args: Vec<String> =
         ["--redis-url", &redis.url(), "--credentials", "w", "--status-credentials", "s"].map(String::from).to_vec();
     let service = Service::start(&service_bin, &dir, &service_args).unwrap_or_else(|e| panic!("service: {e}"));
-    let with_revocation = |ttl_ms: u64, cache_size: usize| {
+    let with_revocation = |source: &str, ttl_ms: u64, cache_size: usize| {
         let mut c = jwtguard_config(&public_jwks, true);
         c["providers"]["bench"]["jwt_cache_config"]["jwt_cache_size"] = json!(cache_size);
         c["revocation"] = json!({"cluster": "revocation", "authority": "revocation", "credential": "s",
-                                 "cache_ttl_ms": ttl_ms, "timeout_ms": 1000});
+                                 "source": source, "cache_ttl_ms": ttl_ms, "timeout_ms": 1000});
         c
     };
     let many: Vec<String> = (0..2000)
@@ -189,16 +191,23 @@ fn filter(seconds: u32, rounds: usize) {
     for (id, name, config, token, script) in [
         (
             "rev_warm",
-            "jwtguard RS256, cache + revocation (warm)",
-            with_revocation(600_000, 100),
+            "jwtguard RS256, cache + revocation status callouts (warm)",
+            with_revocation("status", 600_000, 100),
             tokens[0].1.clone(),
             None,
         ),
         ("many_norev", "jwtguard RS256, cache, 2000 tokens", many_tokens, many[0].clone(), Some(script.clone())),
         (
+            FEED_VARIANT,
+            "jwtguard RS256, cache + revocation feed, 2000 tokens",
+            with_revocation("feed", 1_000, 4096),
+            many[0].clone(),
+            Some(script.clone()),
+        ),
+        (
             "rev_cold",
-            "jwtguard RS256, cache + revocation (every request a miss), 2000 tokens",
-            with_revocation(0, 4096),
+            "jwtguard RS256, cache + revocation status callouts (every request a miss), 2000 tokens",
+            with_revocation("status", 0, 4096),
             many[0].clone(),
             Some(script.clone()),
         ),
@@ -237,10 +246,26 @@ fn filter(seconds: u32, rounds: usize) {
         run_wrk(&envoy, &url, v, 2); // warm-up: fills the caches
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
+    // Status callouts made while the feed variant ran (only it takes traffic then): the proof
+    // that the feed answers revocation with no callout per request.
+    let callouts = |e: &Envoy| {
+        ["ok", "revoked", "unavailable", "timeout"]
+            .iter()
+            .map(|o| e.counter(&format!("wasmcustom.jwtguard.revocation.check.{o}")))
+            .sum::<u64>()
+    };
+    let (mut feed_requests, mut feed_callouts) = (0.0, 0);
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}");
         for (i, v) in variants.iter().enumerate() {
-            samples[i].push(run_wrk(&envoy, &envoy.url(&v.listener.name, "/"), v, seconds));
+            let feed = v.listener.name == FEED_VARIANT;
+            let before = if feed { callouts(&envoy) } else { 0 };
+            let sample = run_wrk(&envoy, &envoy.url(&v.listener.name, "/"), v, seconds);
+            if feed {
+                feed_callouts += callouts(&envoy) - before;
+                feed_requests += sample.rps * f64::from(seconds);
+            }
+            samples[i].push(sample);
         }
     }
     let rss_all = rss_kib(envoy.pid());
@@ -249,6 +274,15 @@ fn filter(seconds: u32, rounds: usize) {
     report(&variants, &samples, seconds, rounds);
     let (rss_plain, rss_one) = rss_with_and_without_filter(&dir, &public_jwks);
     println!();
+    let cpu_of = |name: &str| {
+        let i = variants.iter().position(|v| v.listener.name == name).expect("variant");
+        median(samples[i].iter().map(|s| s.cpu_us_per_req).collect())
+    };
+    println!(
+        "- Revocation feed, 2000 tokens: {:+.1} µs/req of Envoy CPU over the same tokens without revocation; \
+         status callouts meanwhile: {feed_callouts} for {feed_requests:.0} requests",
+        cpu_of(FEED_VARIANT) - cpu_of("many_norev")
+    );
     println!(
         "- `.wasm` size: {} bytes ({})",
         std::fs::metadata(wasm_file()).map(|m| m.len()).unwrap_or(0),
