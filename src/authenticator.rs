@@ -216,12 +216,19 @@ impl Run<'_, '_> {
                 Outcome::Missing => Err(Reason::Missing),
                 Outcome::Failed(reason) => Err(*reason),
             },
+            // Every requirement is evaluated even after one failed, so a request that lacks keys
+            // of several providers waits for (and asks refetches of) all of them at once.
             Requirement::All(list) => {
                 let mut verified = Vec::new();
+                let mut worst: Option<Reason> = None;
                 for r in list {
-                    verified.extend(self.evaluate(r)?);
+                    match self.evaluate(r) {
+                        Ok(v) => verified.extend(v),
+                        Err(reason) if worst.is_none_or(|w| reason.severity() > w.severity()) => worst = Some(reason),
+                        Err(_) => {}
+                    }
                 }
-                Ok(verified)
+                worst.map_or(Ok(verified), Err)
             }
             Requirement::Any(list) => {
                 let mut worst = Reason::Missing;
@@ -455,6 +462,23 @@ mod tests {
             panic!("should wait for a refetch")
         };
         assert_eq!(providers, vec![(r1, Reason::UnknownKey)]);
+    }
+
+    /// `requires_all`: every provider lacking keys is named, not only the first.
+    #[test]
+    fn requires_all_names_every_provider_that_lacks_keys() {
+        let remote = |iss: &str| json!({"issuer": iss, "remote_jwks": {"cluster": "idp", "uri": "https://idp/keys"}, "from_headers": [{"name": format!("x-{iss}")}]});
+        let config = json!({
+            "providers": {"r1": remote("i1"), "r2": remote("i2")},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"requires_all": {"requirements": [
+                {"provider_name": "r1"}, {"provider_name": "r2"}]}}}]
+        });
+        let mut auth = Authenticator::new(Config::parse(config.to_string().as_bytes()).unwrap());
+        let (t1, t2) = (token(A, "i1", json!({})), token(A, "i2", json!({})));
+        let Decision::AwaitKeys { providers, .. } = run(&mut auth, "GET", "/", &[("x-i1", &t1), ("x-i2", &t2)]) else {
+            panic!("should wait for keys")
+        };
+        assert_eq!(providers, vec![(0, Reason::KeysUnavailable), (1, Reason::KeysUnavailable)]);
     }
 
     #[test]

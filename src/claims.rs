@@ -122,7 +122,7 @@ pub fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u6
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
-            (Some(v), _) if v as f64 <= MAX_NUMERIC_DATE => Ok(Some(v)),
+            (Some(v), _) if v <= MAX_NUMERIC_DATE as u64 => Ok(Some(v)),
             (None, Some(f)) if f.is_finite() && (0.0..=MAX_NUMERIC_DATE).contains(&f) => Ok(Some(f as u64)),
             _ => Err(Reason::Malformed),
         },
@@ -198,6 +198,7 @@ mod tests {
             json!(null),
             json!(-1),
             json!(18446744073709551615u64),
+            json!(9_007_199_254_740_993u64), // 2^53 + 1: rounds to 2^53 as a float
             json!(1e300),
             json!([1]),
         ] {
@@ -206,6 +207,8 @@ mod tests {
                 assert_eq!(check(&c, None, &p, NOW), Err(Reason::Malformed), "{name}={bad}");
             }
         }
+        let edge = check(&claims(json!({"iat": 9_007_199_254_740_992u64})), None, &p, NOW).unwrap();
+        assert_eq!(edge.iat, Some(9_007_199_254_740_992), "2^53 itself");
         let float = check(&claims(json!({"exp": (NOW + 5) as f64 + 0.5})), None, &p, NOW).unwrap();
         assert_eq!(float.exp, Some(NOW + 5));
     }

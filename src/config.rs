@@ -27,6 +27,13 @@ pub struct Config {
     /// Every header this filter writes upstream; client-sent copies are removed on every request.
     pub output_headers: Vec<String>,
     pub revocation: Option<Revocation>,
+    /// Prefixes every key this plugin keeps in Envoy's shared data (`jwtguard.<namespace>.…`):
+    /// a hash of the configuration, so two plugins in one Envoy (even in one VM) never read
+    /// each other's key sets, answers or gauges, and identical configurations share them.
+    pub namespace: String,
+    /// `stat_prefix`: stats are `jwtguard.<stat_prefix>.…` instead of `jwtguard.…`, to tell two
+    /// plugins apart in one Envoy.
+    pub stat_prefix: Option<String>,
 }
 
 /// Where and how the filter asks the revocation service about verified tokens.
@@ -114,6 +121,7 @@ struct RawConfig {
     #[serde(default = "default_max_token_bytes")]
     max_token_bytes: usize,
     revocation: Option<RawRevocation>,
+    stat_prefix: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -502,7 +510,9 @@ impl Config {
             let message = e.to_string();
             err(error_path(bytes, e.line(), e.column(), &message), message)
         })?;
-        build(raw)
+        let mut config = build(raw)?;
+        config.namespace = crate::fnv::fnv1a(bytes).to_string();
+        Ok(config)
     }
 }
 
@@ -708,6 +718,13 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(err("max_token_bytes", "must be positive"));
     }
     header_value_ok(&raw.realm).map_err(|m| err("realm", m))?;
+    if let Some(prefix) = &raw.stat_prefix {
+        let ok =
+            !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            return Err(err("stat_prefix", "must be lowercase letters, digits and _"));
+        }
+    }
     let names: Vec<String> = raw.providers.keys().cloned().collect();
     let mut providers = Vec::with_capacity(raw.providers.len());
     for (name, p) in raw.providers {
@@ -738,6 +755,8 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         max_token_bytes: raw.max_token_bytes,
         output_headers,
         revocation,
+        namespace: String::new(),
+        stat_prefix: raw.stat_prefix,
     })
 }
 

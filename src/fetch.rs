@@ -10,7 +10,7 @@ use proxy_wasm::hostcalls;
 use std::time::Duration;
 
 fn key(r: &Remote, what: &str) -> String {
-    format!("jwtguard.jwks.{}.{what}", r.name)
+    format!("{}.{what}", r.shared_key)
 }
 
 impl Shared {

@@ -143,12 +143,14 @@ impl RootContext for Root {
                 index,
                 provider,
                 name: p.name.clone(),
+                shared_key: format!("jwtguard.{}.jwks.{}", config.namespace, p.name),
                 cfg,
                 algorithms: p.algorithms.clone(),
                 loaded_ms: Cell::new(0),
             })
             .collect();
-        let Some(metrics) = Metrics::define(remote.iter().map(|r| r.name.as_str())) else {
+        let Some(metrics) = Metrics::define(config.stat_prefix.as_deref(), remote.iter().map(|r| r.name.as_str()))
+        else {
             error!("jwtguard: the host refused to define stats");
             return false;
         };
@@ -165,7 +167,8 @@ impl RootContext for Root {
             retry_after_seconds: config.revocation.as_ref().map_or(1, |r| r.retry_after_seconds),
         };
         let revocation = config.revocation.clone();
-        let feed = revocation.as_ref().and_then(|r| r.feed.clone()).map(Feed::new);
+        let namespace = config.namespace.clone();
+        let feed = revocation.as_ref().and_then(|r| r.feed.clone()).map(|f| Feed::new(f, &namespace));
         let shared = Rc::new(Shared {
             auth: RefCell::new(Authenticator::new(config)),
             style,
@@ -173,6 +176,7 @@ impl RootContext for Root {
             host,
             revocation,
             feed,
+            namespace,
             inflight: RefCell::new(HashMap::new()),
             key_waiters: RefCell::new(Vec::new()),
             remote,

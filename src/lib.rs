@@ -11,6 +11,7 @@ pub mod config;
 pub mod der;
 pub mod extract;
 pub mod feed;
+pub mod fnv;
 pub mod host_crypto;
 pub mod jwks;
 pub mod jws;

@@ -63,8 +63,10 @@ pub struct JwksStats {
 }
 
 impl Metrics {
-    pub fn define<'a>(remote_providers: impl Iterator<Item = &'a str>) -> Option<Metrics> {
-        let def = |kind, name: &str| hostcalls::define_metric(kind, &format!("jwtguard.{name}")).ok();
+    /// `stat_prefix`: names become `jwtguard.<stat_prefix>.…`.
+    pub fn define<'a>(stat_prefix: Option<&str>, remote_providers: impl Iterator<Item = &'a str>) -> Option<Metrics> {
+        let prefix = stat_prefix.map(|p| format!("{p}.")).unwrap_or_default();
+        let def = |kind, name: &str| hostcalls::define_metric(kind, &format!("jwtguard.{prefix}{name}")).ok();
         let counter = |name: &str| def(MetricType::Counter, name);
         let mut denied = Vec::new();
         for reason in Reason::ALL {

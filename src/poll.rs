@@ -39,8 +39,9 @@ pub struct Feed {
     client: RefCell<FeedClient>,
     set: RefCell<RevocationSet>,
     waiters: RefCell<Vec<SetWaiter>>,
-    /// This worker's gauge slot.
+    /// This worker's gauge slot, and the shared-data keys of the slots (`<prefix><i>`).
     slot: Cell<Option<u32>>,
+    slot_prefix: String,
     /// When this worker first polled: the age of a set that never became complete.
     started_ms: Cell<u64>,
     expired_ms: Cell<u64>,
@@ -49,8 +50,9 @@ pub struct Feed {
 }
 
 impl Feed {
-    pub fn new(cfg: FeedConfig) -> Feed {
+    pub fn new(cfg: FeedConfig, namespace: &str) -> Feed {
         Feed {
+            slot_prefix: format!("jwtguard.{namespace}.feed.slot."),
             set: RefCell::new(RevocationSet::new(cfg.max_entries)),
             cfg,
             client: RefCell::new(FeedClient::default()),
@@ -202,7 +204,9 @@ impl Shared {
     /// Marks a token this worker just logged out, before the feed brings it back.
     pub fn mark_logged_out(&self, feed: &Feed, identity: &Identity, everywhere: bool) {
         let now = now_ms() / 1000;
-        let until = identity.exp.unwrap_or(now.saturating_add(3_600));
+        // A day past `exp`: beyond any clock skew a provider allows, so the mark never ends
+        // while the token could still pass; the service's own event ends at exp + its skew.
+        let until = identity.exp.unwrap_or(now).saturating_add(86_400);
         let event = match (&identity.sub, &identity.jti) {
             // This token at least: it was issued before `before`.
             (Some(sub), _) if everywhere => FeedEvent::SubjectCutoff {
@@ -285,7 +289,7 @@ impl Shared {
         let mine = format!("{now}|{age}|{}|{}", set.len(), u8::from(set.overflowed()));
         let slot = match feed.slot.get() {
             Some(s) => s,
-            None => match claim_slot(now) {
+            None => match claim_slot(feed, now) {
                 Some(s) => {
                     feed.slot.set(Some(s));
                     s
@@ -293,10 +297,10 @@ impl Shared {
                 None => return,
             },
         };
-        let _ = hostcalls::set_shared_data(&slot_key(slot), Some(mine.as_bytes()), None);
+        let _ = hostcalls::set_shared_data(&slot_key(feed, slot), Some(mine.as_bytes()), None);
         let (mut worst_age, mut most, mut overflowed) = (0u64, 0u64, 0u64);
         for i in 0..SLOTS {
-            if let Some([seen, age, entries, over]) = read_slot(i) {
+            if let Some([seen, age, entries, over]) = read_slot(feed, i) {
                 if now.saturating_sub(seen) < SLOT_LIFETIME_MS {
                     worst_age = worst_age.max(age);
                     most = most.max(entries);
@@ -318,13 +322,13 @@ enum SetAnswer {
     Wait,
 }
 
-fn slot_key(i: u32) -> String {
-    format!("jwtguard.feed.slot.{i}")
+fn slot_key(feed: &Feed, i: u32) -> String {
+    format!("{}{i}", feed.slot_prefix)
 }
 
 /// [last seen ms, age ms, entries, overflowed] of slot `i`.
-fn read_slot(i: u32) -> Option<[u64; 4]> {
-    let (bytes, _) = hostcalls::get_shared_data(&slot_key(i)).ok()?;
+fn read_slot(feed: &Feed, i: u32) -> Option<[u64; 4]> {
+    let (bytes, _) = hostcalls::get_shared_data(&slot_key(feed, i)).ok()?;
     let text = String::from_utf8(bytes?).ok()?;
     let mut parts = text.split('|').map(|p| p.parse::<u64>().ok());
     Some([parts.next()??, parts.next()??, parts.next()??, parts.next()??])
@@ -332,9 +336,9 @@ fn read_slot(i: u32) -> Option<[u64; 4]> {
 
 /// Claims a free slot (never written, or left by a VM that is gone) with compare-and-swap; a
 /// live VM refreshes its slot every tick, so it is never taken from under it.
-fn claim_slot(now: u64) -> Option<u32> {
+fn claim_slot(feed: &Feed, now: u64) -> Option<u32> {
     for i in 0..SLOTS {
-        let (bytes, cas) = hostcalls::get_shared_data(&slot_key(i)).ok()?;
+        let (bytes, cas) = hostcalls::get_shared_data(&slot_key(feed, i)).ok()?;
         let free = match bytes.and_then(|b| String::from_utf8(b).ok()) {
             None => true,
             Some(text) => {
@@ -343,7 +347,7 @@ fn claim_slot(now: u64) -> Option<u32> {
             }
         };
         let claim = format!("{now}|0|0|0");
-        if free && hostcalls::set_shared_data(&slot_key(i), Some(claim.as_bytes()), cas).is_ok() {
+        if free && hostcalls::set_shared_data(&slot_key(feed, i), Some(claim.as_bytes()), cas).is_ok() {
             return Some(i);
         }
     }

@@ -67,12 +67,10 @@ impl Identity {
         Identity { jti, sub, iss, iat, exp, key }
     }
 
-    /// The shared-data key of this identity's cache slot.
-    pub fn slot_key(&self, max_entries: u32) -> String {
-        // FNV-1a: small, fast, and good enough to spread identities over slots.
-        let hash =
-            self.key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        format!("jwtguard.rev.{}", hash % u64::from(max_entries.max(1)))
+    /// The shared-data key of this identity's cache slot, in the plugin's `namespace`.
+    pub fn slot_key(&self, namespace: &str, max_entries: u32) -> String {
+        let hash = crate::fnv::fnv1a(self.key.as_bytes());
+        format!("jwtguard.{namespace}.rev.{}", hash % u64::from(max_entries.max(1)))
     }
 }
 
@@ -254,9 +252,9 @@ mod tests {
             json!({"jti": "j 1", "sub": "alice", "iss": "https://i", "iat": 101}).as_object().unwrap(),
         );
         assert_ne!(id.key, other.key);
-        assert!(id.slot_key(10).starts_with("jwtguard.rev."));
-        assert_eq!(id.slot_key(1), "jwtguard.rev.0");
-        assert_eq!(id.slot_key(0), "jwtguard.rev.0", "zero entries cannot divide by zero");
+        assert!(id.slot_key("ns", 10).starts_with("jwtguard.ns.rev."));
+        assert_eq!(id.slot_key("ns", 1), "jwtguard.ns.rev.0");
+        assert_eq!(id.slot_key("ns", 0), "jwtguard.ns.rev.0", "zero entries cannot divide by zero");
     }
 
     /// Every combination of adversarial claim values (separators, the old `\u{1f}`, lengths

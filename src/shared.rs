@@ -78,6 +78,8 @@ pub struct Remote {
     pub index: usize,
     pub provider: usize,
     pub name: String,
+    /// `jwtguard.<namespace>.jwks.<name>`: its keys in Envoy's shared data.
+    pub shared_key: String,
     pub cfg: RemoteJwks,
     pub algorithms: Vec<Algorithm>,
     /// `fetched_ms` of the key set loaded into this VM; 0 for none.
@@ -92,6 +94,8 @@ pub struct Shared {
     pub revocation: Option<config::Revocation>,
     /// The revocation feed and set, with `revocation.source: feed`.
     pub feed: Option<Feed>,
+    /// This plugin's part of Envoy's shared data (`Config::namespace`).
+    pub namespace: String,
     pub inflight: RefCell<HashMap<String, Inflight>>,
     pub key_waiters: RefCell<Vec<KeyWaiter>>,
     pub remote: Vec<Remote>,
@@ -322,7 +326,8 @@ impl Shared {
         let Some(rev) = &self.revocation else {
             return (self.settle(context_id, false, Verdict::Allow, waiting), None);
         };
-        let (cached, _) = hostcalls::get_shared_data(&identity.slot_key(rev.cache_max_entries)).unwrap_or((None, None));
+        let (cached, _) = hostcalls::get_shared_data(&identity.slot_key(&self.namespace, rev.cache_max_entries))
+            .unwrap_or((None, None));
         let entry = cached.and_then(|bytes| Entry::decode(&bytes));
         let stale = match revocation::lookup(entry.as_ref(), identity, now, rev.freshness, active_until_exp) {
             Lookup::Fresh(known) => {
@@ -453,7 +458,11 @@ impl Shared {
     fn remember(&self, rev: &config::Revocation, identity: &Identity, known: Known) {
         let entry =
             Entry { known, fetched_ms: now_ms(), exp: identity.exp.unwrap_or(0), identity: identity.key.clone() };
-        let _ = hostcalls::set_shared_data(&identity.slot_key(rev.cache_max_entries), Some(&entry.encode()), None);
+        let _ = hostcalls::set_shared_data(
+            &identity.slot_key(&self.namespace, rev.cache_max_entries),
+            Some(&entry.encode()),
+            None,
+        );
     }
 }
 

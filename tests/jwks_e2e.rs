@@ -486,3 +486,38 @@ fn gauges_are_per_provider_and_stay_true_after_expiry() {
     assert!(series(r#"jwtguard_jwks_keys_loaded{provider="b"} 0"#), "JWKSNoKeys would not fire");
     assert!(series(r#"jwtguard_jwks_stale{provider="a"} 0"#), "JWKSStale would fire for a");
 }
+
+/// Two plugins in one VM (the same `vm_id`, as envoy/envoy.yaml's fixed `jwtguard` invites), each
+/// with a provider named `idp` at a different identity provider: each plugin keeps its own key
+/// set in Envoy's shared data, so a token signed by the other provider's key is refused.
+#[test]
+fn plugins_sharing_a_vm_never_share_key_sets() {
+    let dir = scratch_dir("jwks-shared-vm");
+    let (ka, _) = keys("jwks-shared-vm-a");
+    let kb = KeyPair::generate(&scratch_dir("jwks-shared-vm-b"), Algorithm::RS256, "k1");
+    let (sa, sb) = (JwksServer::start(jwks(&[&ka])), JwksServer::start(jwks(&[&kb])));
+    let echo = Echo::start("127.0.0.1:0").unwrap();
+    let config = |cluster: &str| {
+        json!({
+            "providers": {"idp": {"issuer": ISSUER, "remote_jwks": {"cluster": cluster, "uri": "http://jwks.test/keys",
+                                   "unknown_kid_min_interval_seconds": 1, "wait_for_keys_ms": 1500}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+        })
+    };
+    let listeners = [
+        Listener::to_cluster("a", vec![jwtguard_filter("shared", &config("jwks-a"))], "upstream"),
+        Listener::to_cluster("b", vec![jwtguard_filter("shared", &config("jwks-b"))], "upstream"),
+    ];
+    let clusters =
+        [static_cluster("upstream", echo.port), static_cluster("jwks-a", sa.port), static_cluster("jwks-b", sb.port)];
+    let e = Envoy::start(&dir, &bootstrap(&listeners, &clusters));
+    let at = |listener: &str, t: &str| http("GET", &e.url(listener, "/"), &[("authorization", &format!("Bearer {t}"))]);
+    let (ta, tb) = (token(&ka), token(&kb));
+    wait_for("a's keys", Duration::from_secs(5), || (at("a", &ta).status == 200).then_some(()));
+    wait_for("b's keys", Duration::from_secs(5), || (at("b", &tb).status == 200).then_some(()));
+    for _ in 0..3 {
+        assert_eq!(at("a", &tb).status, 401, "plugin a accepted a key of plugin b's provider");
+        assert_eq!(at("b", &ta).status, 401, "plugin b accepted a key of plugin a's provider");
+    }
+    assert_eq!((at("a", &ta).status, at("b", &tb).status), (200, 200));
+}
