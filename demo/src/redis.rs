@@ -216,11 +216,16 @@ impl RedisCluster {
 
     /// The index of the node that is primary for `key` now.
     pub fn primary_for(&self, key: &str) -> usize {
+        self.try_primary_for(key).unwrap_or_else(|| panic!("no primary for slot {}", key_slot(key)))
+    }
+
+    /// The index of the node that is primary for `key` now; `None` while none is (between a
+    /// primary's failure and its replica's promotion).
+    pub fn try_primary_for(&self, key: &str) -> Option<usize> {
         let slot = key_slot(key);
         let owner =
             self.primaries().into_iter().find(|(_, ranges)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)));
-        let port = owner.map(|(p, _)| p).unwrap_or_else(|| panic!("no primary for slot {slot}"));
-        self.nodes.iter().position(|n| n.port == port).expect("a node of ours")
+        owner.and_then(|(port, _)| self.nodes.iter().position(|n| n.port == port))
     }
 }
 

@@ -71,6 +71,11 @@ impl Service {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The process id, to read its CPU time and memory from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

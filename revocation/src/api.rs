@@ -2,8 +2,9 @@
 //! calls the store, and answers with the shared wire types. See `openapi.json`.
 
 use crate::auth::Credentials;
+use crate::feed::Feed;
 use crate::store::{StatusQuery, Store, StoreError};
-use crate::{form, token, validate};
+use crate::{feed, form, token, validate};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -35,7 +36,13 @@ pub struct AppState {
     pub session_limit: u32,
     pub store_timeout: Duration,
     pub prometheus: PrometheusHandle,
+    pub feed: Feed,
+    /// Longest a feed poll is held (`--feed-max-wait-ms`), below the document's 60 s.
+    pub feed_max_wait: Duration,
 }
+
+/// The document's bound on `wait_ms`.
+const MAX_WAIT_MS: u64 = 60_000;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -44,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sessions", post(register_session))
         .route("/v1/sessions/{jti}", delete(end_session))
         .route("/v1/status", get(status))
+        .route("/v1/feed", get(feed_poll))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(|State(s): State<Arc<AppState>>| async move { s.prometheus.render() }))
@@ -297,10 +305,39 @@ async fn status_inner(
     }
     let iat = match p.get("iat") {
         None => None,
-        Some(v) => Some(seconds(v).ok_or_else(|| ApiError::bad_request("iat must be seconds since the epoch"))?),
+        Some(v) => Some(unsigned(v).ok_or_else(|| ApiError::bad_request("iat must be seconds since the epoch"))?),
     };
     let query = StatusQuery { jti: p.remove("jti"), sub: p.remove("sub"), iss: p.remove("iss"), iat, allowlist };
     s.bounded(s.store.status(&query, now())).await
+}
+
+/// `GET /v1/feed?after=POSITION&wait_ms=N`: the events after a position, held until there is
+/// one or `wait_ms` passes. Authenticated and parsed as strictly as the status endpoint.
+async fn feed_poll(State(s): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    counted("feed", feed_inner(&s, &headers, query.as_deref().unwrap_or("")).await)
+}
+
+async fn feed_inner(s: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, ApiError> {
+    if let Some(readers) = &s.readers {
+        s.check(readers, headers)?;
+    }
+    let p = form::parse(query.as_bytes(), &["after", "wait_ms"])
+        .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let after = match p.get("after") {
+        None => None,
+        Some(a) => {
+            Some(feed::parse_after(a).ok_or_else(|| ApiError::bad_request("after must be a feed position (MS-SEQ)"))?)
+        }
+    };
+    let wait_ms = match p.get("wait_ms") {
+        None => 0,
+        Some(w) => unsigned(w)
+            .filter(|w| *w <= MAX_WAIT_MS)
+            .ok_or_else(|| ApiError::bad_request(format!("wait_ms must be an integer from 0 to {MAX_WAIT_MS}")))?,
+    };
+    let wait = Duration::from_millis(wait_ms).min(s.feed_max_wait);
+    let page = s.feed.poll(after, wait, s.store_timeout).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], page.body(s.feed.age_ms())).into_response())
 }
 
 async fn ready(State(s): State<Arc<AppState>>) -> Response {
@@ -310,8 +347,8 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// Seconds as the document's integer: decimal digits only (`str::parse` would also take "+5").
-fn seconds(text: &str) -> Option<u64> {
+/// A non-negative integer as the document has it: decimal digits only (`str::parse` would also take "+5").
+fn unsigned(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -337,11 +374,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seconds_are_digits_only() {
-        assert_eq!(seconds("0"), Some(0));
-        assert_eq!(seconds("18446744073709551615"), Some(u64::MAX));
+    fn integers_are_digits_only() {
+        assert_eq!(unsigned("0"), Some(0));
+        assert_eq!(unsigned("18446744073709551615"), Some(u64::MAX));
         for bad in ["", "+5", "-1", " 1", "1.5", "1e3", "18446744073709551616"] {
-            assert_eq!(seconds(bad), None, "{bad:?}");
+            assert_eq!(unsigned(bad), None, "{bad:?}");
         }
     }
 }

@@ -13,7 +13,9 @@
 //! | `P:jti:{~J}` | a revoked token |
 //! | `P:cut:{~S}` / `P:cut:{~S}:~I` | the subject's cutoff for every issuer / for issuer I |
 //! | `P:ses:{~S}`, `P:sesexp:{~S}`, `P:seq:{~S}` | the subject's live sessions |
+//! | `P:sesend:{~S}` | sessions the limit ended whose feed event is not yet confirmed |
 //! | `P:sidx:{~J}` | the subject of session J |
+//! | `P:{feed}` | the revocation feed (a stream); its fixed tag puts it on one shard |
 //! | `P:readyz` | the readiness probe |
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,11 +26,13 @@ pub struct Keys {
     prefix: String,
 }
 
-/// The three keys of a subject's allowlist: registration order, jti → exp, and the counter.
+/// The keys of a subject's allowlist: registration order, jti → exp, the counter, and the
+/// sessions ended by the limit whose feed event is not yet confirmed (jti → exp).
 pub struct SessionKeys {
     pub order: String,
     pub expiry: String,
     pub seq: String,
+    pub ended: String,
 }
 
 impl Keys {
@@ -55,11 +59,23 @@ impl Keys {
     }
 
     pub fn sessions(&self, sub: &str) -> SessionKeys {
-        SessionKeys { order: self.tagged("ses", sub), expiry: self.tagged("sesexp", sub), seq: self.tagged("seq", sub) }
+        SessionKeys {
+            order: self.tagged("ses", sub),
+            expiry: self.tagged("sesexp", sub),
+            seq: self.tagged("seq", sub),
+            ended: self.tagged("sesend", sub),
+        }
     }
 
     pub fn session_index(&self, jti: &str) -> String {
         self.tagged("sidx", jti)
+    }
+
+    /// The feed stream. Its tag is fixed (no encoded identifier is `feed`: they start with `~`),
+    /// so in a cluster the whole stream lives on one shard and XADD, XREAD and XRANGE each go
+    /// to one node.
+    pub fn feed(&self) -> String {
+        format!("{}:{{feed}}", self.prefix)
     }
 
     pub fn ready(&self) -> String {
@@ -112,8 +128,10 @@ mod tests {
             add(s.order, format!("ses {a:?}"));
             add(s.expiry, format!("sesexp {a:?}"));
             add(s.seq, format!("seq {a:?}"));
+            add(s.ended, format!("sesend {a:?}"));
         }
         add(keys.ready(), "readyz".into());
+        add(keys.feed(), "feed".into());
     }
 
     /// The tag of every key of one identifier is its encoding alone, so all of a subject's keys
@@ -128,7 +146,7 @@ mod tests {
         };
         for id in adversarial() {
             let s = keys.sessions(&id);
-            let mut of_subject = vec![keys.cutoff(&id, None), s.order, s.expiry, s.seq];
+            let mut of_subject = vec![keys.cutoff(&id, None), s.order, s.expiry, s.seq, s.ended];
             of_subject.extend(adversarial().iter().map(|iss| keys.cutoff(&id, Some(iss))));
             for group in [of_subject, vec![keys.jti(&id), keys.session_index(&id)]] {
                 for key in &group {
@@ -147,5 +165,6 @@ mod tests {
         assert_ne!(keys.cutoff("X}:evil", None), keys.cutoff("X", Some("evil}:")));
         assert_eq!(keys.cutoff("X", Some("evil}:")), "jwtguard:cut:{~WA}:~ZXZpbH06");
         assert_eq!(keys.jti("j-1"), "jwtguard:jti:{~ai0x}");
+        assert_eq!(keys.feed(), "jwtguard:{feed}");
     }
 }

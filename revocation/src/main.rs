@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod client;
+mod feed;
 mod form;
 mod keys;
 mod store;
@@ -68,6 +69,23 @@ enum Command {
         #[arg(long)]
         allowlist: bool,
     },
+    /// Print the live revocation set as JSON lines (one event a line), then with --follow every
+    /// new event as it comes. The position to continue from goes to stderr.
+    Feed {
+        #[arg(long, env = "JWTGUARD_REVOCATION_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "JWTGUARD_STATUS_CREDENTIAL", hide_env_values = true)]
+        credential: Option<String>,
+        /// Only events after this position (as printed by an earlier run).
+        #[arg(long)]
+        after: Option<String>,
+        /// Keep long-polling for new events.
+        #[arg(long)]
+        follow: bool,
+        /// How long the service may hold each poll when following.
+        #[arg(long, default_value_t = 30_000)]
+        wait_ms: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,6 +146,9 @@ struct ServeArgs {
     /// PEM file of CA certificates to trust for rediss:// (default: the system's).
     #[arg(long)]
     redis_ca_file: Option<std::path::PathBuf>,
+    /// Longest a feed poll is held (the API allows up to 60000).
+    #[arg(long, default_value_t = 60_000)]
+    feed_max_wait_ms: u64,
     /// Threads serving requests (default: one per core).
     #[arg(long)]
     worker_threads: Option<usize>,
@@ -160,8 +181,12 @@ fn main() {
             }
             client::status(&url, credential.as_deref(), &query)
         }
+        Command::Feed { url, credential, after, follow, wait_ms } => {
+            client::feed(&url, credential.as_deref(), after, follow, wait_ms)
+        }
     };
     match result {
+        Ok(out) if out.is_empty() => {}
         Ok(out) => println!("{out}"),
         Err(e) => {
             eprintln!("jwtguard-revocation: {e}");
@@ -219,7 +244,13 @@ fn serve(args: ServeArgs) -> Result<String, String> {
             Some(path) => Some(std::fs::read(path).map_err(|e| format!("--redis-ca-file {}: {e}", path.display()))?),
             None => None,
         },
+        // Every event's `until` is at most a token lifetime plus the skew past its write; a
+        // minute more absorbs clock differences between the service and Redis.
+        feed_retention: Duration::from_secs(
+            args.max_token_lifetime_seconds.saturating_add(args.clock_skew_seconds).saturating_add(60),
+        ),
     };
+    let open_files = raise_open_files_limit();
     // Real histograms (fixed buckets), not summaries; upkeep below drains them periodically,
     // which the exporter leaves to us when installed without its own HTTP listener.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -241,6 +272,7 @@ fn serve(args: ServeArgs) -> Result<String, String> {
             }
         });
         let store = store::Store::connect(options).await.map_err(|e| e.to_string())?;
+        let feed = feed::Feed::start(store.clone()).await.map_err(|e| format!("feed: {e}"))?;
         let state = Arc::new(api::AppState {
             store,
             insecure_dev: writers.is_empty(),
@@ -252,16 +284,43 @@ fn serve(args: ServeArgs) -> Result<String, String> {
             session_limit: args.session_limit,
             store_timeout: Duration::from_millis(args.request_timeout_ms),
             prometheus,
+            feed: feed.clone(),
+            feed_max_wait: Duration::from_millis(args.feed_max_wait_ms),
         });
         let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| format!("{}: {e}", args.listen))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(%address, cluster, write_credentials = state.writers.len(), status_credentials = state.readers.as_ref().map_or(0, |r| r.len()), "jwtguard-revocation listening");
+        tracing::info!(%address, cluster, write_credentials = state.writers.len(), status_credentials = state.readers.as_ref().map_or(0, |r| r.len()), open_files, "jwtguard-revocation listening");
+        // Held feed polls answer at once on shutdown rather than keep it waiting up to wait_ms.
+        let shutdown = async move {
+            shutdown_signal().await;
+            feed.close();
+        };
         axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(shutdown)
             .await
             .map_err(|e| e.to_string())?;
         Ok("stopped".to_string())
     })
+}
+
+/// Every held feed poll is an open socket: the soft limit on open files (often 1024) would cap
+/// them far below what a service holds idle at almost no cost, so raise it to the hard limit.
+/// Returns the limit in force.
+fn raise_open_files_limit() -> libc::rlim_t {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed, which outlives the calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
 }
 
 /// Ctrl-C or SIGTERM (what Kubernetes sends) stops accepting and finishes requests in flight.

@@ -7,16 +7,20 @@
 //! - `ses` (zset, registration order), `sesexp` (hash jti → exp), `seq` — the allowlist of a
 //!   subject's live sessions; `sidx` (jti → subject), to end a session by `jti`.
 //!
+//! - `{feed}` — the revocation feed: a stream with one entry per event that can refuse a token
+//!   (see `feed`), appended after the state write it reports, trimmed by age.
+//!
 //! A status check reads at most two shards (the `jti`'s and the subject's), in parallel. Every
 //! write goes to its key's primary in one pipeline with `WAIT` when replicas must acknowledge it,
 //! on connections of their own so that reads never wait behind a WAIT.
 
+use crate::feed::StreamId;
 use crate::keys::Keys;
-use jwtguard_wire::{InactiveReason, StatusResponse};
+use jwtguard_wire::{FeedEvent, InactiveReason, StatusResponse};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Pipeline, RedisResult, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,6 +42,8 @@ pub struct RedisOptions {
     pub retries: u32,
     /// PEM CA certificates to trust for `rediss://` instead of the system's.
     pub ca_pem: Option<Vec<u8>>,
+    /// How long feed entries are kept: past it every event's `until` has passed.
+    pub feed_retention: Duration,
 }
 
 #[derive(Debug)]
@@ -107,15 +113,20 @@ end
 return current";
 
 /// Registers a session: drops expired ones, adds this one, ends the oldest beyond the limit.
-/// KEYS: ses, sesexp, seq. ARGV: jti, exp, now, limit (0 = none), ttl. Returns the ended jtis.
+/// KEYS: ses, sesexp, seq, sesend. ARGV: jti, exp, now, limit (0 = none), ttl.
+/// Returns {the jtis this call ended, {jti, exp, …} of every ended session whose feed event is
+/// not confirmed yet}. The ended ones wait in `sesend` until their event is in the feed: a call
+/// whose append failed is retried, and the retry would otherwise find them gone and say nothing.
 const REGISTER_SCRIPT: &str = r"
+local now = tonumber(ARGV[3])
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
-  if tonumber(all[i + 1]) <= tonumber(ARGV[3]) then
+  if tonumber(all[i + 1]) <= now then
     redis.call('HDEL', KEYS[2], all[i])
     redis.call('ZREM', KEYS[1], all[i])
   end
 end
+redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 local ended = {}
@@ -124,17 +135,31 @@ local count = redis.call('ZCARD', KEYS[1])
 if limit > 0 and count > limit then
   ended = redis.call('ZRANGE', KEYS[1], 0, count - limit - 1)
   for _, jti in ipairs(ended) do
+    local exp = redis.call('HGET', KEYS[2], jti)
+    if exp then redis.call('HSET', KEYS[4], jti, exp) end
     redis.call('ZREM', KEYS[1], jti)
     redis.call('HDEL', KEYS[2], jti)
   end
 end
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
-return ended";
+local unsent = {}
+local pending = redis.call('HGETALL', KEYS[4])
+for i = 1, #pending, 2 do
+  if tonumber(pending[i + 1]) > now then
+    table.insert(unsent, pending[i])
+    table.insert(unsent, pending[i + 1])
+  else
+    redis.call('HDEL', KEYS[4], pending[i])
+  end
+end
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+return {ended, unsent}";
 
-/// Ends one session. KEYS: ses, sesexp. ARGV: jti. Returns 1 if it existed.
+/// Ends one session. KEYS: ses, sesexp. ARGV: jti. Returns its exp, or nil if it had none.
 const END_SCRIPT: &str = r"
+local exp = redis.call('HGET', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
-return redis.call('HDEL', KEYS[2], ARGV[1])";
+redis.call('HDEL', KEYS[2], ARGV[1])
+return exp";
 
 impl Store {
     pub async fn connect(options: RedisOptions) -> Result<Store, StoreError> {
@@ -233,16 +258,20 @@ impl Store {
         Ok(values)
     }
 
-    /// Revokes `jti` until `until` (seconds since the epoch). Idempotent.
+    /// Revokes `jti` until `until` (seconds since the epoch), then tells the feed. Idempotent:
+    /// a retry after a failed append stores the same and appends again.
     pub async fn revoke_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
         let key = self.keys.jti(jti);
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&key).arg(1).arg("EXAT").arg(until).ignore();
-        self.write("revoke", &key, pipe).await.map(|_| ())
+        self.write("revoke", &key, pipe).await?;
+        self.append(&[FeedEvent::Revoked { jti: jti.to_string(), until }]).await
     }
 
-    /// Moves the subject's cutoff to `issued_before` unless it is already later; returns the
-    /// cutoff in force.
+    /// Moves the subject's cutoff to `issued_before` unless it is already later, then tells the
+    /// feed the cutoff in force (even one that did not move: a retry must still reach the feed);
+    /// returns that cutoff. Its event lasts `ttl` past the cutoff, as long as a token issued
+    /// before it can live.
     pub async fn revoke_subject(
         &self,
         sub: &str,
@@ -254,10 +283,18 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL").arg(CUTOFF_SCRIPT).arg(1).arg(&key).arg(issued_before).arg(ttl.max(1));
         let values = self.write("revoke_subject", &key, pipe).await?;
-        Ok(match values.first() {
+        let before = match values.first() {
             Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(issued_before),
             _ => issued_before,
-        })
+        };
+        let event = FeedEvent::SubjectCutoff {
+            sub: sub.to_string(),
+            iss: iss.map(String::from),
+            before,
+            until: before.saturating_add(ttl),
+        };
+        self.append(&[event]).await?;
+        Ok(before)
     }
 
     /// Registers a live session; returns the sessions ended to keep within `limit`.
@@ -277,24 +314,38 @@ impl Store {
         self.write("session_index", &index, pipe).await?;
         let s = self.keys.sessions(sub);
         let mut pipe = redis::pipe();
-        pipe.cmd("EVAL").arg(REGISTER_SCRIPT).arg(3).arg(&s.order).arg(&s.expiry).arg(&s.seq);
+        pipe.cmd("EVAL").arg(REGISTER_SCRIPT).arg(4).arg(&s.order).arg(&s.expiry).arg(&s.seq).arg(&s.ended);
         pipe.arg(jti).arg(exp).arg(now).arg(limit).arg(ttl.max(1));
         let values = self.write("session_register", &s.order, pipe).await?;
-        Ok(match values.into_iter().next() {
-            Some(Value::Array(items)) => items.into_iter().filter_map(|v| redis::from_redis_value(v).ok()).collect(),
-            _ => Vec::new(),
-        })
+        let mut parts = match values.into_iter().next() {
+            Some(Value::Array(parts)) => parts.into_iter(),
+            _ => Vec::new().into_iter(),
+        };
+        let ended: Vec<String> = parts.next().and_then(|v| redis::from_redis_value(v).ok()).unwrap_or_default();
+        let unsent: Vec<(String, u64)> = parts.next().and_then(|v| redis::from_redis_value(v).ok()).unwrap_or_default();
+        if !unsent.is_empty() {
+            let events: Vec<FeedEvent> =
+                unsent.iter().map(|(jti, exp)| FeedEvent::SessionEnded { jti: jti.clone(), until: *exp }).collect();
+            self.append(&events).await?;
+            // In the feed now; if this is lost the next registration only sends them again.
+            let mut pipe = redis::pipe();
+            pipe.cmd("HDEL").arg(&s.ended).arg(unsent.iter().map(|(jti, _)| jti).collect::<Vec<_>>()).ignore();
+            if let Err(e) = self.run(self.write_connection(), "session_sent", &s.ended, &pipe).await {
+                tracing::warn!(error = %e, "ended sessions stay pending; the next registration sends them again");
+            }
+        }
+        Ok(ended)
     }
 
-    /// Ends the session `jti`; `false` if there was none.
+    /// Ends the session `jti`, then tells the feed; `false` if there was none. The index goes
+    /// last: a retry after a failed append finds it, and with it the session's exp (its expiry).
     pub async fn end_session(&self, jti: &str) -> Result<bool, StoreError> {
         let index = self.keys.session_index(jti);
         let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(&index);
-        let sub: Option<String> = match self.read("session_lookup", &index, &pipe).await?.into_iter().next() {
-            Some(v) => redis::from_redis_value(v).ok(),
-            None => None,
-        };
+        pipe.cmd("GET").arg(&index).cmd("PTTL").arg(&index);
+        let mut values = self.read("session_lookup", &index, &pipe).await?.into_iter();
+        let sub: Option<String> = values.next().and_then(|v| redis::from_redis_value(v).ok());
+        let pttl: i64 = values.next().and_then(|v| redis::from_redis_value(v).ok()).unwrap_or(-2);
         let Some(sub) = sub else {
             return Ok(false);
         };
@@ -302,10 +353,75 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL").arg(END_SCRIPT).arg(2).arg(&s.order).arg(&s.expiry).arg(jti);
         let values = self.write("session_end", &s.order, pipe).await?;
+        let exp: Option<u64> = values.into_iter().next().and_then(|v| redis::from_redis_value(v).ok());
+        let existed = exp.is_some();
+        // The index expires at the session's exp (`SET … EXAT exp`).
+        let index_exp = u64::try_from(pttl).ok().map(|ms| (crate::feed::now_ms().saturating_add(ms)).div_ceil(1000));
+        if let Some(until) = exp.or(index_exp) {
+            self.append(&[FeedEvent::SessionEnded { jti: jti.to_string(), until }]).await?;
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(&index).ignore();
         self.write("session_index", &index, pipe).await?;
-        Ok(matches!(values.first(), Some(Value::Int(1))))
+        Ok(existed)
+    }
+
+    /// Appends `events` to the feed, each its own entry, and trims entries older than the
+    /// retention: one pipeline to the stream's primary, on a write connection, with `WAIT` when
+    /// replicas must confirm. Answers only once the entries are as durable as configured.
+    async fn append(&self, events: &[FeedEvent]) -> Result<(), StoreError> {
+        let key = self.keys.feed();
+        let min_id = crate::feed::now_ms().saturating_sub(self.options.feed_retention.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        for event in events {
+            let json = serde_json::to_string(event).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            pipe.cmd("XADD").arg(&key).arg("MINID").arg("~").arg(min_id).arg("*").arg(FEED_FIELD).arg(json).ignore();
+        }
+        self.write("feed_append", &key, pipe).await?;
+        for event in events {
+            let kind = match event {
+                FeedEvent::Revoked { .. } => "revoked",
+                FeedEvent::SubjectCutoff { .. } => "subject_cutoff",
+                FeedEvent::SessionEnded { .. } => "session_ended",
+            };
+            metrics::counter!("jwtguard_revocation_feed_events_appended_total", "type" => kind).increment(1);
+        }
+        Ok(())
+    }
+
+    /// Feed entries after `after`, oldest first, at most `count` (`XRANGE key (after + COUNT n`),
+    /// on the read connection.
+    pub async fn feed_range(&self, after: StreamId, count: usize) -> Result<Vec<FeedEntry>, StoreError> {
+        let key = self.keys.feed();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE").arg(&key).arg(format!("({after}")).arg("+").arg("COUNT").arg(count);
+        let values = self.read("feed_range", &key, &pipe).await?;
+        Ok(values.into_iter().next().map(entries).unwrap_or_default())
+    }
+
+    /// Whether the stream holds an entry with this id, on the read connection.
+    pub async fn feed_has(&self, id: StreamId) -> Result<bool, StoreError> {
+        let key = self.keys.feed();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE").arg(&key).arg(id.to_string()).arg(id.to_string()).arg("COUNT").arg(1);
+        let values = self.read("feed_has", &key, &pipe).await?;
+        Ok(!values.into_iter().next().map(entries).unwrap_or_default().is_empty())
+    }
+
+    /// The id of the stream's newest entry (`None`: no entry), on the read connection.
+    pub async fn feed_last(&self) -> Result<Option<StreamId>, StoreError> {
+        let key = self.keys.feed();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(1);
+        let values = self.read("feed_last", &key, &pipe).await?;
+        Ok(values.into_iter().next().map(entries).unwrap_or_default().last().map(|e| e.id))
+    }
+
+    /// A connection for the feed's reader alone: its XREAD blocks for up to `block`, and a
+    /// blocked connection must never be one a request or a write waits on.
+    pub async fn feed_reader(&self, block: Duration) -> Result<FeedReader, StoreError> {
+        let conn = Self::open(&self.options, block + self.options.response_timeout).await?;
+        Ok(FeedReader { conn, key: self.keys.feed(), block })
     }
 
     /// Whether a token may pass: one round trip per shard touched, the two in parallel.
@@ -395,5 +511,129 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&key).arg(1).arg("PX").arg(5000).ignore();
         self.read("ready", &key, &pipe).await.map(|_| ()).map_err(StoreError::from)
+    }
+}
+
+/// The one field of a feed entry: the event as the feed sends it (`jwtguard_wire::FeedEvent`).
+pub const FEED_FIELD: &str = "event";
+
+/// One entry of the feed stream; `event` is `None` for an entry this service cannot read (it is
+/// skipped, but still counts as a position).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedEntry {
+    pub id: StreamId,
+    pub event: Option<FeedEvent>,
+}
+
+/// The feed reader's own connection (see `Store::feed_reader`).
+pub struct FeedReader {
+    conn: Connection,
+    key: String,
+    block: Duration,
+}
+
+impl FeedReader {
+    /// `XREAD COUNT n BLOCK ms STREAMS key after`: entries after `after`, or none once the block
+    /// has passed.
+    pub async fn read(&mut self, after: StreamId, count: usize) -> RedisResult<Vec<FeedEntry>> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(count).arg("BLOCK").arg(self.block.as_millis() as u64);
+        cmd.arg("STREAMS").arg(&self.key).arg(after.to_string());
+        let reply = self.query(&cmd).await?;
+        // RESP2: [[key, entries]]; RESP3: {key: entries}; nil when the block passed.
+        let per_stream = match reply {
+            Value::Array(streams) => streams
+                .into_iter()
+                .filter_map(|s| match s {
+                    Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(streams) => streams.into_iter().map(|(_, v)| v).collect(),
+            _ => Vec::new(),
+        };
+        Ok(per_stream.into_iter().flat_map(entries).collect())
+    }
+
+    /// The stream's newest entry id, on this connection (`None`: no entry).
+    pub async fn last(&mut self) -> RedisResult<Option<StreamId>> {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(&self.key).arg("+").arg("-").arg("COUNT").arg(1);
+        Ok(entries(self.query(&cmd).await?).last().map(|e| e.id))
+    }
+
+    /// Not timed into `jwtguard_revocation_redis_seconds`: an idle XREAD takes the whole block.
+    async fn query(&mut self, cmd: &redis::Cmd) -> RedisResult<Value> {
+        match &mut self.conn {
+            Connection::Standalone(c) => cmd.query_async(c).await,
+            Connection::Cluster(c) => {
+                let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(&self.key, SlotAddr::Master));
+                c.route_command(cmd.clone(), RoutingInfo::SingleNode(route)).await
+            }
+        }
+    }
+}
+
+/// Stream entries from an XRANGE/XREVRANGE/XREAD reply: `[[id, [field, value, …]], …]`. An
+/// entry without a readable id is dropped; one without a readable event keeps its id.
+fn entries(reply: Value) -> Vec<FeedEntry> {
+    let Value::Array(items) = reply else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let Value::Array(mut pair) = item else { return None };
+            if pair.len() != 2 {
+                return None;
+            }
+            let fields = pair.pop()?;
+            let id: String = redis::from_redis_value(pair.pop()?).ok()?;
+            let id = id.parse::<StreamId>().ok()?;
+            let fields: Vec<(Value, Value)> = match fields {
+                Value::Array(flat) => {
+                    let mut flat = flat.into_iter();
+                    std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
+                }
+                Value::Map(map) => map,
+                _ => Vec::new(),
+            };
+            let event = fields.into_iter().find_map(|(name, value)| {
+                let name: String = redis::from_redis_value(name).ok()?;
+                if name != FEED_FIELD {
+                    return None;
+                }
+                let json: Vec<u8> = redis::from_redis_value(value).ok()?;
+                serde_json::from_slice::<FeedEvent>(&json).ok()
+            });
+            Some(FeedEntry { id, event })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn reads_stream_entries_and_keeps_the_ids_of_unreadable_ones() {
+        let event = r#"{"type":"revoked","jti":"j","until":9}"#;
+        let reply = Value::Array(vec![
+            Value::Array(vec![bulk("5-1"), Value::Array(vec![bulk("event"), bulk(event)])]),
+            Value::Array(vec![bulk("6-0"), Value::Array(vec![bulk("event"), bulk("{not json")])]),
+            Value::Array(vec![bulk("7-0"), Value::Array(vec![bulk("other"), bulk(event)])]),
+            Value::Array(vec![bulk("not-an-id"), Value::Array(vec![])]),
+            Value::Nil,
+        ]);
+        let got = entries(reply);
+        let ids: Vec<String> = got.iter().map(|e| e.id.to_string()).collect();
+        assert_eq!(ids, ["5-1", "6-0", "7-0"]);
+        assert_eq!(got[0].event, Some(FeedEvent::Revoked { jti: "j".into(), until: 9 }));
+        assert_eq!((got[1].event.is_none(), got[2].event.is_none()), (true, true));
+        assert!(entries(Value::Nil).is_empty());
     }
 }

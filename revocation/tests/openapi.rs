@@ -15,16 +15,32 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Operations that take input, and so must be fed (and refuse) inputs the document forbids.
-const WITH_INPUT: [&str; 5] =
-    ["POST /v1/revoke", "POST /v1/revoke-subject", "POST /v1/sessions", "DELETE /v1/sessions/{jti}", "GET /v1/status"];
+const WITH_INPUT: [&str; 6] = [
+    "POST /v1/revoke",
+    "POST /v1/revoke-subject",
+    "POST /v1/sessions",
+    "DELETE /v1/sessions/{jti}",
+    "GET /v1/status",
+    "GET /v1/feed",
+];
 
 #[test]
 fn schemathesis_finds_the_service_and_its_document_in_agreement() {
     let dir = scratch_dir("revocation", "openapi");
     let redis = RedisServer::start(&dir, &[]);
-    let args: Vec<String> = ["--redis-url", &redis.url(), "--credentials", "cred", "--status-credentials", "cred"]
-        .map(String::from)
-        .to_vec();
+    // Feed polls that ask to wait are held 50 ms at most, so hundreds of them keep the run short.
+    let args: Vec<String> = [
+        "--redis-url",
+        &redis.url(),
+        "--credentials",
+        "cred",
+        "--status-credentials",
+        "cred",
+        "--feed-max-wait-ms",
+        "50",
+    ]
+    .map(String::from)
+    .to_vec();
     let svc = Service::start(&PathBuf::from(env!("CARGO_BIN_EXE_jwtguard-revocation")), &dir, &args).expect("service");
     let schemathesis = repo_root().join(".venv/bin/schemathesis");
     assert!(schemathesis.exists(), "run `make deps` to install schemathesis into .venv");
@@ -67,6 +83,9 @@ fn schemathesis_finds_the_service_and_its_document_in_agreement() {
             if !["body", "query", "path"].iter().any(|c| components[c]["mode"] == "negative") {
                 continue;
             }
+            if sends_nothing_forbidden(&case["value"], &label) {
+                continue;
+            }
             let Some(status) = recorder["interactions"][id]["response"]["status_code"].as_u64() else { continue };
             let request = &recorder["interactions"][id]["request"];
             assert!((400..500).contains(&status), "{label}: a request the document forbids got {status}: {request}");
@@ -77,4 +96,27 @@ fn schemathesis_finds_the_service_and_its_document_in_agreement() {
         let n = negative.get(operation).copied().unwrap_or(0);
         assert!(n >= 20, "only {n} negative cases for {operation}: {negative:?}");
     }
+}
+
+/// A case whose only violation is an undocumented query member holding an empty array: such a
+/// member is sent as nothing, so the request that went out is one the document allows.
+fn sends_nothing_forbidden(case: &Value, label: &str) -> bool {
+    let components = &case["meta"]["components"];
+    if ["body", "path"].iter().any(|c| components[c]["mode"] == "negative") {
+        return false;
+    }
+    let mutations = case["meta"]["phase"]["data"]["mutations"].as_array().cloned().unwrap_or_default();
+    let only_extra_members =
+        !mutations.is_empty() && mutations.iter().all(|m| m["keywords"] == serde_json::json!(["additionalProperties"]));
+    let Some((method, path)) = label.split_once(' ') else { return false };
+    let document: Value = serde_json::from_str(include_str!("../openapi.json")).expect("the document");
+    let parameters = document["paths"][path][method.to_ascii_lowercase()]["parameters"].as_array().cloned();
+    let documented: Vec<String> =
+        parameters.unwrap_or_default().iter().filter_map(|p| p["name"].as_str().map(String::from)).collect();
+    let Some(query) = case["query"].as_object() else { return false };
+    only_extra_members
+        && query
+            .iter()
+            .filter(|(name, _)| !documented.contains(name))
+            .all(|(_, value)| value.as_array().is_some_and(|a| a.is_empty()))
 }

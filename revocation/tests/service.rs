@@ -10,6 +10,7 @@ use jwtguard_demo::redis::{key_slot, RedisCluster, RedisServer};
 use jwtguard_demo::service::Service;
 use jwtguard_demo::tokens::{now, KeyPair};
 use jwtguard_demo::{scratch_dir, wait_for};
+use jwtguard_wire::{FeedEvent, FeedResponse};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -238,9 +239,40 @@ fn exercise_every_endpoint(svc: &Service, keys_dir: &Path, ttl_of: TtlOf) {
         assert_eq!(asked(claims)["reason"], "revoked", "{sub}");
     }
 
+    // Each of those writes is in the feed (tests/feed.rs checks the feed itself in detail).
+    let r = call("GET", &format!("{url}/v1/feed?wait_ms=0"), Some(STATUS), None, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let feed: FeedResponse = serde_json::from_str(&r.body).unwrap();
+    assert!(!feed.more, "a few dozen events fit one page");
+    for expected in [
+        FeedEvent::Revoked { jti: "j-1".into(), until: t + 600 + 60 },
+        FeedEvent::SubjectCutoff { sub: "carol".into(), iss: None, before: t, until: t + MAX_LIFETIME + 60 },
+        FeedEvent::SubjectCutoff {
+            sub: "dave".into(),
+            iss: Some("https://a".into()),
+            before: t,
+            until: t + MAX_LIFETIME + 60,
+        },
+        FeedEvent::SessionEnded { jti: "s1".into(), until: t + 600 },
+        FeedEvent::SessionEnded { jti: "s2".into(), until: t + 600 },
+    ] {
+        assert!(feed.events.contains(&expected), "{expected:?} not in {:?}", feed.events);
+    }
+    assert!(feed.events.iter().any(|e| matches!(e, FeedEvent::Revoked { jti, .. } if jti == "raw-1")));
+    assert!(!feed.events.iter().any(|e| matches!(e, FeedEvent::Revoked { jti, .. } if jti == "old")), "expired");
+    assert!(!feed.events.iter().any(|e| matches!(e, FeedEvent::Revoked { jti, .. } if jti == "cred-test")));
+
     let metrics = call("GET", &format!("{url}/metrics"), None, None, None).body;
     assert!(metrics.contains("jwtguard_revocation_requests_total{endpoint=\"revoke\",outcome=\"200\"}"), "{metrics}");
     assert!(metrics.contains("jwtguard_revocation_redis_seconds"));
+    for name in [
+        "jwtguard_revocation_feed_events_appended_total{type=\"revoked\"}",
+        "jwtguard_revocation_feed_events_sent_total",
+        "jwtguard_revocation_feed_reader_healthy 1",
+        "jwtguard_revocation_feed_held_polls 0",
+    ] {
+        assert!(metrics.contains(name), "{name} not in {metrics}");
+    }
 }
 
 #[test]
@@ -546,7 +578,8 @@ fn a_subject_holding_key_syntax_reaches_no_other_subject() {
     let r =
         post_json(&svc, "/v1/revoke-subject", Some(WRITE), &json!({"sub": "X", "iss": "evil}:", "issued_before": t}));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(redis.cli(&["DBSIZE"]), "2", "two subjects, two cutoffs");
+    let cutoffs = redis.cli(&["KEYS", "jwtguard:cut:*"]);
+    assert_eq!(cutoffs.lines().count(), 2, "two subjects, two cutoffs: {cutoffs}");
 }
 
 /// Whatever the filter accepts can be revoked by token (RFC 7009 form and the CLI) and is then

@@ -98,6 +98,10 @@ pub struct FeedResponse {
     /// `more: false` holds the whole live set.
     pub more: bool,
     pub events: Vec<FeedEvent>,
+    /// How long before this answer the service last heard from Redis (ms): the answer is
+    /// current as of then. A duration, not a time, so no two clocks need agree.
+    #[serde(default)]
+    pub age_ms: u64,
 }
 
 /// One write that can refuse tokens. Each matters until its `until` (seconds since the epoch).
