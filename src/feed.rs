@@ -81,7 +81,8 @@ impl FeedClient {
         self.position = response.position;
         self.ready |= !response.more;
         self.was_ready |= self.ready;
-        self.answered_ms = now_ms;
+        // Current as of when the service last heard from Redis, not as of its answer.
+        self.answered_ms = now_ms.saturating_sub(response.age_ms).max(1);
         self.failures = 0;
         self.next_attempt_ms = now_ms;
         Some(response.events)
@@ -115,10 +116,15 @@ impl FeedClient {
 fn parse_response(body: &[u8]) -> Option<FeedResponse> {
     let doc = crate::strict_json::parse_object(body).ok()?;
     let events = doc.get("events")?.as_array()?.iter().map(parse_event).collect::<Option<Vec<_>>>()?;
+    let age_ms = match doc.get("age_ms") {
+        None => 0,
+        Some(age) => age.as_u64()?,
+    };
     Some(FeedResponse {
         position: doc.get("position")?.as_str()?.to_string(),
         more: doc.get("more")?.as_bool()?,
         events,
+        age_ms,
     })
 }
 
@@ -166,8 +172,11 @@ mod tests {
         assert_eq!(f.answer(Some(200), Some(page), 1_000).map(|e| e.len()), Some(1));
         assert!(!f.ready && !f.fresh(1_000, &c), "a snapshot page is not the whole set");
         assert_eq!(f.poll_path(&c), "/v1/feed?after=17-0&wait_ms=0");
-        assert!(f.answer(Some(200), Some(br#"{"position":"18-3","more":false,"events":[]}"#), 1_500).is_some());
+        assert!(f
+            .answer(Some(200), Some(br#"{"position":"18-3","more":false,"age_ms":300,"events":[]}"#), 1_800)
+            .is_some());
         assert!(f.ready && f.fresh(1_500, &c));
+        assert_eq!(f.age_ms(1_800), 300, "as of when the service last heard from Redis");
         assert_eq!(f.poll_path(&c), "/v1/feed?after=18-3&wait_ms=6000");
         assert!(f.fresh(1_500 + 30_000, &c) && !f.fresh(1_501 + 30_000, &c), "max_staleness");
         assert_eq!(f.age_ms(2_000), 500);
@@ -214,6 +223,7 @@ mod tests {
         let response = FeedResponse {
             position: "1733000000000-7".into(),
             more: true,
+            age_ms: 250,
             events: vec![
                 FeedEvent::Revoked { jti: "j \"1\"".into(), until: 10 },
                 FeedEvent::SubjectCutoff { sub: "alice".into(), iss: Some("https://i".into()), before: 5, until: 20 },
