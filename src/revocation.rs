@@ -37,6 +37,21 @@ pub enum Known {
     NoSession,
 }
 
+/// Longest `jti` and `sub` the service stores, in characters (identifiers are short in practice).
+pub const MAX_ID_CHARS: usize = 256;
+/// Longest `iss` the service stores (a URL).
+pub const MAX_ISS_CHARS: usize = 512;
+
+/// Why `value` cannot identify a token to the service (a `jti`, `sub` or `iss` of at most `max`
+/// characters, without control characters), or `None` when it can. One rule for the filter and
+/// the service: a token the filter lets through can always be revoked.
+pub fn id_problem(field: &str, value: &str, max: usize) -> Option<String> {
+    if value.is_empty() || value.chars().count() > max {
+        return Some(format!("{field} must be 1 to {max} characters"));
+    }
+    value.chars().any(char::is_control).then(|| format!("{field} must not contain control characters"))
+}
+
 /// The claims a revocation answer depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -65,6 +80,15 @@ impl Identity {
             }
         }
         Identity { jti, sub, iss, iat, exp, key }
+    }
+
+    /// Whether the service can store this token's identity; one it cannot could never be
+    /// revoked, so where revocation applies the filter refuses it.
+    pub fn revocable(&self) -> bool {
+        let fits = |v: &Option<String>, field, max| v.as_deref().is_none_or(|v| id_problem(field, v, max).is_none());
+        fits(&self.jti, "jti", MAX_ID_CHARS)
+            && fits(&self.sub, "sub", MAX_ID_CHARS)
+            && fits(&self.iss, "iss", MAX_ISS_CHARS)
     }
 
     /// The shared-data key of this identity's cache slot, in the plugin's `namespace`.
@@ -316,6 +340,22 @@ mod tests {
             let id = Identity::from_claims(claims);
             assert_eq!((id.exp, id.iat), (expected, expected), "{value}");
             assert_eq!(accepted.ok().flatten(), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn only_identities_the_service_can_store_are_revocable() {
+        let id = |c: serde_json::Value| Identity::from_claims(c.as_object().unwrap());
+        assert!(id(json!({"jti": "é".repeat(256), "sub": "a b", "iss": "h".repeat(512)})).revocable());
+        assert!(id(json!({})).revocable(), "absent claims are not refused here");
+        for bad in [
+            json!({"jti": "x".repeat(257)}),
+            json!({"jti": ""}),
+            json!({"sub": "a\u{7f}b"}),
+            json!({"sub": "a\nb"}),
+            json!({"iss": "h".repeat(513)}),
+        ] {
+            assert!(!id(bad.clone()).revocable(), "{bad}");
         }
     }
 

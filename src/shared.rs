@@ -167,6 +167,11 @@ impl Shared {
                     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &name, Some(&value));
                 }
                 match (revocation, tokens.first()) {
+                    // A token the service could not store could never be revoked.
+                    (Some(_), Some(token)) if !token.identity.revocable() => {
+                        self.deny(Reason::InvalidClaims, None);
+                        (Action::Pause, None)
+                    }
                     (Some(failure_mode), Some(token)) => match &self.feed {
                         Some(feed) => self.check_on_set(feed, context_id, waiting, token, failure_mode, now, dispatch),
                         None => {

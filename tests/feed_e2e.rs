@@ -295,6 +295,10 @@ fn at_max_entries_the_failure_mode_decides() {
     let good = token(&w.key, "judy", "j-good", now());
     first_set(&e, "main", &good);
     assert_eq!(get(&e, "main", &good).status, 200);
+    // A token whose identity the service could not store could never be revoked: refused.
+    let unrevocable = get(&e, "main", &token(&w.key, "judy", &"x".repeat(300), now()));
+    assert_eq!(unrevocable.status, 401, "{unrevocable:?}");
+    assert!(unrevocable.header("www-authenticate").unwrap_or("").contains("invalid_token"));
     let revoked: Vec<String> = (0..3).map(|i| token(&w.key, "judy", &format!("j{i}"), now())).collect();
     for i in 0..3 {
         assert_eq!(write(&w.service, "/v1/revoke", json!({"jti": format!("j{i}"), "exp": now() + 600})), 200);

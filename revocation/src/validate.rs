@@ -1,24 +1,18 @@
 //! Input limits for everything a client sends, checked before anything reaches Redis. Lengths
 //! count characters, as the API document's `maxLength` does.
 
-/// Longest `jti` and `sub` accepted; identifiers are short in practice, and keys stay small.
-pub const MAX_ID_CHARS: usize = 256;
-/// Longest `iss` accepted (a URL).
-pub const MAX_ISS_CHARS: usize = 512;
+pub use jwtguard::revocation::{MAX_ID_CHARS, MAX_ISS_CHARS};
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// A `jti`, `sub` or `iss`: any text without control characters, within `max` characters. Keys
-/// encode identifiers (see `keys`), so no character can break a key; control characters are
-/// refused as they have no place in an identifier and would only reach logs.
+/// A `jti`, `sub` or `iss`: the filter's rule (`jwtguard::revocation::id_problem`), so whatever
+/// the filter lets through can be revoked. Keys encode identifiers (see `keys`), so no
+/// character can break a key.
 pub fn name<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, String> {
-    if value.is_empty() || value.chars().count() > max {
-        return Err(format!("{field} must be 1 to {max} characters"));
+    match jwtguard::revocation::id_problem(field, value, max) {
+        Some(problem) => Err(problem),
+        None => Ok(value),
     }
-    if value.chars().any(char::is_control) {
-        return Err(format!("{field} must not contain control characters"));
-    }
-    Ok(value)
 }
 
 pub fn jti(value: &str) -> Result<&str, String> {
