@@ -15,8 +15,9 @@ use jwtguard::keys::Key;
 use jwtguard::strict_json;
 use jwtguard_wire::{Ack, ErrorBody, RevokeSubjectRequest, SessionRequest, SessionResponse};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -188,15 +189,13 @@ async fn revoke_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<
             fields.remove("token").ok_or_else(|| ApiError::bad_request("form: token is required"))?
         }
         "application/json" => {
-            let object = strict_json::parse_object(body).map_err(|e| ApiError::bad_request(format!("JSON: {e}")))?;
+            let object = json_object(body)?;
             // A `token` member (even null) selects the token shape, whose members alone are allowed.
             if object.contains_key("token") {
-                let request: RevokeByToken = serde_json::from_value(Value::Object(object))
-                    .map_err(|e| ApiError::bad_request(format!("JSON: {e}")))?;
+                let request: RevokeByToken = from_object(object)?;
                 request.token
             } else {
-                let request: RevokeById = serde_json::from_value(Value::Object(object))
-                    .map_err(|e| ApiError::bad_request(format!("JSON: {e}")))?;
+                let request: RevokeById = from_object(object)?;
                 if let Some(iss) = &request.iss {
                     validate::iss(iss).map_err(ApiError::bad_request)?;
                 }
@@ -361,17 +360,65 @@ fn media_type(headers: &HeaderMap) -> String {
     value.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+/// A JSON-only request body (`application/json`) as the wire type `T`.
+fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
     if media_type(headers) != "application/json" {
         return Err(ApiError::bad_request("Content-Type must be application/json"));
     }
-    // The wire types refuse unknown and repeated members.
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("JSON: {e}")))
+    from_object(json_object(body)?)
+}
+
+/// Every JSON request body is read here: the document describes each as an object, so exactly
+/// one object, with no member named twice at any depth. Arrays must not get as far as serde,
+/// whose derived structs also read a sequence (`["alice"]` as `{"sub": "alice"}`).
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    strict_json::parse_object(body).map_err(|e| ApiError::bad_request(format!("JSON: {e}")))
+}
+
+/// An object from `json_object` as the wire type `T`, which refuses unknown members.
+fn from_object<T: DeserializeOwned>(object: Map<String, Value>) -> Result<T, ApiError> {
+    serde_json::from_value(Value::Object(object)).map_err(|e| ApiError::bad_request(format!("JSON: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn json_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json; charset=utf-8"));
+        headers
+    }
+
+    #[test]
+    fn json_bodies_are_exactly_one_object() {
+        let h = json_headers();
+        let subject: RevokeSubjectRequest = json_body(&h, br#"{"sub":"alice","issued_before":5}"#).ok().unwrap();
+        assert_eq!((subject.sub.as_str(), subject.issued_before), ("alice", Some(5)));
+        let session: SessionRequest = json_body(&h, br#"{"jti":"j1","sub":"bob","exp":9}"#).ok().unwrap();
+        assert_eq!((session.jti.as_str(), session.exp), ("j1", 9));
+        for bad in [
+            &br#"["alice"]"#[..],
+            br#"["alice","https://issuer",5]"#,
+            br#"{"sub":"alice","sub":"bob"}"#,
+            br#""alice""#,
+            b"5",
+            b"null",
+            b"",
+            br#"{"sub":"alice"} {}"#,
+            br#"{"sub":"alice","x":1}"#,
+        ] {
+            assert!(json_body::<RevokeSubjectRequest>(&h, bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        for bad in [&br#"["j1","bob",9999999999]"#[..], br#"{"jti":"j1","jti":"j2","sub":"bob","exp":9}"#, b"true"] {
+            assert!(json_body::<SessionRequest>(&h, bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        // /v1/revoke reads its JSON through the same two steps.
+        assert!(json_object(br#"["t"]"#).is_err());
+        assert!(json_object(br#"{"token":"a","token":"b"}"#).is_err());
+        assert!(from_object::<RevokeByToken>(json_object(br#"{"token":"t"}"#).ok().unwrap()).is_ok());
+        assert!(json_body::<SessionRequest>(&HeaderMap::new(), br#"{"jti":"j1","sub":"bob","exp":9}"#).is_err());
+    }
 
     #[test]
     fn integers_are_digits_only() {

@@ -222,9 +222,7 @@ fn serve(args: ServeArgs) -> Result<String, String> {
         None => None,
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("--jwks-file {}: {e}", path.display()))?;
-            let all = jwtguard::config::ALL_ALGORITHMS;
-            let keys = jwtguard::keys::parse_jwks(&text, all).map_err(|e| format!("--jwks-file: {e}"))?;
-            Some(keys.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| format!("--jwks-file: {e}"))?)
+            Some(token::keys_from_jwks(&text).map_err(|e| format!("--jwks-file {}: {e}", path.display()))?)
         }
     };
     let (cluster, urls) = match args.redis_url {

@@ -639,6 +639,44 @@ fn a_token_the_filter_accepts_is_revocable_by_token() {
     assert_eq!(filter_status(&svc, after, Mode::Denylist)["active"], true, "issued in the cutoff's second");
 }
 
+/// `--jwks-file` obeys the rules the filter's configured key sets obey (`keys::check_set`): no
+/// `kid` twice, no HMAC secret beside public keys; and, as for the filter's `local_jwks`, a key
+/// it cannot use or a set with no key stops the start instead of being skipped.
+#[test]
+fn a_jwks_file_breaking_the_key_set_rules_stops_the_start() {
+    let dir = scratch_dir("revocation", "badjwks");
+    let redis = RedisServer::start(&dir, &[]);
+    let signer = KeyPair::load_or_generate(&dir, Algorithm::ES256, "jwks-a");
+    let other = KeyPair::load_or_generate(&dir, Algorithm::ES256, "jwks-b");
+    let mut same_kid = other.jwk();
+    same_kid["kid"] = json!(signer.kid);
+    let secret = json!({"kty": "oct", "kid": "hmac", "k": URL_SAFE_NO_PAD.encode([7u8; 32])});
+    let off_curve = json!({"kty": "EC", "crv": "P-256", "kid": "bad", "x": "AAAA", "y": "AAAA"});
+    let cases = [
+        ("duplicate-kid", json!({"keys": [signer.jwk(), same_kid]}), "duplicate kid"),
+        ("same-key-twice", json!({"keys": [signer.jwk(), signer.jwk()]}), "duplicate kid"),
+        ("secret-beside-public", json!({"keys": [signer.jwk(), secret]}), "cannot mix"),
+        ("malformed-key", json!({"keys": [signer.jwk(), off_curve]}), "JWK bad"),
+        ("unknown-kty", json!({"keys": [signer.jwk(), {"kty": "XYZ"}]}), "unsupported kty"),
+        ("no-key", json!({"keys": []}), "no key"),
+    ];
+    for (name, jwks, reason) in cases {
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        let started =
+            Service::start(&bin(), &dir, &args(&[redis.url()], false, &["--jwks-file", path.to_str().unwrap()]));
+        let err = started.err().unwrap_or_else(|| panic!("{name}: the service started with {jwks}"));
+        assert!(err.contains("--jwks-file") && err.contains(reason), "{name}: {err}");
+    }
+    // Secrets alone are a valid set, as they are for a filter provider.
+    let path = dir.join("secrets.json");
+    let secrets = json!({"keys": [{"kty": "oct", "kid": "h1", "k": URL_SAFE_NO_PAD.encode([1u8; 32])},
+                                  {"kty": "oct", "kid": "h2", "k": URL_SAFE_NO_PAD.encode([2u8; 32])}]});
+    std::fs::write(&path, secrets.to_string()).unwrap();
+    Service::start(&bin(), &dir, &args(&[redis.url()], false, &["--jwks-file", path.to_str().unwrap()]))
+        .expect("a set of secrets alone");
+}
+
 /// The server refuses every input `openapi.json` forbids, on every endpoint, with the documented
 /// 400 `invalid_request`, and none of them leaves anything in Redis (schemathesis generates
 /// more in tests/openapi.rs; these are the ones that were accepted before).
@@ -677,29 +715,63 @@ fn every_input_the_document_forbids_is_refused_and_stores_nothing() {
         (r#"{"jti": "x", "exp": 18446744073709551616}"#.into(), jsn),
         (r#"{"jti": "x", "exp": "1"}"#.into(), jsn),
         ("[]".into(), jsn),
+        // Exactly one JSON object: never an array (serde would read a struct from one), a
+        // scalar, or an object naming a member twice.
+        (format!(r#"["x", {exp}]"#), jsn),
+        (format!(r#"[{{"jti": "x", "exp": {exp}}}]"#), jsn),
+        (r#"["t"]"#.into(), jsn),
+        (r#"{"token": "a", "token": "b"}"#.into(), jsn),
+        (format!(r#"{{"jti": "x", "exp": {exp}, "exp": {exp}}}"#), jsn),
+        (r#""t""#.into(), jsn),
+        ("1".into(), jsn),
+        ("null".into(), jsn),
+        ("true".into(), jsn),
+        (format!(r#"{{"jti": "x", "exp": {exp}}} {{}}"#), jsn),
         (format!(r#"{{"jti": "x", "exp": {exp}}}"#), "application/jsonp"),
         (format!(r#"{{"jti": "x", "exp": {exp}}}"#), "text/plain"),
     ];
     let subject = [
-        r#"{"sub": "a", "unknown": 1}"#,
-        r#"{"sub": "a", "issued_before": -1}"#,
-        r#"{"sub": "a", "issued_before": "1"}"#,
-        r#"{"sub": "a", "iss": ""}"#,
-        r#"{"sub": null}"#,
-        r#"{}"#,
+        r#"{"sub": "a", "unknown": 1}"#.to_string(),
+        r#"{"sub": "a", "issued_before": -1}"#.to_string(),
+        r#"{"sub": "a", "issued_before": "1"}"#.to_string(),
+        r#"{"sub": "a", "iss": ""}"#.to_string(),
+        r#"{"sub": null}"#.to_string(),
+        r#"{}"#.to_string(),
+        // Exactly one JSON object, as for /v1/revoke.
+        r#"["alice"]"#.to_string(),
+        format!(r#"["alice", "https://issuer", {exp}]"#),
+        r#"[{"sub": "alice"}]"#.to_string(),
+        "[]".to_string(),
+        r#"{"sub": "alice", "sub": "bob"}"#.to_string(),
+        r#"{"sub": "alice", "iss": "i", "iss": "j"}"#.to_string(),
+        r#""alice""#.to_string(),
+        "7".to_string(),
+        "null".to_string(),
+        "false".to_string(),
+        r#"{"sub": "alice"} []"#.to_string(),
     ];
     let sessions = [
         format!(r#"{{"jti": "s", "sub": "a", "exp": {exp}, "unknown": 1}}"#),
         r#"{"jti": "s", "sub": "a"}"#.to_string(),
         r#"{"jti": "s", "sub": "a", "exp": null}"#.to_string(),
         format!(r#"{{"jti": "s", "sub": "a\u0007", "exp": {exp}}}"#),
+        // Exactly one JSON object, as for /v1/revoke.
+        format!(r#"["j1", "bob", {exp}]"#),
+        format!(r#"[{{"jti": "j1", "sub": "bob", "exp": {exp}}}]"#),
+        "[]".to_string(),
+        format!(r#"{{"jti": "j1", "jti": "j2", "sub": "bob", "exp": {exp}}}"#),
+        format!(r#"{{"jti": "j1", "sub": "bob", "exp": {exp}, "exp": {exp}}}"#),
+        r#""j1""#.to_string(),
+        exp.to_string(),
+        "null".to_string(),
+        "true".to_string(),
     ];
     let mut requests: Vec<(String, String, Option<String>, &str)> = Vec::new();
     for (body, ct) in &revoke {
         requests.push(("POST".into(), "/v1/revoke".into(), Some(body.clone()), ct));
     }
     for body in subject {
-        requests.push(("POST".into(), "/v1/revoke-subject".into(), Some(body.into()), jsn));
+        requests.push(("POST".into(), "/v1/revoke-subject".into(), Some(body), jsn));
     }
     for body in sessions {
         requests.push(("POST".into(), "/v1/sessions".into(), Some(body), jsn));
