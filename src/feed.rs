@@ -19,9 +19,10 @@ pub struct FeedConfig {
 }
 
 impl FeedConfig {
-    /// How long the service may hold a poll with nothing new: a heartbeat at least this often.
+    /// How long the service may hold a poll with nothing new: a heartbeat at least this often
+    /// (at most the 60 s the service allows).
     pub fn poll_wait_ms(&self) -> u64 {
-        self.max_staleness_ms / 5
+        (self.max_staleness_ms / 5).min(60_000)
     }
 }
 
@@ -42,6 +43,8 @@ pub struct FeedClient {
     pub failures: u32,
     /// No poll before this time (backoff after failures).
     pub next_attempt_ms: u64,
+    /// Bumped by `start_over`: the answer to a poll sent before it is for the old position.
+    pub generation: u32,
 }
 
 /// Backoff after failed polls: 100 ms doubling to at most 2 s, so a service back from an outage
@@ -89,10 +92,23 @@ impl FeedClient {
     }
 
     /// Reads the feed again from the beginning (after the set overflowed and entries have
-    /// since expired): the set is incomplete until the replay ends.
+    /// since expired): the set is incomplete until the replay ends. A poll still out answers
+    /// for the old position: `superseded` tells it apart.
     pub fn start_over(&mut self) {
         self.position.clear();
         self.ready = false;
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Whether the answer to a poll sent in `generation` comes from before a `start_over`; if
+    /// so it is dropped and the next poll may go at once.
+    pub fn superseded(&mut self, generation: u32, now_ms: u64) -> bool {
+        let old = generation != self.generation;
+        if old {
+            self.in_flight = false;
+            self.next_attempt_ms = now_ms;
+        }
+        old
     }
 
     /// Whether the set may decide alone at `now_ms`: complete, and heard from recently.
@@ -178,6 +194,8 @@ mod tests {
         assert!(f.ready && f.fresh(1_500, &c));
         assert_eq!(f.age_ms(1_800), 300, "as of when the service last heard from Redis");
         assert_eq!(f.poll_path(&c), "/v1/feed?after=18-3&wait_ms=6000");
+        let long = FeedConfig { max_staleness_ms: 3_600_000, ..c.clone() };
+        assert_eq!(long.poll_wait_ms(), 60_000, "the most the service allows");
         assert!(f.fresh(1_500 + 30_000, &c) && !f.fresh(1_501 + 30_000, &c), "max_staleness");
         assert_eq!(f.age_ms(2_000), 500);
     }
@@ -187,8 +205,12 @@ mod tests {
         let c = cfg();
         let mut f = FeedClient::default();
         assert!(f.answer(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#), 1_000).is_some());
+        f.in_flight = true;
+        let sent_in = f.generation;
         f.start_over();
         assert!(!f.ready && f.was_ready && !f.fresh(1_000, &c));
+        assert!(f.superseded(sent_in, 1_050), "the poll out before the start over answers for the old position");
+        assert!(!f.in_flight && !f.superseded(f.generation, 1_050));
         assert_eq!(f.poll_path(&c), "/v1/feed?wait_ms=0");
         assert!(f.answer(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#), 1_100).is_some());
         assert!(f.fresh(1_100, &c));

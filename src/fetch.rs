@@ -185,7 +185,7 @@ impl Shared {
                     }
                 }
             }
-            Callout::Status { .. } | Callout::Logout { .. } | Callout::Feed => None,
+            Callout::Status { .. } | Callout::Logout { .. } | Callout::Feed { .. } => None,
         }
     }
 

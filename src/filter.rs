@@ -82,13 +82,18 @@ impl Context for Root {
                 }
                 self.run_keys(&shared);
             }
-            Callout::Feed => {
+            Callout::Feed { generation } => {
                 let Some(feed) = &shared.feed else { return };
                 let mut started = Vec::new();
                 let dispatch = |c: &str, h: Vec<(&str, &str)>, b: Option<&[u8]>, t| self.dispatch(c, h, b, t);
-                shared.on_feed_answer(feed, status, body.as_deref(), &dispatch, &mut |token, ctx, callout| {
-                    started.push((token, ctx, callout))
-                });
+                shared.on_feed_answer(
+                    feed,
+                    generation,
+                    status,
+                    body.as_deref(),
+                    &dispatch,
+                    &mut |token, ctx, callout| started.push((token, ctx, callout)),
+                );
                 // The next poll at once: a long-poll is always out, so a revocation arrives as
                 // soon as the service has it.
                 started.extend(shared.poll_feed(feed, &dispatch).map(|(t, c)| (t, 0, c)));
@@ -168,7 +173,8 @@ impl RootContext for Root {
         };
         let revocation = config.revocation.clone();
         let namespace = config.namespace.clone();
-        let feed = revocation.as_ref().and_then(|r| r.feed.clone()).map(|f| Feed::new(f, &namespace));
+        let grace = config.providers.iter().map(|p| p.policy.clock_skew_seconds).max().unwrap_or(0);
+        let feed = revocation.as_ref().and_then(|r| r.feed.clone()).map(|f| Feed::new(f, &namespace, grace));
         let shared = Rc::new(Shared {
             auth: RefCell::new(Authenticator::new(config)),
             style,

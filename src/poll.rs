@@ -50,10 +50,11 @@ pub struct Feed {
 }
 
 impl Feed {
-    pub fn new(cfg: FeedConfig, namespace: &str) -> Feed {
+    /// `grace_seconds`: the largest clock skew of the plugin's providers.
+    pub fn new(cfg: FeedConfig, namespace: &str, grace_seconds: u64) -> Feed {
         Feed {
             slot_prefix: format!("jwtguard.{namespace}.feed.slot."),
-            set: RefCell::new(RevocationSet::new(cfg.max_entries)),
+            set: RefCell::new(RevocationSet::new(cfg.max_entries, grace_seconds)),
             cfg,
             client: RefCell::new(FeedClient::default()),
             waiters: RefCell::new(Vec::new()),
@@ -82,8 +83,8 @@ impl Shared {
     ) -> (Action, Option<(u32, Callout)>) {
         match self.set_verdict(feed, &token.identity, failure_mode, now) {
             SetAnswer::Decided(verdict) => (self.settle(context_id, false, verdict, waiting), None),
-            SetAnswer::AskService => {
-                self.check_status(context_id, waiting, &token.identity, failure_mode, now, dispatch, true)
+            SetAnswer::AskService { until_exp } => {
+                self.check_status(context_id, waiting, &token.identity, failure_mode, now, dispatch, until_exp)
             }
             SetAnswer::Wait => {
                 feed.waiters.borrow_mut().push(SetWaiter {
@@ -105,16 +106,31 @@ impl Shared {
         let client = feed.client.borrow();
         let usable = client.fresh(now, &feed.cfg) && !feed.set.borrow().overflowed();
         self.note_usable(feed, usable, &client, now);
+        let Some(rev) = &self.revocation else {
+            return SetAnswer::Decided(Verdict::Allow);
+        };
+        if rev.mode == Mode::Allowlist {
+            // With the set current, an active session is kept until the token expires (the feed
+            // brings its end); without it, the status lookup and its cache decide as they would
+            // with `source: status` (stale answers within `stale_ms` included).
+            return SetAnswer::AskService { until_exp: usable };
+        }
         if usable {
-            let allowlist = self.revocation.as_ref().is_some_and(|r| r.mode == Mode::Allowlist);
-            return if allowlist { SetAnswer::AskService } else { SetAnswer::Decided(Verdict::Allow) };
+            return SetAnswer::Decided(Verdict::Allow);
         }
         if !client.was_ready && feed.cfg.wait_for_set_ms > 0 {
             return SetAnswer::Wait;
         }
-        // What the set held is the last answer, for `failure_mode: stale`.
-        let last = client.was_ready.then_some(Known::Active);
-        SetAnswer::Decided(revocation::verdict(Err(Failure::Unavailable), failure_mode, last))
+        // `failure_mode: stale` may take the set as the last answer while it is complete and at
+        // most `stale_ms` past `max_staleness_ms`.
+        let stale_ok = client.was_ready
+            && !feed.set.borrow().overflowed()
+            && client.age_ms(now) <= feed.cfg.max_staleness_ms.saturating_add(rev.freshness.stale_ms);
+        SetAnswer::Decided(revocation::verdict(
+            Err(Failure::Unavailable),
+            failure_mode,
+            stale_ok.then_some(Known::Active),
+        ))
     }
 
     fn note_usable(&self, feed: &Feed, usable: bool, client: &FeedClient, now: u64) {
@@ -157,8 +173,9 @@ impl Shared {
         let wait = feed.cfg.poll_wait_ms().saturating_add(rev.timeout_ms);
         match dispatch(&rev.cluster, headers, None, Duration::from_millis(wait)) {
             Ok(token) => {
-                feed.client.borrow_mut().in_flight = true;
-                Some((token, Callout::Feed))
+                let mut client = feed.client.borrow_mut();
+                client.in_flight = true;
+                Some((token, Callout::Feed { generation: client.generation }))
             }
             Err(status) => {
                 warn!("jwtguard: revocation feed poll to cluster {:?} failed: {status:?}", rev.cluster);
@@ -170,15 +187,20 @@ impl Shared {
     }
 
     /// A poll's answer: apply its events; once the set is complete, the parked requests go on.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_feed_answer(
         &self,
         feed: &Feed,
+        generation: u32,
         status: Option<u16>,
         body: Option<&[u8]>,
         dispatch: Dispatch,
         record: &mut dyn FnMut(u32, u32, Callout),
     ) {
         let now = now_ms();
+        if feed.client.borrow_mut().superseded(generation, now) {
+            return;
+        }
         let was_ready = feed.client.borrow().ready;
         let events = feed.client.borrow_mut().answer(status, body, now);
         let Some(events) = events else {
@@ -265,12 +287,12 @@ impl Shared {
                 SetAnswer::Decided(verdict) => {
                     self.settle(w.context_id, true, verdict, true);
                 }
-                SetAnswer::AskService => {
+                SetAnswer::AskService { until_exp } => {
                     if !crate::host::set_effective_context(w.context_id) {
                         continue;
                     }
                     let (_, callout) =
-                        self.check_status(w.context_id, true, &w.identity, w.failure_mode, now, dispatch, true);
+                        self.check_status(w.context_id, true, &w.identity, w.failure_mode, now, dispatch, until_exp);
                     if let Some((token, c)) = callout {
                         record(token, w.context_id, c);
                     }
@@ -317,8 +339,10 @@ impl Shared {
 enum SetAnswer {
     Decided(Verdict),
     /// Allowlist mode: the set has nothing against the token; the service says whether it is a
-    /// registered session.
-    AskService,
+    /// registered session (`until_exp`: an active answer holds until the token expires).
+    AskService {
+        until_exp: bool,
+    },
     Wait,
 }
 

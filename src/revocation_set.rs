@@ -34,13 +34,16 @@ pub struct RevocationSet {
     /// Allowlist mode: `jti` of an ended session → until when that matters.
     ended: HashMap<String, u64>,
     max_entries: usize,
+    /// Added to every event's `until`: the largest clock skew a provider allows, so a revoked
+    /// token is refused for as long as any provider could still accept it.
+    grace_seconds: u64,
     /// An event was refused for want of room: the set no longer knows everything.
     overflowed: bool,
 }
 
 impl RevocationSet {
-    pub fn new(max_entries: usize) -> Self {
-        RevocationSet { max_entries, ..Default::default() }
+    pub fn new(max_entries: usize, grace_seconds: u64) -> Self {
+        RevocationSet { max_entries, grace_seconds, ..Default::default() }
     }
 
     /// Entries held now.
@@ -61,6 +64,7 @@ impl RevocationSet {
     /// Takes in one event; one that no longer matters at `now` (seconds) is dropped.
     pub fn apply(&mut self, event: FeedEvent, now: u64) {
         let full = self.len() >= self.max_entries;
+        let event = with_grace(event, self.grace_seconds);
         match event {
             FeedEvent::Revoked { until, .. } | FeedEvent::SessionEnded { until, .. } if until <= now => {}
             FeedEvent::Revoked { jti, until } => keep_latest(&mut self.revoked, jti, until, full, &mut self.overflowed),
@@ -130,6 +134,16 @@ impl RevocationSet {
     }
 }
 
+fn with_grace(event: FeedEvent, grace: u64) -> FeedEvent {
+    match event {
+        FeedEvent::Revoked { jti, until } => FeedEvent::Revoked { jti, until: until.saturating_add(grace) },
+        FeedEvent::SessionEnded { jti, until } => FeedEvent::SessionEnded { jti, until: until.saturating_add(grace) },
+        FeedEvent::SubjectCutoff { sub, iss, before, until } => {
+            FeedEvent::SubjectCutoff { sub, iss, before, until: until.saturating_add(grace) }
+        }
+    }
+}
+
 fn keep_latest(map: &mut HashMap<String, u64>, jti: String, until: u64, full: bool, overflowed: &mut bool) {
     match map.get_mut(&jti) {
         Some(current) => *current = (*current).max(until),
@@ -159,7 +173,7 @@ mod tests {
 
     #[test]
     fn revoked_jtis_until_they_expire() {
-        let mut set = RevocationSet::new(10);
+        let mut set = RevocationSet::new(10, 0);
         set.apply(revoked("j1", 200), 100);
         set.apply(revoked("gone", 100), 100);
         assert_eq!(set.len(), 1, "an event that no longer matters is dropped");
@@ -171,8 +185,18 @@ mod tests {
     }
 
     #[test]
+    fn entries_outlive_until_by_the_providers_skew() {
+        let mut set = RevocationSet::new(10, 60);
+        set.apply(revoked("j1", 200), 100);
+        set.apply(revoked("late", 90), 100);
+        assert_eq!(set.check(&id(json!({"jti": "j1"})), 259), Some(Known::Revoked), "accepted until exp + skew");
+        assert_eq!(set.check(&id(json!({"jti": "j1"})), 260), None);
+        assert_eq!(set.check(&id(json!({"jti": "late"})), 120), Some(Known::Revoked), "still within the skew");
+    }
+
+    #[test]
     fn cutoffs_by_issuer_or_for_all() {
-        let mut set = RevocationSet::new(10);
+        let mut set = RevocationSet::new(10, 0);
         set.apply(cutoff("alice", Some("i1"), 1_000, 5_000), 100);
         set.apply(cutoff("bob", None, 1_000, 5_000), 100);
         let token = |sub: &str, iss: &str, iat: Option<u64>| {
@@ -207,7 +231,7 @@ mod tests {
             id(json!({"jti": "s1"})),
         ];
         let answers = |order: &[usize]| {
-            let mut set = RevocationSet::new(100);
+            let mut set = RevocationSet::new(100, 0);
             for &i in order {
                 set.apply(events[i].clone(), 100);
             }
@@ -226,7 +250,7 @@ mod tests {
 
     #[test]
     fn at_the_bound_the_set_says_it_is_incomplete() {
-        let mut set = RevocationSet::new(2);
+        let mut set = RevocationSet::new(2, 0);
         set.apply(revoked("a", 500), 100);
         set.apply(cutoff("s", None, 10, 500), 100);
         assert!(!set.overflowed());

@@ -41,8 +41,10 @@ pub enum Callout {
     Discovery {
         remote: usize,
     },
-    /// A long-poll of the revocation feed (root context).
-    Feed,
+    /// A long-poll of the revocation feed (root context), sent in that feed generation.
+    Feed {
+        generation: u32,
+    },
 }
 
 /// A request waiting for the revocation answer about its token.
@@ -446,7 +448,7 @@ impl Shared {
                     self.deny(Reason::RevocationUnavailable, None);
                 }
             }
-            Callout::Jwks { .. } | Callout::Discovery { .. } | Callout::Feed => {}
+            Callout::Jwks { .. } | Callout::Discovery { .. } | Callout::Feed { .. } => {}
         }
     }
 

@@ -358,3 +358,61 @@ fn a_feed_primary_killed_mid_stream_loses_no_acknowledged_revocation() {
 fn feed_key() -> String {
     "jwtguard:{feed}".to_string()
 }
+
+/// An overflowed set recovers: once entries expire and there is room, the worker reads the feed
+/// from the start again; meanwhile (and afterwards) the revocation it could not hold is never
+/// accepted.
+#[test]
+fn an_overflowed_set_recovers_by_replaying_the_feed() {
+    let w = world("feed-overflow-recovery", &["--clock-skew-seconds", "0"]);
+    let mut config = plugin(&w.key, json!({"failure_mode": "closed", "feed": {"max_entries": 2}}), json!([]));
+    config["providers"]["main"]["clock_skew_seconds"] = json!(0);
+    let e = envoy(&w.dir, "e", &[("main", config)], w.service.port, &w.echo);
+    let good = token(&w.key, "kim", "k-good", now());
+    let kept_out = token(&w.key, "kim", "k-late", now());
+    first_set(&e, "main", &good);
+    for jti in ["k-short-1", "k-short-2"] {
+        assert_eq!(write(&w.service, "/v1/revoke", json!({"jti": jti, "exp": now() + 3})), 200);
+    }
+    assert_eq!(write(&w.service, "/v1/revoke", json!({"jti": "k-late", "exp": now() + 600})), 200);
+    wait_for("the set to overflow", Duration::from_secs(5), || (get(&e, "main", &good).status == 503).then_some(()));
+    let recovered = wait_for("the replay after the short revocations expired", Duration::from_secs(30), || {
+        assert_ne!(get(&e, "main", &kept_out).status, 200, "a revocation the full set could not hold was accepted");
+        (get(&e, "main", &good).status == 200).then_some(())
+    });
+    let _ = recovered;
+    for _ in 0..5 {
+        assert_revoked(&get(&e, "main", &kept_out));
+    }
+    assert_eq!(e.stat_now("wasmcustom.jwtguard.revocation.feed.overflowed"), 0);
+}
+
+/// `failure_mode: stale` with the feed: once the service is gone, a token never seen active is
+/// not let through as "stale" (allowlist), and the set is not trusted past `stale_ms`.
+#[test]
+fn stale_mode_never_vouches_for_what_the_set_never_knew() {
+    let mut w = world("feed-stale", &[]);
+    let stale = json!({"failure_mode": "stale", "stale_ms": 1000, "feed": {"max_staleness_ms": 1000}});
+    let mut allowlist = stale.clone();
+    allowlist["mode"] = json!("allowlist");
+    let listeners = [("deny", plugin(&w.key, stale, json!([]))), ("allow", plugin(&w.key, allowlist, json!([])))];
+    let e = envoy(&w.dir, "e", &listeners, w.service.port, &w.echo);
+    let t = token(&w.key, "lee", "l1", now());
+    first_set(&e, "deny", &t);
+    assert_eq!(get(&e, "deny", &t).status, 200);
+    assert_revoked(&get(&e, "allow", &t)); // never registered
+    w.service.stop();
+    let stopped = Instant::now();
+    let mut deny_503_at = None;
+    while stopped.elapsed() < Duration::from_secs(4) {
+        assert_ne!(get(&e, "allow", &t).status, 200, "an unregistered token passed as stale");
+        let status = get(&e, "deny", &t).status;
+        if status == 503 && deny_503_at.is_none() {
+            deny_503_at = Some(stopped.elapsed());
+        }
+        assert!(deny_503_at.is_none() || status == 503, "stale answers came back");
+    }
+    let at = deny_503_at.expect("the set was trusted for ever");
+    eprintln!("denylist, stale: the set was used as the last answer until {at:?} after the service stopped");
+    assert!(at <= Duration::from_millis(3500), "{at:?}: past max_staleness_ms + stale_ms");
+}
