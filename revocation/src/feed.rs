@@ -38,6 +38,13 @@ pub const PAGE_EVENTS: usize = 1000;
 pub const PAGE_BYTES: usize = 512 * 1024;
 /// Entries scanned for one page (expired ones included), so a page costs bounded work.
 const PAGE_SCAN: usize = 10_000;
+/// How long after its `until` (on this service's clock) an event is still sent, in seconds. A
+/// proxy's clock may lag this one: an event dropped the moment `until` passes here could still
+/// refuse a token there, and a new worker building its set would never hear of it. The filter
+/// drops events whose `until` has passed on its own clock, so sending them a little longer
+/// costs a few bytes and never keeps a token refused. The stream keeps entries at least this
+/// long past their `until` (see the retention in `main`).
+pub const UNTIL_GRACE_SECONDS: u64 = 60;
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -158,7 +165,8 @@ impl Page {
 }
 
 /// Fills a page from `entries` (after `after`, oldest first) within the page's bounds, leaving
-/// out events whose `until` has passed. `beyond`: entries exist past those given.
+/// out events whose `until` passed more than `UNTIL_GRACE_SECONDS` before `now`. `beyond`:
+/// entries exist past those given.
 fn fill<'a>(after: StreamId, entries: impl Iterator<Item = &'a Prepared>, beyond: bool, now: u64) -> Page {
     let mut page = Page::empty(after);
     let (mut bytes, mut scanned) = (0, 0);
@@ -168,7 +176,7 @@ fn fill<'a>(after: StreamId, entries: impl Iterator<Item = &'a Prepared>, beyond
             break;
         }
         if let Some((until, json)) = &entry.event {
-            if *until > now {
+            if until.saturating_add(UNTIL_GRACE_SECONDS) > now {
                 if page.events.len() == PAGE_EVENTS || bytes + json.len() + 1 > PAGE_BYTES {
                     break;
                 }
@@ -341,12 +349,12 @@ impl Feed {
         Ok(Feed { store, shared })
     }
 
-    /// Held polls answer at once (with what they have): the instance is going away.
     /// How long ago this instance last heard from Redis (ms), for the answer's `age_ms`.
     pub fn age_ms(&self) -> u64 {
         self.shared.age_ms()
     }
 
+    /// Held polls answer at once (with what they have): the instance is going away.
     pub fn close(&self) {
         self.shared.closing.store(true, Ordering::Relaxed);
         self.shared.bump();
@@ -545,6 +553,7 @@ mod tests {
 
     #[test]
     fn pages_skip_expired_events_but_move_past_them() {
+        const GRACE: u64 = UNTIL_GRACE_SECONDS;
         let mut ring = Ring::starting_at(StreamId::ZERO);
         ring.push(vec![
             revoked(1, "a", 100),
@@ -552,7 +561,8 @@ mod tests {
             FeedEntry { id: id(3, 0), event: None },
             revoked(4, "b", 100),
         ]);
-        let page = ring.page(StreamId::ZERO, 50).unwrap();
+        let now = 10 + GRACE; // "gone" expired a grace period ago
+        let page = ring.page(StreamId::ZERO, now).unwrap();
         assert_eq!((page.position, page.len(), page.more), (id(4, 0), 2, false));
         let body: jwtguard_wire::FeedResponse = serde_json::from_str(&page.body(0)).unwrap();
         assert_eq!(body.position, "4-0");
@@ -563,12 +573,41 @@ mod tests {
                 FeedEvent::Revoked { jti: "b".into(), until: 100 }
             ]
         );
-        let page = ring.page(id(1, 0), 50).unwrap();
+        let page = ring.page(id(1, 0), now).unwrap();
         assert_eq!((page.position, page.len()), (id(4, 0), 1));
-        let page = ring.page(id(4, 0), 50).unwrap();
+        let page = ring.page(id(4, 0), now).unwrap();
         assert_eq!((page.position, page.len(), page.more), (id(4, 0), 0, false), "nothing new: the same position");
-        let page = ring.page(id(2, 0), 200).unwrap();
+        let page = ring.page(id(2, 0), 100 + GRACE).unwrap();
         assert_eq!((page.position, page.len()), (id(4, 0), 0), "all expired: the position still moves");
+    }
+
+    /// A proxy whose clock lags this one still needs an event whose `until` has just passed
+    /// here: it is sent for a grace period after `until`, then left out.
+    #[test]
+    fn events_are_sent_for_a_grace_period_after_their_until() {
+        let mut ring = Ring::starting_at(StreamId::ZERO);
+        ring.push(vec![revoked(1, "just-expired", 1_000), revoked(2, "live", 5_000)]);
+        let jtis = |now: u64| {
+            let page = ring.page(StreamId::ZERO, now).unwrap();
+            assert_eq!(page.position, id(2, 0), "the position moves past what is left out");
+            let body: jwtguard_wire::FeedResponse = serde_json::from_str(&page.body(0)).unwrap();
+            body.events
+                .into_iter()
+                .map(|e| match e {
+                    FeedEvent::Revoked { jti, .. } => jti,
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(jtis(999), ["just-expired", "live"]);
+        assert_eq!(jtis(1_000), ["just-expired", "live"], "until has just passed here");
+        assert_eq!(jtis(1_000 + UNTIL_GRACE_SECONDS - 1), ["just-expired", "live"]);
+        assert_eq!(jtis(1_000 + UNTIL_GRACE_SECONDS), ["live"], "past the grace: left out");
+        // Redis answers (an older position than the ring covers) are filled the same way.
+        let from_redis = [revoked(1, "just-expired", 1_000)].map(Prepared::new);
+        assert_eq!(fill(StreamId::ZERO, from_redis.iter(), false, 1_001).len(), 1);
+        assert_eq!(fill(StreamId::ZERO, from_redis.iter(), false, 1_000 + UNTIL_GRACE_SECONDS).len(), 0);
+        assert_eq!(fill(StreamId::ZERO, [revoked(1, "far", u64::MAX)].map(Prepared::new).iter(), false, 7).len(), 1);
     }
 
     #[test]

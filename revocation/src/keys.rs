@@ -17,6 +17,7 @@
 //! | `P:sidx:{~J}` | the subject of session J |
 //! | `P:{feed}` | the revocation feed (a stream); its fixed tag puts it on one shard |
 //! | `P:readyz` | the readiness probe |
+//! | `P:{feed}:probe` | the readiness probe of the feed's shard (a stream of one entry) |
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -81,6 +82,11 @@ impl Keys {
     pub fn ready(&self) -> String {
         format!("{}:readyz", self.prefix)
     }
+
+    /// The readiness probe's stream: the feed's tag, so the feed's slot (and shard).
+    pub fn feed_probe(&self) -> String {
+        format!("{}:probe", self.feed())
+    }
 }
 
 fn encode(part: &str) -> String {
@@ -132,6 +138,7 @@ mod tests {
         }
         add(keys.ready(), "readyz".into());
         add(keys.feed(), "feed".into());
+        add(keys.feed_probe(), "feed probe".into());
     }
 
     /// The tag of every key of one identifier is its encoding alone, so all of a subject's keys
@@ -166,5 +173,7 @@ mod tests {
         assert_eq!(keys.cutoff("X", Some("evil}:")), "jwtguard:cut:{~WA}:~ZXZpbH06");
         assert_eq!(keys.jti("j-1"), "jwtguard:jti:{~ai0x}");
         assert_eq!(keys.feed(), "jwtguard:{feed}");
+        assert_eq!(keys.feed_probe(), "jwtguard:{feed}:probe");
+        assert_eq!(key_slot(&keys.feed_probe()), key_slot(&keys.feed()), "the probe is on the feed's shard");
     }
 }

@@ -218,6 +218,13 @@ fn serve(args: ServeArgs) -> Result<String, String> {
         tracing::warn!("INSECURE DEVELOPMENT MODE: anyone who can reach this service can revoke tokens and sessions");
     }
     let readers = args.status_credentials.as_deref().map(auth::Credentials::parse).filter(|c| !c.is_empty());
+    if readers.is_none() && !args.insecure_dev_no_credentials {
+        tracing::warn!(
+            "UNAUTHENTICATED STATUS AND FEED: without --status-credentials (JWTGUARD_STATUS_CREDENTIALS) anyone \
+             who can reach this service can read /v1/status and /v1/feed, which lists every revoked jti and every \
+             subject that logged out, and hold feed polls open; give the filter's credential"
+        );
+    }
     let keys = match &args.jwks_file {
         None => None,
         Some(path) => {
@@ -242,10 +249,14 @@ fn serve(args: ServeArgs) -> Result<String, String> {
             Some(path) => Some(std::fs::read(path).map_err(|e| format!("--redis-ca-file {}: {e}", path.display()))?),
             None => None,
         },
-        // Every event's `until` is at most a token lifetime plus the skew past its write; a
-        // minute more absorbs clock differences between the service and Redis.
+        // Every event's `until` is at most a token lifetime plus the skew past its write, and
+        // the feed sends it for a grace period after that (feed::UNTIL_GRACE_SECONDS); a minute
+        // more absorbs clock differences between the service and Redis.
         feed_retention: Duration::from_secs(
-            args.max_token_lifetime_seconds.saturating_add(args.clock_skew_seconds).saturating_add(60),
+            args.max_token_lifetime_seconds
+                .saturating_add(args.clock_skew_seconds)
+                .saturating_add(feed::UNTIL_GRACE_SECONDS)
+                .saturating_add(60),
         ),
     };
     let open_files = raise_open_files_limit();

@@ -8,7 +8,10 @@
 //!   subject's live sessions; `sidx` (jti → subject), to end a session by `jti`.
 //!
 //! - `{feed}` — the revocation feed: a stream with one entry per event that can refuse a token
-//!   (see `feed`), appended after the state write it reports, trimmed by age.
+//!   (see `feed`), trimmed by age. Each write appends its event BEFORE the state change it
+//!   reports: a failure between the two leaves an event without state (proxies refuse a token
+//!   the status endpoint still calls active: fail-safe, and the caller's retry completes it),
+//!   never state without an event (proxies holding the set would accept a revoked token).
 //!
 //! A status check reads at most two shards (the `jti`'s and the subject's), in parallel. Every
 //! write goes to its key's primary in one pipeline with `WAIT` when replicas must acknowledge it,
@@ -42,7 +45,8 @@ pub struct RedisOptions {
     pub retries: u32,
     /// PEM CA certificates to trust for `rediss://` instead of the system's.
     pub ca_pem: Option<Vec<u8>>,
-    /// How long feed entries are kept: past it every event's `until` has passed.
+    /// How long feed entries are kept: past it every event's `until`, and the grace the feed
+    /// sends it for after that (`feed::UNTIL_GRACE_SECONDS`), have passed.
     pub feed_retention: Duration,
 }
 
@@ -258,20 +262,22 @@ impl Store {
         Ok(values)
     }
 
-    /// Revokes `jti` until `until` (seconds since the epoch), then tells the feed. Idempotent:
-    /// a retry after a failed append stores the same and appends again.
+    /// Tells the feed, then revokes `jti` until `until` (seconds since the epoch). Idempotent:
+    /// a retry after a failure appends again and stores the same.
     pub async fn revoke_jti(&self, jti: &str, until: u64) -> Result<(), StoreError> {
+        self.append(&[FeedEvent::Revoked { jti: jti.to_string(), until }]).await?;
         let key = self.keys.jti(jti);
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&key).arg(1).arg("EXAT").arg(until).ignore();
         self.write("revoke", &key, pipe).await?;
-        self.append(&[FeedEvent::Revoked { jti: jti.to_string(), until }]).await
+        Ok(())
     }
 
-    /// Moves the subject's cutoff to `issued_before` unless it is already later, then tells the
-    /// feed the cutoff in force (even one that did not move: a retry must still reach the feed);
-    /// returns that cutoff. Its event lasts `ttl` past the cutoff, as long as a token issued
-    /// before it can live.
+    /// Tells the feed the requested cutoff, then moves the subject's cutoff to `issued_before`
+    /// unless it is already later; returns the cutoff in force. The event carries the requested
+    /// cutoff even when a later one is in force: proxies keep the latest cutoff they have seen,
+    /// and the later one had its own event. It lasts `ttl` past the cutoff, as long as a token
+    /// issued before it can live.
     pub async fn revoke_subject(
         &self,
         sub: &str,
@@ -279,22 +285,21 @@ impl Store {
         issued_before: u64,
         ttl: u64,
     ) -> Result<u64, StoreError> {
+        let event = FeedEvent::SubjectCutoff {
+            sub: sub.to_string(),
+            iss: iss.map(String::from),
+            before: issued_before,
+            until: issued_before.saturating_add(ttl),
+        };
+        self.append(&[event]).await?;
         let key = self.keys.cutoff(sub, iss);
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL").arg(CUTOFF_SCRIPT).arg(1).arg(&key).arg(issued_before).arg(ttl.max(1));
         let values = self.write("revoke_subject", &key, pipe).await?;
-        let before = match values.first() {
+        Ok(match values.first() {
             Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(issued_before),
             _ => issued_before,
-        };
-        let event = FeedEvent::SubjectCutoff {
-            sub: sub.to_string(),
-            iss: iss.map(String::from),
-            before,
-            until: before.saturating_add(ttl),
-        };
-        self.append(&[event]).await?;
-        Ok(before)
+        })
     }
 
     /// Registers a live session; returns the sessions ended to keep within `limit`.
@@ -337,8 +342,10 @@ impl Store {
         Ok(ended)
     }
 
-    /// Ends the session `jti`, then tells the feed; `false` if there was none. The index goes
-    /// last: a retry after a failed append finds it, and with it the session's exp (its expiry).
+    /// Tells the feed, then ends the session `jti`; `false` if there was none. The session's
+    /// exp (the event's `until`) is read first; nothing changes until the event is in the feed.
+    /// The index goes last: a retry after any failure finds it, and with it the session's exp
+    /// (its expiry, should the session itself be ended already).
     pub async fn end_session(&self, jti: &str) -> Result<bool, StoreError> {
         let index = self.keys.session_index(jti);
         let mut pipe = redis::pipe();
@@ -351,19 +358,28 @@ impl Store {
         };
         let s = self.keys.sessions(&sub);
         let mut pipe = redis::pipe();
-        pipe.cmd("EVAL").arg(END_SCRIPT).arg(2).arg(&s.order).arg(&s.expiry).arg(jti);
-        let values = self.write("session_end", &s.order, pipe).await?;
+        pipe.cmd("HGET").arg(&s.expiry).arg(jti);
+        let values = self.read("session_lookup", &s.expiry, &pipe).await?;
         let exp: Option<u64> = values.into_iter().next().and_then(|v| redis::from_redis_value(v).ok());
-        let existed = exp.is_some();
         // The index expires at the session's exp (`SET … EXAT exp`).
         let index_exp = u64::try_from(pttl).ok().map(|ms| (crate::feed::now_ms().saturating_add(ms)).div_ceil(1000));
-        if let Some(until) = exp.or(index_exp) {
+        let until = exp.or(index_exp);
+        if let Some(until) = until {
             self.append(&[FeedEvent::SessionEnded { jti: jti.to_string(), until }]).await?;
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL").arg(END_SCRIPT).arg(2).arg(&s.order).arg(&s.expiry).arg(jti);
+        let values = self.write("session_end", &s.order, pipe).await?;
+        let ended: Option<u64> = values.into_iter().next().and_then(|v| redis::from_redis_value(v).ok());
+        if let Some(ended) = ended.filter(|e| until.is_none_or(|u| *e > u)) {
+            // Registered again, with a later exp, between the read and the end: the event must
+            // last as long (rare; a failure here is a 503 and the retry appends it first).
+            self.append(&[FeedEvent::SessionEnded { jti: jti.to_string(), until: ended }]).await?;
         }
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(&index).ignore();
         self.write("session_index", &index, pipe).await?;
-        Ok(existed)
+        Ok(ended.is_some())
     }
 
     /// Appends `events` to the feed, each its own entry, and trims entries older than the
@@ -503,14 +519,26 @@ impl Store {
         Ok(StatusResponse { active: reason.is_none(), reason })
     }
 
-    /// Readiness: Redis answers and accepts a write (on the shard of the probe key). On the read
-    /// connection: it does not wait for replicas, and a replica outage must not make the service
-    /// unready for the reads it can still answer.
+    /// Readiness: Redis answers and accepts a write (on the shard of the probe key), and the
+    /// feed accepts an append (`XADD` to a probe stream with the feed's hash tag, so on the
+    /// feed's shard, on a write connection: the connections and the permission every write's
+    /// event needs). Neither waits for replicas: a replica outage must not make the service
+    /// unready for the reads it can still answer. Both in parallel.
     pub async fn ready(&self) -> Result<(), StoreError> {
         let key = self.keys.ready();
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&key).arg(1).arg("PX").arg(5000).ignore();
-        self.read("ready", &key, &pipe).await.map(|_| ()).map_err(StoreError::from)
+        let probe = self.keys.feed_probe();
+        let mut feed_pipe = redis::pipe();
+        feed_pipe.cmd("XADD").arg(&probe).arg("MAXLEN").arg(1).arg("*").arg("k").arg("v").ignore();
+        feed_pipe.cmd("PEXPIRE").arg(&probe).arg(5000).ignore();
+        let (state, feed) = tokio::join!(
+            self.read("ready", &key, &pipe),
+            self.run(self.write_connection(), "ready_feed", &probe, &feed_pipe)
+        );
+        state?;
+        feed?;
+        Ok(())
     }
 }
 

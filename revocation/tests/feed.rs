@@ -187,13 +187,15 @@ fn the_feed_carries_every_write_in_order_in_pages() {
                 until: t + MAX_LIFETIME + SKEW,
             }],
         ),
+        // The event goes first and carries the cutoff asked for; the one in force (t) had its
+        // own, and a filter keeps the latest cutoff it has seen.
         (
             Box::new(|| post(&svc, "/v1/revoke-subject", &json!({"sub": "carol", "issued_before": t - 100}))),
             vec![FeedEvent::SubjectCutoff {
                 sub: "carol".into(),
                 iss: None,
-                before: t,
-                until: t + MAX_LIFETIME + SKEW,
+                before: t - 100,
+                until: t - 100 + MAX_LIFETIME + SKEW,
             }],
         ),
         (

@@ -435,6 +435,132 @@ fn refuses_to_start_without_credentials_unless_told_it_is_development() {
     assert_eq!(r.status, 200);
 }
 
+/// Without `--status-credentials` the status endpoint and the feed (every revoked jti, every
+/// subject that logged out) are open: the service says so at start, naming the flag, except in
+/// the development mode that already warns it is insecure.
+#[test]
+fn an_open_status_endpoint_and_feed_are_warned_about_at_start() {
+    let dir = scratch_dir("revocation", "openstatus");
+    let redis = RedisServer::start(&dir, &[]);
+    let log = |svc: &Service| std::fs::read_to_string(&svc.log).unwrap();
+    let warns = |log: &str| log.contains("--status-credentials") && log.contains("/v1/feed");
+    let open = Service::start(&bin(), &dir, &["--redis-url".into(), redis.url(), "--credentials".into(), WRITE.into()])
+        .expect("service");
+    let open_log = log(&open);
+    assert!(warns(&open_log), "{open_log}");
+    let line = open_log.lines().find(|l| l.contains("--status-credentials")).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(line).unwrap()["level"], "WARN", "{line}");
+    assert_eq!(call("GET", &format!("{}/v1/feed?wait_ms=0", open.url()), None, None, None).status, 200, "open indeed");
+    let closed = Service::start(&bin(), &dir, &args(&[redis.url()], false, &[])).expect("service");
+    assert!(!warns(&log(&closed)), "{}", log(&closed));
+    let dev =
+        Service::start(&bin(), &dir, &["--redis-url".into(), redis.url(), "--insecure-dev-no-credentials".into()])
+            .expect("dev mode");
+    let dev_log = log(&dev);
+    assert!(dev_log.contains("INSECURE DEVELOPMENT MODE") && !warns(&dev_log), "{dev_log}");
+}
+
+/// Every write appends its feed event before it changes the state the event reports. So a
+/// write whose event cannot be appended (here an ACL user without XADD) answers 503 and changes
+/// nothing: the status endpoint and the feed still agree. A failure after the append leaves the
+/// event alone (fail-safe: proxies refuse a token the status endpoint calls active) until the
+/// retry completes it. /readyz probes an append on the feed's shard, so it is red for such a
+/// user. And the normal path stores both.
+#[test]
+fn a_write_whose_feed_event_cannot_be_appended_changes_nothing_and_readyz_is_red() {
+    let dir = scratch_dir("revocation", "noxadd");
+    let redis = RedisServer::start(&dir, &[]);
+    for (user, without) in [("noxadd", "-xadd"), ("noset", "-set")] {
+        let reply = redis.cli(&["ACL", "SETUSER", user, "on", ">pw", "~*", "+@all", without]);
+        assert_eq!(reply, "OK", "{user}");
+    }
+    let as_user = |user: &str| {
+        let url = format!("redis://{user}:pw@127.0.0.1:{}", redis.port);
+        Service::start(&bin(), &dir, &args(&[url], false, &[])).expect("service")
+    };
+    let readyz = |svc: &Service| call("GET", &format!("{}/readyz", svc.url()), None, None, None).status;
+    let delete =
+        |svc: &Service, jti: &str| call("DELETE", &format!("{}/v1/sessions/{jti}", svc.url()), Some(WRITE), None, None);
+    let feed_events = |svc: &Service| {
+        let r = call("GET", &format!("{}/v1/feed?wait_ms=0", svc.url()), Some(STATUS), None, None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str::<FeedResponse>(&r.body).unwrap().events
+    };
+    // The instance's reader takes the entries in a moment after the append.
+    let feed_reaches = |svc: &Service, expected: &[FeedEvent]| {
+        let mut last = Vec::new();
+        let reached = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < reached {
+            last = feed_events(svc);
+            if last == expected {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the feed holds {last:?}, not {expected:?}");
+    };
+    let t = now();
+    let (revoke, subject) = (json!({"jti": "nx-1", "exp": t + 600}), json!({"sub": "nx-sub", "issued_before": t}));
+    let session = json!({"jti": "nx-s", "sub": "nx-user", "exp": t + 600});
+    let subject_query = format!("sub=nx-sub&iat={}", t - 5);
+    let session_query = "jti=nx-s&sub=nx-user&mode=allowlist";
+
+    // No XADD: every write that reports an event is refused, and nothing is stored.
+    let noxadd = as_user("noxadd");
+    assert_eq!(readyz(&noxadd), 503, "the feed cannot be appended to");
+    let r = post_json(&noxadd, "/v1/revoke", Some(WRITE), &revoke);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(status(&noxadd, "jti=nx-1")["active"], true, "nothing stored");
+    let r = post_json(&noxadd, "/v1/revoke-subject", Some(WRITE), &subject);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(status(&noxadd, &subject_query)["active"], true, "nothing stored");
+    let r = post_json(&noxadd, "/v1/sessions", Some(WRITE), &session);
+    assert_eq!(r.status, 200, "a registration ending nothing appends nothing: {}", r.body);
+    assert_eq!(status(&noxadd, session_query)["active"], true);
+    let r = delete(&noxadd, "nx-s");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(status(&noxadd, session_query)["active"], true, "the session goes on");
+    assert_eq!(redis.cli(&["XLEN", "jwtguard:{feed}"]), "0");
+    assert_eq!(feed_events(&noxadd), vec![]);
+
+    // No SET: the event is appended, then the state write fails: 503, and only the event is
+    // there (proxies refuse the token; the status endpoint does not yet).
+    let noset = as_user("noset");
+    assert_eq!(readyz(&noset), 503);
+    let r = post_json(&noset, "/v1/revoke", Some(WRITE), &json!({"jti": "ns-1", "exp": t + 600}));
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(status(&noset, "jti=ns-1")["active"], true);
+    let half = vec![FeedEvent::Revoked { jti: "ns-1".into(), until: t + 660 }];
+    feed_reaches(&noset, &half); // the event went first
+
+    // The normal path: the retries store both the state and the events.
+    let full = Service::start(&bin(), &dir, &args(&[redis.url()], false, &[])).expect("service");
+    assert_eq!(readyz(&full), 200);
+    for (path, body) in [
+        ("/v1/revoke", &revoke),
+        ("/v1/revoke-subject", &subject),
+        ("/v1/revoke", &json!({"jti": "ns-1", "exp": t + 600})),
+    ] {
+        let r = post_json(&full, path, Some(WRITE), body);
+        assert_eq!(r.status, 200, "{path} {body}: {}", r.body);
+    }
+    let r = delete(&full, "nx-s");
+    assert_eq!((r.status, r.json()["stored"].clone()), (200, json!(true)), "{}", r.body);
+    assert_eq!(status(&full, "jti=nx-1")["reason"], "revoked");
+    assert_eq!(status(&full, "jti=ns-1")["reason"], "revoked");
+    assert_eq!(status(&full, &subject_query)["reason"], "subject_revoked");
+    assert_eq!(status(&full, session_query)["reason"], "no_session");
+    let mut expected = half.clone();
+    expected.extend([
+        FeedEvent::Revoked { jti: "nx-1".into(), until: t + 660 },
+        FeedEvent::SubjectCutoff { sub: "nx-sub".into(), iss: None, before: t, until: t + MAX_LIFETIME + 60 },
+        FeedEvent::Revoked { jti: "ns-1".into(), until: t + 660 },
+        FeedEvent::SessionEnded { jti: "nx-s".into(), until: t + 600 },
+    ]);
+    feed_reaches(&full, &expected);
+    feed_reaches(&noxadd, &expected); // reading needs no XADD
+}
+
 #[test]
 fn without_enough_replicas_a_revocation_is_not_acknowledged() {
     let dir = scratch_dir("revocation", "noreplica");
