@@ -2,6 +2,9 @@
 //! every kind of event in order, pages, expiry, trimming, strict parsing, long-polls, Redis
 //! paused, a Cluster failover of the stream's shard, and a thousand idle long-polls.
 
+mod common;
+
+use common::{args, bin, call, Reply, MAX_LIFETIME, STATUS, WRITE};
 use jsonwebtoken::Algorithm;
 use jwtguard_demo::redis::{RedisCluster, RedisServer};
 use jwtguard_demo::service::Service;
@@ -13,56 +16,10 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-const WRITE: &str = "write-credential";
-const STATUS: &str = "status-credential";
-const MAX_LIFETIME: u64 = 3600;
 const SKEW: u64 = 60;
 const FEED_KEY: &str = "jwtguard:{feed}";
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_jwtguard-revocation"))
-}
-
-fn args(redis: &[String], cluster: bool, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = Vec::new();
-    if cluster {
-        a.extend(["--redis-cluster-node".to_string(), redis.join(",")]);
-    } else {
-        a.extend(["--redis-url".to_string(), redis[0].clone()]);
-    }
-    a.extend(["--credentials", WRITE, "--status-credentials", STATUS, "--session-limit", "1"].map(String::from));
-    a.extend(["--max-token-lifetime-seconds".to_string(), MAX_LIFETIME.to_string()]);
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
-
-struct Reply {
-    status: u16,
-    body: String,
-}
-
-fn call(method: &str, url: &str, credential: Option<&str>, content_type: Option<&str>, body: Option<&str>) -> Reply {
-    let mut req = ureq::request(method, url).timeout(Duration::from_secs(30));
-    if let Some(c) = credential {
-        req = req.set("authorization", &format!("Bearer {c}"));
-    }
-    if let Some(t) = content_type {
-        req = req.set("content-type", t);
-    }
-    let result = match body {
-        Some(b) => req.send_string(b),
-        None => req.call(),
-    };
-    let resp = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    Reply { status: resp.status(), body: resp.into_string().unwrap_or_default() }
-}
 
 fn post(svc: &Service, path: &str, body: &Value) -> Reply {
     call("POST", &format!("{}{path}", svc.url()), Some(WRITE), Some("application/json"), Some(&body.to_string()))

@@ -1,8 +1,11 @@
 //! The revocation service against real Redis (standalone and a 6-node cluster) that the tests
 //! start on free ports: every endpoint and error path, TTLs, credentials, and failover.
 
+mod common;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use common::{args, bin, call, Reply, MAX_LIFETIME, STATUS, WRITE};
 use jsonwebtoken::Algorithm;
 use jwtguard::claims::ClaimPolicy;
 use jwtguard::revocation::{status_path, Identity, Mode};
@@ -12,70 +15,13 @@ use jwtguard_demo::tokens::{now, KeyPair};
 use jwtguard_demo::{scratch_dir, wait_for};
 use jwtguard_wire::{FeedEvent, FeedResponse};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-const WRITE: &str = "write-credential";
-const STATUS: &str = "status-credential";
-const MAX_LIFETIME: u64 = 3600;
 
 /// A key as the service names it (docs/revocation-service.md): each part `~` + base64url.
 fn redis_key(kind: &str, id: &str) -> String {
     format!("jwtguard:{kind}:{{~{}}}", URL_SAFE_NO_PAD.encode(id))
-}
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_jwtguard-revocation"))
-}
-
-fn args(redis: &[String], cluster: bool, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = Vec::new();
-    if cluster {
-        a.push("--redis-cluster-node".into());
-        a.push(redis.join(","));
-    } else {
-        a.push("--redis-url".into());
-        a.push(redis[0].clone());
-    }
-    a.extend(["--credentials", WRITE, "--status-credentials", STATUS, "--session-limit", "1"].map(String::from));
-    a.extend(["--max-token-lifetime-seconds".to_string(), MAX_LIFETIME.to_string()]);
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
-
-struct Reply {
-    status: u16,
-    body: String,
-    retry_after: Option<String>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {} {}", self.status, self.body))
-    }
-}
-
-fn call(method: &str, url: &str, credential: Option<&str>, content_type: Option<&str>, body: Option<&str>) -> Reply {
-    let mut req = ureq::request(method, url).timeout(Duration::from_secs(10));
-    if let Some(c) = credential {
-        req = req.set("authorization", &format!("Bearer {c}"));
-    }
-    if let Some(t) = content_type {
-        req = req.set("content-type", t);
-    }
-    let result = match body {
-        Some(b) => req.send_string(b),
-        None => req.call(),
-    };
-    let resp = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let status = resp.status();
-    let retry_after = resp.header("retry-after").map(String::from);
-    Reply { status, retry_after, body: resp.into_string().unwrap_or_default() }
 }
 
 fn post_json(svc: &Service, path: &str, credential: Option<&str>, body: &Value) -> Reply {
