@@ -28,7 +28,7 @@ lint: deps
 
 test: build lint
 	cargo build -p jwtguard-revocation
-	cargo test --workspace
+	cargo test --workspace --no-fail-fast
 
 bench: build
 	target/release/jwtguard-bench filter

@@ -373,6 +373,7 @@ impl Feed {
         if !self.shared.healthy() {
             return Err(self.unavailable());
         }
+        self.read_own_writes(&mut changes, bound).await;
         let mut page = self.page(after.unwrap_or(After::At(StreamId::ZERO)), bound).await?;
         if !page.events.is_empty() || page.more || wait.is_zero() {
             return Ok(self.sent(page));
@@ -402,6 +403,21 @@ impl Feed {
                 return Ok(self.sent(page));
             }
         }
+    }
+
+    /// Waits (up to `bound`) for the reader to pass this instance's newest append: a client that
+    /// wrote and then polls the same instance sees its write, whatever the reader's lag.
+    async fn read_own_writes(&self, changes: &mut watch::Receiver<u64>, bound: Duration) {
+        let appended = self.store.appended();
+        let _ = tokio::time::timeout(bound, async {
+            while self.ring().last < appended {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        changes.borrow_and_update();
     }
 
     fn sent(&self, page: Page) -> Page {

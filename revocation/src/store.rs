@@ -94,6 +94,9 @@ pub struct Store {
     next_write: Arc<AtomicUsize>,
     keys: Keys,
     options: RedisOptions,
+    /// The newest feed entry this instance appended: its polls wait for their reader to pass
+    /// it, so a poll after a write's answer carries the write.
+    appended: Arc<std::sync::Mutex<StreamId>>,
 }
 
 /// What the filter asks about one token.
@@ -180,7 +183,14 @@ impl Store {
             writes.push(Self::open(&options, write_timeout).await?);
         }
         let keys = Keys::new(&options.prefix);
-        Ok(Store { reads, writes: Arc::new(writes), next_write: Arc::new(AtomicUsize::new(0)), keys, options })
+        Ok(Store {
+            reads,
+            writes: Arc::new(writes),
+            next_write: Arc::new(AtomicUsize::new(0)),
+            keys,
+            options,
+            appended: Arc::default(),
+        })
     }
 
     /// One connection (per node, in a cluster) of its own: redis-rs multiplexes every command
@@ -391,9 +401,15 @@ impl Store {
         let mut pipe = redis::pipe();
         for event in events {
             let json = serde_json::to_string(event).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            pipe.cmd("XADD").arg(&key).arg("MINID").arg("~").arg(min_id).arg("*").arg(FEED_FIELD).arg(json).ignore();
+            pipe.cmd("XADD").arg(&key).arg("MINID").arg("~").arg(min_id).arg("*").arg(FEED_FIELD).arg(json);
         }
-        self.write("feed_append", &key, pipe).await?;
+        let ids = self.write("feed_append", &key, pipe).await?;
+        let newest =
+            ids.into_iter().filter_map(|id| redis::from_redis_value::<String>(id).ok()?.parse::<StreamId>().ok()).max();
+        if let Some(newest) = newest {
+            let mut appended = self.appended.lock().unwrap_or_else(|e| e.into_inner());
+            *appended = newest.max(*appended);
+        }
         for event in events {
             let kind = match event {
                 FeedEvent::Revoked { .. } => "revoked",
@@ -403,6 +419,11 @@ impl Store {
             metrics::counter!("jwtguard_revocation_feed_events_appended_total", "type" => kind).increment(1);
         }
         Ok(())
+    }
+
+    /// The newest feed entry this instance appended.
+    pub fn appended(&self) -> StreamId {
+        *self.appended.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Feed entries after `after`, oldest first, at most `count` (`XRANGE key (after + COUNT n`),

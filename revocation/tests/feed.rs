@@ -94,13 +94,24 @@ fn held_polls(svc: &Service) -> f64 {
 }
 
 /// Adds `n` entries in the documented format straight to the stream (far quicker than `n`
-/// requests): revocations of `PREFIX-i` until `until`.
-fn bulk_append(redis: &RedisServer, prefix: &str, n: usize, until: u64) {
-    let script = r#"for i = 1, tonumber(ARGV[1]) do
-        redis.call('XADD', KEYS[1], '*', 'event', '{"type":"revoked","jti":"' .. ARGV[2] .. i .. '","until":' .. ARGV[3] .. '}')
-        end"#;
+/// requests): revocations of `PREFIX-i` until `until`. Returns the last entry's id.
+fn bulk_append(redis: &RedisServer, prefix: &str, n: usize, until: u64) -> String {
+    let script = r#"local id
+        for i = 1, tonumber(ARGV[1]) do
+        id = redis.call('XADD', KEYS[1], '*', 'event', '{"type":"revoked","jti":"' .. ARGV[2] .. i .. '","until":' .. ARGV[3] .. '}')
+        end
+        return id"#;
     let out = redis.cli(&["EVAL", script, "1", FEED_KEY, &n.to_string(), prefix, &until.to_string()]);
     assert!(!out.contains("ERR"), "{out}");
+    out.trim().to_string()
+}
+
+/// Waits until the service's feed reaches `last`: a running instance's reader takes the entries
+/// in batches, and until it has them all its pages (rightly) end where it is.
+fn caught_up(svc: &Service, last: &str) {
+    wait_for(&format!("the feed to reach {last}"), Duration::from_secs(10), || {
+        (read_all(svc, None).1 == last).then_some(())
+    });
 }
 
 #[test]
@@ -202,6 +213,7 @@ fn the_feed_carries_every_write_in_order_in_pages() {
     redis.cli(&["XADD", FEED_KEY, "*", "event", "{not json"]);
     redis.cli(&["XADD", FEED_KEY, "*", "event", r#"{"type":"unknown","jti":"x","until":99999999999}"#]);
     let last = redis.cli(&["XADD", FEED_KEY, "*", "other", "x"]);
+    caught_up(&svc, &last);
     let p = page(&svc, &format!("after={at}&wait_ms=0"));
     assert_eq!((p.events.len(), p.position.as_str(), p.more), (0, last.as_str(), false));
     assert_eq!(revoke(&svc, "j-2", t + 600), 200, "the service reads on after those");
@@ -209,22 +221,26 @@ fn the_feed_carries_every_write_in_order_in_pages() {
 
     // Pages: 2,100 more entries come in three pages, from memory (this instance's reader saw
     // them) and from Redis (an instance started after them: XRANGE, a page per 1000 entries).
+    // The instance's own write right after them: a poll after its answer carries the write and
+    // all before it, however far behind the reader still is (it takes 1000 entries a read).
     bulk_append(&redis, "bulk-", 2_100, t + 600);
+    assert_eq!(revoke(&svc, "own", t + 600), 200);
     let later = Service::start(&bin(), &dir, &args(&[redis.url()], false, &[])).expect("second service");
     for svc in [&svc, &later] {
         let first = page(svc, "wait_ms=0");
         assert!(first.more && (990..=1000).contains(&first.events.len()), "{}", first.events.len());
         let (events, _, pages) = read_all(svc, None);
         assert_eq!(pages, 3, "1000 + 1000 + the rest");
-        assert_eq!(events.len(), expected.len() + 1 + 2_100);
+        assert_eq!(events.len(), expected.len() + 1 + 2_100 + 1);
         assert_eq!(events[..expected.len()], expected[..]);
     }
 
     // Long events: the page is cut by size, well under the filter's 1 MiB.
     let (_, before_long, _) = read_all(&svc, None);
-    bulk_append(&redis, &"é".repeat(250), 1_000, t + 600);
+    let last = bulk_append(&redis, &"é".repeat(250), 1_000, t + 600);
     let latest = Service::start(&bin(), &dir, &args(&[redis.url()], false, &[])).expect("third service");
     for svc in [&svc, &latest] {
+        caught_up(svc, &last);
         let r = feed(svc, &format!("after={before_long}&wait_ms=0"));
         let p: FeedResponse = serde_json::from_str(&r.body).unwrap();
         assert!(
@@ -249,6 +265,18 @@ fn the_feed_carries_every_write_in_order_in_pages() {
         let (events, _, _) = read_all(&later, Some(beyond));
         assert_eq!(events.len(), 5, "{beyond}");
     }
+}
+
+#[test]
+fn a_poll_after_a_write_carries_it_however_far_behind_the_reader_is() {
+    let dir = scratch_dir("revocation", "feed-own-writes");
+    let redis = RedisServer::start(&dir, &[]);
+    let svc = Service::start(&bin(), &dir, &args(&[redis.url()], false, &[])).expect("service");
+    // 50,000 entries at once: the reader takes them 1000 a read, the write lands behind them.
+    let last = bulk_append(&redis, "bulk-", 50_000, now() + 600);
+    assert_eq!(revoke(&svc, "own", now() + 600), 200);
+    let p = page(&svc, &format!("after={last}&wait_ms=0"));
+    assert_eq!(revoked_jtis(&p.events), HashSet::from(["own".to_string()]));
 }
 
 #[test]
