@@ -1,16 +1,23 @@
-//! Where users run it: the OCI image of the filter (checked with skopeo), the docker-compose
-//! file (checked with docker-compose; no Docker engine here to run it), its Envoy config (checked
-//! by Envoy itself), and the Istio manifests (checked against the WasmPlugin CRD's fields and the
-//! filter's own configuration parser).
+//! Where users run it: the OCI image of the filter (checked with skopeo), the Istio manifests of
+//! envoy/istio (checked against the schemas of named Kubernetes, Istio and Gateway API releases,
+//! the filter's own configuration parser, and each other: every cluster a pluginConfig names
+//! exists for the proxy that calls it), and the compose stack (checked against the compose
+//! specification's schema and by docker-compose, its Envoy configuration by Envoy, its
+//! healthchecks against the real programs). Nothing here runs Kubernetes or a Docker engine:
+//! this machine has neither (docs/deployment.md says what that leaves unchecked).
 
 mod support;
 
 use jwtguard::config::Config;
+use jwtguard_demo::redis::RedisServer;
 use jwtguard_demo::repo_root;
-use serde_json::Value;
+use jwtguard_demo::service::{self, Service};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::envoy::{envoy_binary, wasm_file};
-use support::scratch_dir;
+use std::time::Duration;
+use support::envoy::{bootstrap, envoy_binary, wasm_file, Envoy, Listener, Target};
+use support::{scratch_dir, wait_for};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (make deps installs it)"));
@@ -23,22 +30,33 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// A tool scripts/deps.sh installs into the project venv.
+fn venv(tool: &str) -> PathBuf {
+    repo_root().join(".venv/bin").join(tool)
+}
+
+/// `scripts/oci.sh DIR`: the image's reference and its manifest's digest (`sha256:HEX`).
+fn build_oci(dir: &Path) -> (String, String) {
+    let printed = run(Command::new(repo_root().join("scripts/oci.sh")).arg(dir));
+    let mut words = printed.split_whitespace();
+    (words.next().unwrap().to_string(), words.next().unwrap().to_string())
+}
+
 #[test]
 fn the_oci_image_holds_the_filter_and_is_reproducible() {
     let dir = scratch_dir("oci");
     let (a, b) = (dir.join("a"), dir.join("b"));
-    let first = run(Command::new(repo_root().join("scripts/oci.sh")).arg(&a));
-    let second = run(Command::new(repo_root().join("scripts/oci.sh")).arg(&b));
-    assert_eq!(first.split_whitespace().nth(1), second.split_whitespace().nth(1), "same .wasm, same digest");
+    let (reference, digest) = build_oci(&a);
+    assert_eq!(digest, build_oci(&b).1, "same .wasm, same digest");
 
-    let reference = format!("oci:{}:jwtguard", a.display());
-    let manifest: Value =
-        serde_json::from_str(&run(Command::new("skopeo").args(["inspect", "--raw", &reference]))).unwrap();
+    let raw = run(Command::new("skopeo").args(["inspect", "--raw", &reference]));
+    let manifest: Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(manifest["annotations"]["module.wasm.image/variant"], "compat");
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
     assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
     let inspected: Value = serde_json::from_str(&run(Command::new("skopeo").args(["inspect", &reference]))).unwrap();
     assert_eq!(inspected["Os"], "wasip1");
+    assert_eq!(inspected["Digest"], digest.as_str(), "the printed digest is the manifest's");
 
     // Copy it out as a registry would serve it and find our exact module in the layer.
     let copied = dir.join("copied");
@@ -52,14 +70,535 @@ fn the_oci_image_holds_the_filter_and_is_reproducible() {
     assert_eq!(std::fs::read(extracted.join("plugin.wasm")).unwrap(), std::fs::read(wasm_file()).unwrap());
 }
 
+/// Every YAML document of a repository file, as JSON (parsed by PyYAML from the project venv).
+fn yaml_documents(path: &str) -> Vec<Value> {
+    let script = "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
+    let out = run(Command::new(venv("python")).args(["-c", script]).arg(repo_root().join(path)));
+    serde_json::from_str(&out).expect("JSON from PyYAML")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Istio
+
+/// The Kubernetes release whose schemas (bundled by kubernetes-validate) the core kinds are
+/// checked against; the Istio (1.29.2) and Gateway API (v1.5) releases are those of the npm
+/// packages envoy/istio/schema-check/package.json pins.
+const KUBERNETES_VERSION: &str = "1.34";
+const SHAPES: [&str; 3] = ["envoy/istio/wasmplugin.yaml", "envoy/istio/gateway.yaml", "envoy/istio/waypoint.yaml"];
+const SHARED: [&str; 2] = ["envoy/istio/revocation.yaml", "envoy/istio/identity-provider.yaml"];
+
+fn is_crd(doc: &Value) -> bool {
+    let api = doc["apiVersion"].as_str().unwrap_or("");
+    api.contains(".istio.io/") || api.starts_with("gateway.networking.k8s.io/")
+}
+
+/// What the schema validators say of each of `docs` (empty: valid). Core kinds go to
+/// kubernetes-validate (strict: an unknown field is an error), Istio and Gateway API kinds to
+/// envoy/istio/schema-check; a document neither reports as valid is a problem, so a kind
+/// without a schema never passes unchecked.
+fn schema_problems(name: &str, docs: &[Value]) -> Vec<String> {
+    let dir = scratch_dir(&format!("schemas-{name}"));
+    let paths: Vec<PathBuf> = (0..docs.len()).map(|i| dir.join(format!("{i:02}.json"))).collect();
+    let (mut core, mut crds) = (Vec::new(), Vec::new());
+    for (doc, path) in docs.iter().zip(&paths) {
+        std::fs::write(path, serde_json::to_vec(doc).unwrap()).unwrap();
+        if is_crd(doc) { &mut crds } else { &mut core }.push(path);
+    }
+    let output = |cmd: &mut Command| {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (make deps installs it)"));
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let mut report = String::new();
+    if !core.is_empty() {
+        report +=
+            &output(Command::new(venv("kubernetes-validate")).args(["--strict", "-k", KUBERNETES_VERSION]).args(&core));
+    }
+    if !crds.is_empty() {
+        let check = repo_root().join("envoy/istio/schema-check/check.mjs");
+        let modules = repo_root().join(".venv/schema-check/node_modules");
+        report += &output(Command::new("node").arg(check).arg(modules).args(&crds));
+    }
+    paths
+        .iter()
+        .map(|path| {
+            let path = path.to_str().unwrap();
+            let lines: Vec<&str> = report.lines().filter(|l| l.contains(path)).collect();
+            let passed = lines.iter().any(|l| l.contains(" passed for resource ") || l.ends_with(": ok"));
+            if passed {
+                String::new()
+            } else if lines.is_empty() {
+                format!("{path}: not checked\n{report}")
+            } else {
+                lines.join("\n")
+            }
+        })
+        .collect()
+}
+
+fn check_schemas(name: &str, docs: &[Value]) -> Result<(), String> {
+    let problems: Vec<String> = schema_problems(name, docs).into_iter().filter(|p| !p.is_empty()).collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
 #[test]
-fn the_compose_file_is_valid() {
-    let compose = repo_root().join("envoy/docker-compose.yaml");
+fn the_istio_manifests_pass_the_kubernetes_istio_and_gateway_api_schemas() {
+    let files: Vec<(&str, Value)> = SHARED
+        .iter()
+        .chain(&SHAPES)
+        .flat_map(|path| yaml_documents(path).into_iter().map(move |d| (*path, d)))
+        .collect();
+    let docs: Vec<Value> = files.iter().map(|(_, d)| d.clone()).collect();
+    for ((path, doc), problem) in files.iter().zip(schema_problems("istio", &docs)) {
+        assert!(problem.is_empty(), "{path}, {} {}:\n{problem}", doc["kind"], doc["metadata"]["name"]);
+    }
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"))
+}
+
+/// The validators are not vacuous: each deliberate mistake in a copy of a shipped manifest,
+/// of a kind the issue met (a misspelt or misplaced field, a wrong type or value), is refused.
+#[test]
+fn the_schema_validators_refuse_broken_manifests() {
+    let plugin = find(&yaml_documents("envoy/istio/wasmplugin.yaml"), "WasmPlugin").clone();
+    let idp = yaml_documents("envoy/istio/identity-provider.yaml");
+    let service = yaml_documents("envoy/istio/revocation.yaml");
+    let rule = find(&idp, "DestinationRule").clone();
+    let deployment = find(&service, "Deployment").clone();
+    let edit = |doc: &Value, f: &dyn Fn(&mut Value)| {
+        let mut d = doc.clone();
+        f(&mut d);
+        d
+    };
+    let broken = [
+        ("a misspelt field", edit(&plugin, &|d| d["spec"]["imagePullSecrets"] = json!(["x"])), "imagePullSecrets"),
+        ("a wrong type", edit(&plugin, &|d| d["spec"]["priority"] = json!("high")), "priority"),
+        (
+            "a value off its enum",
+            edit(&rule, &|d| d["spec"]["trafficPolicy"]["portLevelSettings"][0]["tls"]["mode"] = json!("SIMPEL")),
+            "SIMPEL",
+        ),
+        ("a field one level off", edit(&rule, &|d| d["spec"]["trafficPolicy"]["tlsMode"] = json!("SIMPLE")), "tlsMode"),
+        (
+            "selector and targetRefs mixed up",
+            edit(&plugin, &|d| d["spec"]["selector"] = json!({"app": "orders-api"})),
+            "app",
+        ),
+        ("an unknown kind", edit(&rule, &|d| d["kind"] = json!("DestinationRules")), "no schema"),
+        (
+            "a misspelt securityContext field",
+            edit(&deployment, &|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonroot"] = json!(true)
+            }),
+            "runAsNonroot",
+        ),
+        ("a wrong type in a core kind", edit(&deployment, &|d| d["spec"]["replicas"] = json!("two")), "replicas"),
+    ];
+    let docs: Vec<Value> = broken.iter().map(|(_, doc, _)| doc.clone()).collect();
+    for ((what, _, mentioned), problem) in broken.iter().zip(schema_problems("broken", &docs)) {
+        assert!(!problem.is_empty(), "{what} passed");
+        assert!(problem.contains(mentioned), "{what}: the error does not name {mentioned}:\n{problem}");
+    }
+}
+
+fn plugin_of(path: &str) -> Value {
+    find(&yaml_documents(path), "WasmPlugin").clone()
+}
+
+fn parse_plugin_config(plugin: &Value) -> Config {
+    let config = serde_json::to_string(&plugin["spec"]["pluginConfig"]).unwrap();
+    Config::parse(config.as_bytes()).unwrap_or_else(|e| panic!("pluginConfig refused: {e}"))
+}
+
+#[test]
+fn every_shape_has_a_fail_closed_authn_plugin_whose_config_the_filter_accepts() {
+    let plugins: Vec<Value> = SHAPES.iter().map(|p| plugin_of(p)).collect();
+    for (path, plugin) in SHAPES.iter().zip(&plugins) {
+        let spec = &plugin["spec"];
+        assert_eq!(spec["phase"], "AUTHN", "{path}");
+        assert_eq!(spec["failStrategy"], "FAIL_CLOSE", "{path}");
+        assert!(spec["url"].as_str().unwrap().starts_with("oci://"), "{path}");
+        assert!(spec["imagePullSecret"].is_string(), "{path}");
+        parse_plugin_config(plugin);
+        assert_eq!(
+            spec["pluginConfig"], plugins[0]["spec"]["pluginConfig"],
+            "{path}: the shapes differ only in their proxies"
+        );
+    }
+}
+
+/// `outbound|PORT||HOST` as (host, port).
+fn istio_cluster(name: &str) -> (String, u64) {
+    let rest = name.strip_prefix("outbound|").unwrap_or_else(|| panic!("{name} is not an Istio outbound cluster"));
+    let (port, host) = rest.split_once("||").unwrap_or_else(|| panic!("{name}: not outbound|PORT||HOST"));
+    (host.to_string(), port.parse().unwrap_or_else(|_| panic!("{name}: port")))
+}
+
+/// A host the mesh knows: a Service (`name.namespace.svc.cluster.local`) or a ServiceEntry host.
+struct MeshHost {
+    namespace: String,
+    host: String,
+    ports: Vec<u64>,
+}
+
+fn mesh_hosts(docs: &[Value]) -> Vec<MeshHost> {
+    let mut hosts = Vec::new();
+    for doc in docs {
+        let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let ports = |list: &Value, key: &str| {
+            list.as_array().unwrap().iter().map(|p| p[key].as_u64().unwrap()).collect::<Vec<_>>()
+        };
+        match doc["kind"].as_str() {
+            Some("Service") => hosts.push(MeshHost {
+                host: format!("{}.{namespace}.svc.cluster.local", doc["metadata"]["name"].as_str().unwrap()),
+                ports: ports(&doc["spec"]["ports"], "port"),
+                namespace,
+            }),
+            Some("ServiceEntry") => {
+                for host in doc["spec"]["hosts"].as_array().unwrap() {
+                    let host = host.as_str().unwrap().to_string();
+                    hosts.push(MeshHost {
+                        host,
+                        ports: ports(&doc["spec"]["ports"], "number"),
+                        namespace: namespace.clone(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    hosts
+}
+
+/// Whether a DestinationRule makes Envoy originate TLS to `host` on `port`.
+fn originates_tls(docs: &[Value], host: &str, port: u64) -> bool {
+    docs.iter().filter(|d| d["kind"] == "DestinationRule" && d["spec"]["host"] == host).any(|d| {
+        let policy = &d["spec"]["trafficPolicy"];
+        let port_level =
+            policy["portLevelSettings"].as_array().into_iter().flatten().find(|s| s["port"]["number"] == port);
+        port_level.map_or(&policy["tls"], |s| &s["tls"])["mode"] == "SIMPLE"
+    })
+}
+
+/// Every cluster a shape's pluginConfig calls exists for the proxy that calls it, under that
+/// name: a Service or ServiceEntry with that host and port, TLS originated where the URL is
+/// https, and visible to the proxy (a restricting Sidecar lists it; a waypoint, or a gateway
+/// that filters its clusters, has it in meshConfig.extensionProviders). The manifests of issue
+/// 11 failed this: a ServiceEntry-less cluster for the identity provider, no TLS.
+#[test]
+fn every_cluster_a_plugin_calls_exists_for_its_proxy() {
+    let shared: Vec<Value> = SHARED.iter().flat_map(|p| yaml_documents(p)).collect();
+    let hosts = mesh_hosts(&shared);
+    let providers: Vec<(String, u64)> = yaml_documents("envoy/istio/istiod-values.yaml")[0]["meshConfig"]
+        ["extensionProviders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p.as_object().unwrap().values().filter(|v| v.is_object()))
+        .map(|v| (v["service"].as_str().unwrap().to_string(), v["port"].as_u64().unwrap()))
+        .collect();
+    for path in SHAPES {
+        let docs = yaml_documents(path);
+        let plugin = find(&docs, "WasmPlugin");
+        let config = parse_plugin_config(plugin);
+        let revocation = config.revocation.as_ref().expect("revocation configured");
+        let mut callouts = vec![(revocation.cluster.clone(), format!("http://{}/", revocation.authority))];
+        for provider in &config.providers {
+            let raw = &plugin["spec"]["pluginConfig"]["providers"][&provider.name]["remote_jwks"];
+            if let Some(jwks) = &provider.remote_jwks {
+                callouts.push((jwks.cluster.clone(), raw["uri"].as_str().expect("remote_jwks.uri").to_string()));
+            }
+        }
+        let sidecar = docs.iter().find(|d| d["kind"] == "Sidecar");
+        for (cluster, url) in callouts {
+            let (host, port) = istio_cluster(&cluster);
+            let known = hosts.iter().find(|h| h.host == host && h.ports.contains(&port));
+            let known = known.unwrap_or_else(|| panic!("{path}: no Service or ServiceEntry for {cluster}"));
+            let (scheme, rest) = url.split_once("://").unwrap();
+            let authority = rest.split('/').next().unwrap();
+            assert_eq!(authority, host, "{path}: {url} is not sent to the host of {cluster}");
+            if scheme == "https" {
+                assert!(originates_tls(&shared, &host, port), "{path}: no DestinationRule originates TLS on {cluster}");
+            }
+            if let Some(sidecar) = sidecar {
+                let listed = format!("{}/{host}", known.namespace);
+                let egress = &sidecar["spec"]["egress"][0]["hosts"];
+                assert!(egress.as_array().unwrap().contains(&json!(listed)), "{path}: the Sidecar hides {cluster}");
+            }
+            if plugin["spec"]["targetRefs"].is_array() {
+                assert!(providers.contains(&(host.clone(), port)), "{path}: {cluster} is not in istiod-values.yaml");
+            }
+        }
+    }
+}
+
+/// The proxy identity (SPIFFE principal) and namespace that make a shape's callouts.
+fn proxy_of(path: &str) -> (String, String) {
+    let docs = yaml_documents(path);
+    let plugin = find(&docs, "WasmPlugin");
+    let namespace = plugin["metadata"]["namespace"].as_str().unwrap().to_string();
+    let account = match plugin["spec"]["targetRefs"].as_array() {
+        // A sidecar runs as its pod's ServiceAccount, here named after the app.
+        None => plugin["spec"]["selector"]["matchLabels"]["app"].as_str().unwrap().to_string(),
+        Some(refs) => {
+            assert!(plugin["spec"]["selector"].is_null(), "{path}: selector and targetRefs");
+            assert_eq!(refs.len(), 1, "{path}");
+            assert_eq!(refs[0]["kind"], "Gateway", "{path}");
+            let gateway = docs
+                .iter()
+                .find(|d| d["kind"] == "Gateway" && d["metadata"]["name"] == refs[0]["name"])
+                .unwrap_or_else(|| panic!("{path}: the targeted Gateway"));
+            assert_eq!(gateway["metadata"]["namespace"], namespace.as_str(), "{path}: targetRefs are namespace-local");
+            // Istio's Deployment for a Gateway: <name>-<class>, for a waypoint: <name>.
+            let (name, class) =
+                (gateway["metadata"]["name"].as_str().unwrap(), gateway["spec"]["gatewayClassName"].as_str().unwrap());
+            if class == "istio-waypoint" {
+                name.to_string()
+            } else {
+                format!("{name}-{class}")
+            }
+        }
+    };
+    (format!("cluster.local/ns/{namespace}/sa/{account}"), namespace)
+}
+
+#[test]
+fn the_waypoint_and_gateway_plugins_bind_by_target_refs() {
+    for (path, class) in [("envoy/istio/gateway.yaml", "istio"), ("envoy/istio/waypoint.yaml", "istio-waypoint")] {
+        let docs = yaml_documents(path);
+        let plugin = find(&docs, "WasmPlugin");
+        assert!(plugin["spec"]["selector"].is_null(), "{path}: a waypoint ignores selector");
+        let target = &plugin["spec"]["targetRefs"][0];
+        assert_eq!(target["group"], "gateway.networking.k8s.io", "{path}");
+        assert_eq!(find(&docs, "Gateway")["spec"]["gatewayClassName"], class, "{path}");
+        proxy_of(path);
+    }
+    let waypoint = yaml_documents("envoy/istio/waypoint.yaml");
+    let labels = &find(&waypoint, "Namespace")["metadata"]["labels"];
+    assert_eq!(labels["istio.io/dataplane-mode"], "ambient");
+    assert_eq!(labels["istio.io/use-waypoint"], find(&waypoint, "Gateway")["metadata"]["name"]);
+}
+
+/// Whether an Istio ALLOW policy lets `principal` (from `namespace`) make this request.
+fn allowed(policy: &Value, principal: &str, namespace: &str, method: &str, path: &str) -> bool {
+    let listed = |list: &Value, value: &str, matches: &dyn Fn(&str, &str) -> bool| {
+        list.as_array().is_none_or(|l| l.iter().any(|p| matches(p.as_str().unwrap(), value)))
+    };
+    let exact = |a: &str, b: &str| a == b;
+    let path_matches = |pattern: &str, path: &str| match pattern.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => pattern == path,
+    };
+    assert_eq!(policy["spec"]["action"], "ALLOW");
+    policy["spec"]["rules"].as_array().unwrap().iter().any(|rule| {
+        let from = rule["from"].as_array().is_none_or(|f| {
+            f.iter().any(|s| {
+                let s = &s["source"];
+                listed(&s["principals"], principal, &exact) && listed(&s["namespaces"], namespace, &exact)
+            })
+        });
+        let to = rule["to"].as_array().is_none_or(|t| {
+            t.iter().any(|o| {
+                let o = &o["operation"];
+                listed(&o["methods"], method, &exact) && listed(&o["paths"], path, &path_matches)
+            })
+        });
+        from && to
+    })
+}
+
+/// The service's routes, as (method, path), read from the router in revocation/src/api.rs.
+fn service_routes() -> Vec<(String, String)> {
+    let source = std::fs::read_to_string(repo_root().join("revocation/src/api.rs")).unwrap();
+    let routes: Vec<(String, String)> = source
+        .split(".route(\"")
+        .skip(1)
+        .map(|r| {
+            let (path, rest) = r.split_once('"').unwrap();
+            let method = rest.trim_start_matches([',', ' ']).split('(').next().unwrap().to_uppercase();
+            (method, path.replace("{jti}", "some-jti"))
+        })
+        .collect();
+    assert!(routes.len() >= 10, "{routes:?}");
+    routes
+}
+
+/// The service runs with the restricted Pod Security profile, keeps a replica through voluntary
+/// disruptions, and answers the feed and status only to the proxies and writes only to them
+/// (the logout routes' revokes) and the operators. The manifests of issue 11 had none of it.
+#[test]
+fn the_revocation_service_is_restricted_and_only_its_callers_reach_it() {
+    let docs = yaml_documents("envoy/istio/revocation.yaml");
+    let deployment = find(&docs, "Deployment");
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert!(pod["imagePullSecrets"][0]["name"].is_string());
+    for container in pod["containers"].as_array().unwrap() {
+        let sc = &container["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert!(sc["privileged"].is_null() && sc["capabilities"]["add"].is_null());
+    }
+    let selects = |doc: &Value, selector: &str| {
+        assert_eq!(&doc["spec"][selector]["matchLabels"], labels, "{} selects the pods", doc["kind"]);
+    };
+    let budget = find(&docs, "PodDisruptionBudget");
+    selects(budget, "selector");
+    assert!(budget["spec"]["minAvailable"].as_u64().unwrap() < deployment["spec"]["replicas"].as_u64().unwrap());
+
+    let policy = find(&docs, "AuthorizationPolicy");
+    selects(policy, "selector");
+    let operator = "cluster.local/ns/jwtguard/sa/jwtguard-operator";
+    let stranger = "cluster.local/ns/orders/sa/someone-else";
+    let proxies: Vec<(String, String)> = SHAPES.iter().map(|p| proxy_of(p)).collect();
+    for (method, path) in service_routes().into_iter().filter(|(_, p)| p.starts_with("/v1/")) {
+        let read = path == "/v1/status" || path == "/v1/feed";
+        let logout = path == "/v1/revoke" || path == "/v1/revoke-subject";
+        // The identity provider's signed logout signals come in through the ingress gateway.
+        let signal = path == "/v1/backchannel-logout" || path == "/v1/ssf/push";
+        for (path_of_shape, (proxy, namespace)) in SHAPES.iter().zip(&proxies) {
+            let ingress = *path_of_shape == "envoy/istio/gateway.yaml";
+            let expected = read || logout || (signal && ingress);
+            assert_eq!(allowed(policy, proxy, namespace, &method, &path), expected, "{proxy}: {method} {path}");
+        }
+        let write = !read && !signal;
+        assert_eq!(allowed(policy, operator, "jwtguard", &method, &path), write, "operator: {method} {path}");
+        assert!(!allowed(policy, stranger, "orders", &method, &path), "{method} {path} is open");
+    }
+
+    let network = find(&docs, "NetworkPolicy");
+    selects(network, "podSelector");
+    let port = pod["containers"][0]["ports"][0]["containerPort"].clone();
+    for (_, namespace) in &proxies {
+        let admitted = network["spec"]["ingress"].as_array().unwrap().iter().any(|rule| {
+            let from = rule["from"].as_array().unwrap().iter().any(|f| {
+                let s = &f["namespaceSelector"];
+                s["matchLabels"]["kubernetes.io/metadata.name"] == namespace.as_str()
+                    || s["matchExpressions"].as_array().into_iter().flatten().any(|e| {
+                        e["key"] == "kubernetes.io/metadata.name"
+                            && e["operator"] == "In"
+                            && e["values"].as_array().unwrap().contains(&json!(namespace))
+                    })
+            });
+            from && rule["ports"].as_array().unwrap().iter().any(|p| p["port"] == port)
+        });
+        assert!(admitted, "the NetworkPolicy keeps {namespace} out");
+    }
+}
+
+/// Istio's WasmPlugin `sha256` is compared with the pulled image's manifest digest, as hex
+/// without its algorithm: the hex `make oci` prints after "sha256:" passes the CRD's pattern,
+/// the whole printed digest does not.
+#[test]
+fn the_wasmplugin_pins_the_hex_digest_make_oci_prints() {
+    let (_, digest) = build_oci(&scratch_dir("oci-pin").join("image"));
+    let hex = digest.strip_prefix("sha256:").expect("oci.sh prints sha256:HEX");
+    let mut plugin = plugin_of("envoy/istio/wasmplugin.yaml");
+    plugin["spec"]["sha256"] = json!(hex);
+    check_schemas("pin", &[plugin.clone()]).expect("the hex digest is a valid sha256");
+    plugin["spec"]["sha256"] = json!(digest);
+    assert!(check_schemas("pin-prefixed", &[plugin]).unwrap_err().contains("sha256"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compose
+
+const COMPOSE: &str = "envoy/docker-compose.yaml";
+
+#[test]
+fn the_compose_file_passes_the_compose_specification_and_docker_compose() {
+    let compose = repo_root().join(COMPOSE);
+    let spec = |path: &Path| {
+        Command::new(venv("check-jsonschema"))
+            .args(["--builtin-schema", "vendor.compose-spec"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let checked = spec(&compose);
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stdout));
     let config = run(Command::new("docker-compose").arg("-f").arg(&compose).arg("config"));
     for service in ["redis:", "revocation:", "jwks:", "upstream:", "envoy:"] {
         assert!(config.contains(service), "{service} missing:\n{config}");
     }
     assert!(config.contains("--appendonly"), "Redis runs with AOF");
+
+    // Not vacuous: a condition the specification does not have is refused.
+    let broken = scratch_dir("compose-broken").join("docker-compose.yaml");
+    let text = std::fs::read_to_string(&compose).unwrap();
+    std::fs::write(&broken, text.replacen("condition: service_healthy", "condition: healthy", 1)).unwrap();
+    let refused = spec(&broken);
+    assert!(!refused.status.success(), "a broken compose file passed");
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("healthy"));
+}
+
+/// Starts on a fresh host: every container has a healthcheck and a restart policy, starts only
+/// once what it depends on is healthy, and every image is pinned. The compose file of issue 11
+/// had none of the healthchecks and conditions, and redis:7.0.
+#[test]
+fn the_compose_services_wait_for_healthy_dependencies_and_restart() {
+    let compose = &yaml_documents(COMPOSE)[0];
+    let services = compose["services"].as_object().unwrap();
+    for (name, service) in services {
+        assert!(service["healthcheck"]["test"].is_array(), "{name}: no healthcheck");
+        assert_eq!(service["restart"], "unless-stopped", "{name}");
+        let image = service["image"].as_str().unwrap();
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or_else(|| panic!("{name}: {image} has no tag"));
+        assert_ne!(tag, "latest", "{name}");
+        for (dependency, condition) in service["depends_on"].as_object().into_iter().flatten() {
+            assert_eq!(condition["condition"], "service_healthy", "{name} -> {dependency}");
+        }
+    }
+    assert_eq!(services["redis"]["image"], "redis:7.4");
+    let mut envoy_depends: Vec<&String> = services["envoy"]["depends_on"].as_object().unwrap().keys().collect();
+    envoy_depends.sort();
+    assert_eq!(envoy_depends, ["jwks", "revocation", "upstream"]);
+    assert_eq!(services["revocation"]["depends_on"]["redis"]["condition"], "service_healthy");
+}
+
+/// The JWKS container (non-root) writes its key pair into a named volume: the image must create
+/// the mount point owned by the user it runs as, since Docker gives a new volume that owner.
+/// The compose file of issue 11 mounted /keys, which the image did not have (root-owned volume).
+#[test]
+fn the_jwks_volume_is_owned_by_the_user_the_image_runs_as() {
+    let compose = &yaml_documents(COMPOSE)[0];
+    let jwks = &compose["services"]["jwks"];
+    let (volume, mount) = jwks["volumes"][0].as_str().unwrap().split_once(':').unwrap();
+    assert!(compose["volumes"][volume].is_object(), "{volume} is a named volume");
+    assert!(jwks["command"].as_array().unwrap().contains(&json!(mount)), "serve-jwks uses {mount}");
+    let dockerfile = std::fs::read_to_string(repo_root().join("revocation/Dockerfile")).unwrap();
+    let user = dockerfile.lines().rev().find_map(|l| l.strip_prefix("USER ")).expect("USER").trim();
+    let prepared = dockerfile.lines().any(|l| {
+        l.starts_with("RUN ")
+            && l.contains(&format!("mkdir -p {mount}"))
+            && l.contains(&format!("chown {user} {mount}"))
+    });
+    assert!(prepared, "the image does not create {mount} owned by {user}");
+}
+
+/// The build context docker-compose would send (computed by docker-py, whose rules it uses)
+/// leaves out the build output, the venv and the history, and keeps what the build reads.
+#[test]
+fn the_docker_build_context_leaves_out_target_venv_and_git() {
+    let script = "import json, sys\nfrom docker.utils.build import exclude_paths\n\
+        patterns = [l.strip() for l in open('.dockerignore') if l.strip() and not l.startswith('#')]\n\
+        print(json.dumps(sorted(exclude_paths('.', patterns))))";
+    let listed = run(Command::new("/usr/bin/python3").args(["-c", script]).current_dir(repo_root()));
+    let files: Vec<String> = serde_json::from_str(&listed).unwrap();
+    for left_out in ["target/", ".venv/", ".git/"] {
+        assert!(!files.iter().any(|f| f.starts_with(left_out)), "{left_out} is in the build context");
+    }
+    for needed in ["Cargo.lock", "revocation/openapi.json", "envoy/compose/http-ok", "demo/Cargo.toml"] {
+        assert!(files.iter().any(|f| f == needed), "{needed} is not in the build context");
+    }
 }
 
 #[test]
@@ -72,59 +611,58 @@ fn the_compose_envoy_config_is_accepted_by_envoy_with_the_filter() {
     assert!(out.contains("OK"), "{out}");
 }
 
-/// Every YAML document of a manifest file, as JSON (parsed by PyYAML from the project venv).
-fn yaml_documents(path: &str) -> Vec<Value> {
-    let script = "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
-    let out = run(Command::new(repo_root().join(".venv/bin/python")).args(["-c", script]).arg(repo_root().join(path)));
-    serde_json::from_str(&out).expect("JSON from PyYAML")
-}
-
-/// The spec fields of WasmPlugin in extensions.istio.io/v1alpha1 (Istio 1.27's CRD).
-const WASMPLUGIN_FIELDS: &[&str] = &[
-    "selector",
-    "targetRef",
-    "targetRefs",
-    "url",
-    "sha256",
-    "imagePullPolicy",
-    "imagePullSecret",
-    "pluginConfig",
-    "pluginName",
-    "phase",
-    "priority",
-    "failStrategy",
-    "vmConfig",
-    "match",
-    "type",
-];
-
+/// The compose healthchecks probe the port each program listens on, and the probe works
+/// against the real programs: the revocation service's /readyz, the demo's JWKS and echo
+/// servers, Envoy's admin /ready (200), and fails on an error status or a closed port.
 #[test]
-fn the_istio_manifests_use_crd_fields_and_a_config_the_filter_accepts() {
-    let docs = yaml_documents("envoy/istio/wasmplugin.yaml");
-    let plugin = docs.iter().find(|d| d["kind"] == "WasmPlugin").expect("a WasmPlugin");
-    assert_eq!(plugin["apiVersion"], "extensions.istio.io/v1alpha1");
-    let spec = plugin["spec"].as_object().unwrap();
-    for field in spec.keys() {
-        assert!(WASMPLUGIN_FIELDS.contains(&field.as_str()), "spec.{field} is not a WasmPlugin field");
+fn the_compose_healthchecks_probe_the_real_programs() {
+    let compose = &yaml_documents(COMPOSE)[0];
+    let services = &compose["services"];
+    let probe = |service: &str| -> (String, String) {
+        let test = services[service]["healthcheck"]["test"].as_array().unwrap();
+        assert_eq!(test[..2], [json!("CMD"), json!("http-ok")], "{service}");
+        (test[2].as_str().unwrap().to_string(), test[3].as_str().unwrap().to_string())
+    };
+    for service in ["revocation", "jwks", "upstream"] {
+        let (port, _) = probe(service);
+        let command = services[service]["command"].as_array().unwrap();
+        assert!(command.contains(&json!(format!("0.0.0.0:{port}"))), "{service} does not listen on {port}");
     }
-    assert_eq!(spec["phase"], "AUTHN");
-    assert_eq!(spec["failStrategy"], "FAIL_CLOSE");
-    assert!(spec["url"].as_str().unwrap().starts_with("oci://"));
-    let config = serde_json::to_string(&spec["pluginConfig"]).unwrap();
-    let parsed = Config::parse(config.as_bytes()).unwrap_or_else(|e| panic!("pluginConfig refused: {e}"));
-    let revocation = parsed.revocation.expect("revocation configured");
-    assert!(revocation.cluster.starts_with("outbound|8080||"), "Istio cluster naming");
-    assert!(parsed.providers[0].remote_jwks.as_ref().unwrap().cluster.starts_with("outbound|"));
+    let envoy_config = &yaml_documents("envoy/compose/envoy.yaml")[0];
+    assert_eq!(
+        json!(probe("envoy").0.parse::<u64>().unwrap()),
+        envoy_config["admin"]["address"]["socket_address"]["port_value"]
+    );
+    assert_eq!(services["redis"]["healthcheck"]["test"], json!(["CMD", "redis-cli", "ping"]));
 
-    let service = yaml_documents("envoy/istio/revocation.yaml");
-    let kinds: Vec<&str> = service.iter().filter_map(|d| d["kind"].as_str()).collect();
-    assert_eq!(kinds, ["Namespace", "Secret", "Deployment", "Service"]);
-    let deployment = &service[2];
-    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-    let svc_port = service[3]["spec"]["ports"][0]["port"].as_u64().unwrap();
-    assert_eq!(revocation.cluster, format!("outbound|{svc_port}||jwtguard-revocation.jwtguard.svc.cluster.local"));
+    let http_ok = |port: u16, path: &str| {
+        Command::new(repo_root().join("envoy/compose/http-ok"))
+            .arg(port.to_string())
+            .arg(path)
+            .status()
+            .unwrap()
+            .success()
+    };
+    let dir = scratch_dir("compose-healthchecks");
+    let redis = RedisServer::start(&dir, &[]);
+    assert_eq!(redis.cli(&["ping"]), "PONG");
+    let args = support::revocation::service_args(&[redis.url()], false, &[]);
+    let revocation = Service::start(&service::binary(), &dir, &args).expect("service");
+    let jwks = jwtguard_demo::echo::start_static("127.0.0.1:0", r#"{"keys":[]}"#.into()).unwrap();
+    let upstream = jwtguard_demo::echo::Echo::start("127.0.0.1:0").unwrap();
+    let listener = Listener { name: "probe".into(), filters: Vec::new(), target: Target::DirectResponse };
+    let envoy = Envoy::start(&dir, &bootstrap(&[listener], &[]));
+    // Ready once it has written to Redis and read the feed back: poll, as Docker does.
+    let readyz = probe("revocation").1;
+    wait_for("the service's healthcheck", Duration::from_secs(20), || http_ok(revocation.port, &readyz).then_some(()));
+    assert!(http_ok(jwks, &probe("jwks").1));
+    assert!(http_ok(upstream.port, &probe("upstream").1));
+    assert!(http_ok(envoy.admin, &probe("envoy").1));
+    assert!(!http_ok(revocation.port, "/no-such-path"), "a 404 passed");
+    assert!(!http_ok(jwtguard_demo::redis::free_port(), "/"), "a closed port passed");
 }
+
+// ---------------------------------------------------------------------------------------------
 
 /// The shipped Envoy configurations carry exactly the `stats_tags` the tests run with, so the
 /// labelled series the documented alerts use (checked in jwks_e2e) are the ones users get.
