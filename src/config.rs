@@ -106,8 +106,10 @@ pub enum Requirement {
 
 // ---- the JSON shape ----
 
+/// The plugin configuration of the jwtguard filter (docs/configuration.md).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Config", title = "jwtguard"))]
 struct RawConfig {
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
@@ -126,6 +128,7 @@ struct RawConfig {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Revocation"))]
 struct RawRevocation {
     cluster: String,
     authority: String,
@@ -163,6 +166,7 @@ struct RawRevocation {
 
 #[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize), schemars(rename = "RevocationSource"))]
 enum RawSource {
     Feed,
     Status,
@@ -170,6 +174,7 @@ enum RawSource {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize), schemars(rename = "Feed"))]
 struct RawFeed {
     #[serde(default = "default_feed_path")]
     path: String,
@@ -194,6 +199,7 @@ impl Default for RawFeed {
 
 #[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize), schemars(rename = "RevocationMode"))]
 enum RawMode {
     Denylist,
     Allowlist,
@@ -201,6 +207,7 @@ enum RawMode {
 
 #[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize), schemars(rename = "FailureMode"))]
 enum RawFailureMode {
     Closed,
     Open,
@@ -219,6 +226,7 @@ impl From<RawFailureMode> for FailureMode {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "RuleRevocation"))]
 struct RawRuleRevocation {
     #[serde(default)]
     disabled: bool,
@@ -227,6 +235,7 @@ struct RawRuleRevocation {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Provider"))]
 struct RawProvider {
     issuer: Option<String>,
     #[serde(default)]
@@ -236,6 +245,7 @@ struct RawProvider {
     pem_keys: Vec<RawPemKey>,
     #[serde(default)]
     hmac_secrets: Vec<RawSecret>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<Vec<schema::Algorithm>>"))]
     algorithms: Option<Vec<String>>,
     #[serde(default)]
     from_headers: Vec<RawHeaderSource>,
@@ -260,6 +270,7 @@ struct RawProvider {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "RemoteJwks"))]
 struct RawRemoteJwks {
     cluster: String,
     uri: Option<String>,
@@ -289,30 +300,36 @@ struct RawRemoteJwks {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct InlineString {
     inline_string: String,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "PemKey"))]
 struct RawPemKey {
     pem: String,
     kid: Option<String>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Algorithm>"))]
     alg: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "HmacSecret"))]
 struct RawSecret {
     /// The secret's bytes as UTF-8 text, or `secret_base64` for binary secrets.
     secret: Option<String>,
     secret_base64: Option<String>,
     kid: Option<String>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<schema::Algorithm>"))]
     alg: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "HeaderSource"))]
 struct RawHeaderSource {
     name: String,
     #[serde(default)]
@@ -321,6 +338,7 @@ struct RawHeaderSource {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "ClaimToHeader"))]
 struct RawClaimToHeader {
     header_name: String,
     claim_name: String,
@@ -328,12 +346,14 @@ struct RawClaimToHeader {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "JwtCacheConfig"))]
 struct RawCacheConfig {
     jwt_cache_size: usize,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Rule"))]
 struct RawRule {
     #[serde(rename = "match")]
     match_: RawMatch,
@@ -345,6 +365,7 @@ struct RawRule {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Match"))]
 struct RawMatch {
     prefix: Option<String>,
     path: Option<String>,
@@ -355,12 +376,14 @@ struct RawMatch {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Regex"))]
 struct RawRegex {
     regex: String,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "ClaimRequirement"))]
 struct RawClaimRequirement {
     claim_name: String,
     contains: String,
@@ -368,6 +391,7 @@ struct RawClaimRequirement {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Requirement"))]
 enum RawRequirement {
     ProviderName(String),
     RequiresAny(RawRequirementList),
@@ -378,12 +402,14 @@ enum RawRequirement {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "RequirementList"))]
 struct RawRequirementList {
     requirements: Vec<RawRequirement>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct Empty {}
 
 fn yes() -> bool {
@@ -513,6 +539,17 @@ impl Config {
         let mut config = build(raw)?;
         config.namespace = crate::fnv::fnv1a(bytes).to_string();
         Ok(config)
+    }
+
+    /// The JSON Schema of what `parse` reads, derived from the same types: the shape (fields,
+    /// types, required fields, no unknown fields, enumerations). What `parse` checks beyond the
+    /// shape (values, keys, cross-references between fields) only `parse` can tell.
+    #[cfg(feature = "schema")]
+    pub fn json_schema() -> schemars::Schema {
+        schemars::generate::SchemaSettings::draft2020_12()
+            .with_transform(schemars::transform::RecursiveTransform(schema::integer_bounds))
+            .into_generator()
+            .into_root_schema_for::<RawConfig>()
     }
 }
 
@@ -739,13 +776,17 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     for (i, r) in raw.rules.into_iter().enumerate() {
         rules.push(build_rule(&format!("rules[{i}]"), r, &names, default_failure_mode)?);
     }
-    let mut output_headers: Vec<String> = providers
+    // Each name once (a handful: a linear check costs less code than a sort).
+    let mut output_headers: Vec<String> = Vec::new();
+    let names = providers
         .iter()
         .flat_map(|p| p.claim_to_headers.iter().map(|c| c.header_name.clone()).chain(p.forward_payload_header.clone()))
-        .chain(revocation.as_ref().map(|_| UNCHECKED_HEADER.to_string()))
-        .collect();
-    output_headers.sort();
-    output_headers.dedup();
+        .chain(revocation.as_ref().map(|_| UNCHECKED_HEADER.to_string()));
+    for name in names {
+        if !output_headers.contains(&name) {
+            output_headers.push(name);
+        }
+    }
     Ok(Config {
         providers,
         rules,
@@ -1071,6 +1112,38 @@ fn claim_path(name: &str) -> Result<Vec<String>, String> {
     Ok(path)
 }
 
+#[cfg(feature = "schema")]
+mod schema {
+    use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+    use std::borrow::Cow;
+
+    /// An algorithm name (`alg`): a string in the configuration, one of `ALL_ALGORITHMS`.
+    pub struct Algorithm;
+
+    impl JsonSchema for Algorithm {
+        fn schema_name() -> Cow<'static, str> {
+            "Algorithm".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            // Debug prints the names FromStr reads (`RS256`, `EdDSA`).
+            let names: Vec<String> = super::ALL_ALGORITHMS.iter().map(|a| format!("{a:?}")).collect();
+            json_schema!({"type": "string", "enum": names})
+        }
+    }
+
+    /// The largest value of each unsigned integer type, which schemars only names in `format`
+    /// (an annotation validators ignore). `uint` is `usize`: 32 bits in the wasm32 filter.
+    pub fn integer_bounds(schema: &mut Schema) {
+        let max = match schema.get("format").and_then(|f| f.as_str()) {
+            Some("uint" | "uint32") => u64::from(u32::MAX),
+            Some("uint64") => u64::MAX,
+            _ => return,
+        };
+        schema.insert("maximum".into(), max.into());
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1113,7 +1186,7 @@ pub(crate) mod tests {
             Some(&Requirement::Any(vec![Requirement::Provider(0), Requirement::Provider(1)]))
         );
         assert_eq!(c.rules[2].matcher.methods, vec!["POST"]);
-        assert_eq!(c.output_headers, vec!["x-jwt-payload", "x-jwt-sub"]);
+        assert_eq!(c.output_headers, vec!["x-jwt-sub", "x-jwt-payload"]);
         assert_eq!(c.providers[0].jwt_cache_size, DEFAULT_JWT_CACHE_SIZE);
         assert_eq!(c.providers[0].sources, Sources::default_bearer());
     }

@@ -41,6 +41,8 @@ impl Shared {
             // Stale stays 1 once the keys expire: refreshes have been failing all along.
             let stale = matches!(freshness, Freshness::Stale | Freshness::Expired);
             Metrics::set(self.metrics.jwks[r.index].stale, u64::from(stale));
+            let age = if state.fetched_ms == 0 { 0 } else { now.saturating_sub(state.fetched_ms) };
+            Metrics::set(self.metrics.jwks[r.index].age_ms, age);
             match freshness {
                 Freshness::None => {}
                 Freshness::Expired => {

@@ -58,6 +58,9 @@ pub struct JwksStats {
     /// Gauge: 1 from the end of `cache_duration` without a successful refresh until one succeeds,
     /// including after the keys expire.
     pub stale: u32,
+    /// Gauge: milliseconds since the last successful fetch (0 before the first one), expired
+    /// key sets included.
+    pub age_ms: u32,
     pub unknown_kid_refetch: u32,
     pub requests_waited: u32,
 }
@@ -80,6 +83,7 @@ impl Metrics {
                 fetch_failed: counter(&stat("fetch_failed"))?,
                 keys_loaded: def(MetricType::Gauge, &stat("keys_loaded"))?,
                 stale: def(MetricType::Gauge, &stat("stale"))?,
+                age_ms: def(MetricType::Gauge, &stat("age_ms"))?,
                 unknown_kid_refetch: counter(&stat("unknown_kid_refetch"))?,
                 requests_waited: counter(&stat("requests_waited"))?,
             });

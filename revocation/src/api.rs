@@ -66,6 +66,7 @@ pub struct ApiError {
     status: StatusCode,
     error: &'static str,
     description: String,
+        .layer(axum::middleware::from_fn(record))
 }
 
 impl ApiError {
@@ -103,11 +104,28 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Counts the request by endpoint and outcome (the status code).
+/// The API endpoint a response answers, for `record`.
+#[derive(Clone, Copy)]
+struct Endpoint(&'static str);
+
+/// Answers an API request, marked with its endpoint so that `record` counts and times it.
 fn counted<T: IntoResponse>(endpoint: &'static str, result: Result<T, ApiError>) -> Response {
-    let response = result.into_response();
-    let outcome = response.status().as_u16().to_string();
-    metrics::counter!("jwtguard_revocation_requests_total", "endpoint" => endpoint, "outcome" => outcome).increment(1);
+    let mut response = result.into_response();
+    response.extensions_mut().insert(Endpoint(endpoint));
+    response
+}
+
+/// Counts and times every answer `counted` marked, by endpoint and status code, from the
+/// request's arrival (its body read included) to its answer; probes and /metrics are not counted.
+async fn record(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    if let Some(&Endpoint(endpoint)) = response.extensions().get::<Endpoint>() {
+        let code = response.status().as_u16().to_string();
+        metrics::histogram!("jwtguard_revocation_request_duration_seconds", "endpoint" => endpoint, "code" => code.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("jwtguard_revocation_requests_total", "endpoint" => endpoint, "code" => code).increment(1);
+    }
     response
 }
 

@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod check_config;
 mod client;
 mod feed;
 mod form;
@@ -11,6 +12,7 @@ mod store;
 mod token;
 mod validate;
 
+mod telemetry;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +107,17 @@ struct ServeArgs {
     #[arg(long, env = "JWTGUARD_REDIS_CLUSTER_NODES", value_delimiter = ',', conflicts_with = "redis_url")]
     redis_cluster_node: Vec<String>,
     /// File with the write credentials, one per line.
+    /// Check a filter configuration with the filter's own parser: on a refusal, print the line
+    /// Envoy would log and exit 1.
+    CheckConfig {
+        /// The filter's JSON (Envoy's `configuration` value, Istio's `pluginConfig` as JSON); `-`
+        /// reads stdin.
+        #[arg(required_unless_present = "schema")]
+        file: Option<std::path::PathBuf>,
+        /// Print the configuration's JSON Schema (generated from the parser's types) instead.
+        #[arg(long, conflicts_with = "file")]
+        schema: bool,
+    },
     #[arg(long)]
     credentials_file: Option<std::path::PathBuf>,
     /// Write credentials, comma-separated (prefer the file).
@@ -209,6 +222,9 @@ fn serve(args: ServeArgs) -> Result<String, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("--credentials-file {}: {e}", path.display()))?;
         writers = auth::Credentials::parse(&format!("{text}\n{}", args.credentials.as_deref().unwrap_or("")));
     }
+        // clap lets through a file or --schema, never both.
+        Command::CheckConfig { file: Some(file), .. } => check_config::check(&file),
+        Command::CheckConfig { file: None, .. } => check_config::schema(),
     if writers.is_empty() && !args.insecure_dev_no_credentials {
         return Err("no write credentials: give --credentials-file or JWTGUARD_REVOCATION_CREDENTIALS \
                     (or --insecure-dev-no-credentials, for development only)"
@@ -260,12 +276,7 @@ fn serve(args: ServeArgs) -> Result<String, String> {
         ),
     };
     let open_files = raise_open_files_limit();
-    // Real histograms (fixed buckets), not summaries; upkeep below drains them periodically,
-    // which the exporter leaves to us when installed without its own HTTP listener.
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0])
-        .and_then(|b| b.install_recorder())
-        .map_err(|e| format!("metrics: {e}"))?;
+    let prometheus = telemetry::install()?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.worker_threads {
         runtime.worker_threads(n);

@@ -209,7 +209,8 @@ fn exercise_every_endpoint(svc: &Service, keys_dir: &Path, ttl_of: TtlOf) {
     assert!(!feed.events.iter().any(|e| matches!(e, FeedEvent::Revoked { jti, .. } if jti == "cred-test")));
 
     let metrics = call("GET", &format!("{url}/metrics"), None, None, None).body;
-    assert!(metrics.contains("jwtguard_revocation_requests_total{endpoint=\"revoke\",outcome=\"200\"}"), "{metrics}");
+    assert!(metrics.contains("jwtguard_revocation_requests_total{endpoint=\"revoke\",code=\"200\"}"), "{metrics}");
+    assert!(metrics.contains("jwtguard_revocation_request_duration_seconds_bucket{endpoint=\"revoke\",code=\"200\","));
     assert!(metrics.contains("jwtguard_revocation_redis_seconds"));
     for name in [
         "jwtguard_revocation_feed_events_appended_total{type=\"revoked\"}",

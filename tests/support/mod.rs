@@ -4,6 +4,7 @@
 
 pub use jwtguard_demo::{echo, envoy, tokens, wait_for};
 
+pub mod monitoring;
 pub mod revocation;
 
 use std::time::Duration;
