@@ -33,6 +33,13 @@ write_credential=$(openssl rand -hex 16)
 
 "$demo" keygen "$state/keys"
 jwks=$("$demo" jwks "$state/keys")
+# The demo's key stands for the identity provider: it signs the access tokens and its
+# back-channel logout tokens, which the service trusts through this signals configuration.
+printf '%s' "$jwks" > "$state/idp-jwks.json"
+cat > "$state/signals.json" <<JSON
+{"issuers": [{"issuer": "https://demo.jwtguard.local", "audiences": ["jwtguard"], "algorithms": ["RS256"],
+              "local_jwks": {"filename": "$PWD/$state/idp-jwks.json"}}]}
+JSON
 python3 - "$wasm" "$jwks" "$status_credential" "$write_credential" <<'PY' > "$state/envoy.yaml"
 import json, sys, pathlib
 text = pathlib.Path("envoy/envoy.yaml").read_text()
@@ -46,6 +53,7 @@ redis-server --port 6390 --bind 127.0.0.1 --appendonly yes --dir "$state/redis" 
 until [ "$(redis-cli -p 6390 ping 2>/dev/null)" = "PONG" ]; do sleep 0.1; done
 JWTGUARD_REVOCATION_CREDENTIALS=$write_credential JWTGUARD_STATUS_CREDENTIALS=$status_credential \
   "$service" serve --listen 127.0.0.1:8080 --redis-url redis://127.0.0.1:6390 --log-format text \
+  --signals-config "$state/signals.json" \
   > "$state/revocation.log" 2>&1 & pids+=($!)
 "$demo" upstream --listen 127.0.0.1:8081 > "$state/upstream.log" 2>&1 & pids+=($!)
 .venv/bin/envoy -c "$state/envoy.yaml" --concurrency 2 --disable-hot-restart --log-path "$state/envoy.log" & pids+=($!)
@@ -80,6 +88,18 @@ sleep 0.2 # the cutoff reaches the other Envoy worker through the feed, in milli
 show "his phone's token, issued before: 401 token revoked" -H "Authorization: Bearer $phone" http://127.0.0.1:10000/orders
 sleep 1 # a login in a later second than the cutoff
 show "a new login afterwards: 200" -H "Authorization: Bearer $(mint --sub bob)" http://127.0.0.1:10000/orders
+
+# Session ids are fresh each run: Redis keeps what earlier runs revoked (appendonly).
+web_session=web-$(openssl rand -hex 4)
+carol_web=$(mint --sub carol --sid "$web_session")
+carol_app=$(mint --sub carol --sid "app-$(openssl rand -hex 4)")
+show "carol, logged in at the identity provider in two sessions (sid claim): 200" -H "Authorization: Bearer $carol_web" http://127.0.0.1:10000/orders
+logout_token=$("$demo" logout-token "$state/keys" --sid "$web_session")
+show "she logs out of her web session at the identity provider, which sends an OpenID back-channel logout to the service: 200" \
+  -X POST --data-urlencode "logout_token=$logout_token" http://127.0.0.1:8080/v1/backchannel-logout
+sleep 0.2 # the session's revocation reaches every Envoy worker through the feed, in milliseconds
+show "that session's token, at the proxy: 401 token revoked — no application was involved" -H "Authorization: Bearer $carol_web" http://127.0.0.1:10000/orders
+show "her other session: 200" -H "Authorization: Bearer $carol_app" http://127.0.0.1:10000/orders
 
 cat <<MSG
 

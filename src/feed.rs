@@ -151,6 +151,7 @@ fn parse_event(value: &Value) -> Option<FeedEvent> {
     Some(match event.get("type")?.as_str()? {
         "revoked" => FeedEvent::Revoked { jti: text("jti")?, until: number("until")? },
         "session_ended" => FeedEvent::SessionEnded { jti: text("jti")?, until: number("until")? },
+        "sid_revoked" => FeedEvent::SidRevoked { iss: text("iss")?, sid: text("sid")?, until: number("until")? },
         "subject_cutoff" => FeedEvent::SubjectCutoff {
             sub: text("sub")?,
             iss: match event.get("iss") {
@@ -251,6 +252,7 @@ mod tests {
                 FeedEvent::SubjectCutoff { sub: "alice".into(), iss: Some("https://i".into()), before: 5, until: 20 },
                 FeedEvent::SubjectCutoff { sub: "bob".into(), iss: None, before: 5, until: 20 },
                 FeedEvent::SessionEnded { jti: "s".into(), until: 30 },
+                FeedEvent::SidRevoked { iss: "https://i".into(), sid: "s\"1".into(), until: 40 },
             ],
         };
         let bytes = serde_json::to_vec(&response).unwrap();

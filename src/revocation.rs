@@ -60,6 +60,8 @@ pub struct Identity {
     pub iss: Option<String>,
     pub iat: Option<u64>,
     pub exp: Option<u64>,
+    /// The identity provider's session (OpenID `sid`), which a back-channel logout revokes.
+    pub sid: Option<String>,
     /// All of the above in one string: the cache's and the single-flight map's key.
     pub key: String,
 }
@@ -69,17 +71,24 @@ impl Identity {
         let text = |n: &str| claims.get(n).and_then(Value::as_str).map(String::from);
         // A malformed date never gets here from the filter (it refuses the token first).
         let number = |n: &str| crate::claims::numeric_date(claims, n).ok().flatten();
-        let (jti, sub, iss, iat, exp) = (text("jti"), text("sub"), text("iss"), number("iat"), number("exp"));
+        let (jti, sub, iss, sid) = (text("jti"), text("sub"), text("iss"), text("sid"));
+        let (iat, exp) = (number("iat"), number("exp"));
         // Length-prefixed parts, `-` for an absent one: any claim text (even one holding the
         // separator) gives a distinct key, so two identities never share a cached answer.
         let mut key = String::new();
-        for part in [jti.as_deref(), sub.as_deref(), iss.as_deref(), iat.map(|i| i.to_string()).as_deref()] {
+        let iat_text = iat.map(|i| i.to_string());
+        for part in [jti.as_deref(), sub.as_deref(), iss.as_deref(), iat_text.as_deref(), sid.as_deref()] {
             match part {
                 Some(p) => key.push_str(&format!("{}:{p};", p.len())),
                 None => key.push_str("-;"),
             }
         }
-        Identity { jti, sub, iss, iat, exp, key }
+        Identity { jti, sub, iss, iat, exp, sid, key }
+    }
+
+    /// The key of this token's session in the revocation set: its issuer and `sid`.
+    pub fn session_key(&self) -> Option<String> {
+        Some(session_key(self.iss.as_deref()?, self.sid.as_deref()?))
     }
 
     /// Whether the service can store this token's identity; one it cannot could never be
@@ -89,6 +98,7 @@ impl Identity {
         fits(&self.jti, "jti", MAX_ID_CHARS)
             && fits(&self.sub, "sub", MAX_ID_CHARS)
             && fits(&self.iss, "iss", MAX_ISS_CHARS)
+            && fits(&self.sid, "sid", MAX_ID_CHARS)
     }
 
     /// The shared-data key of this identity's cache slot, in the plugin's `namespace`.
@@ -96,6 +106,11 @@ impl Identity {
         let hash = crate::fnv::fnv1a(self.key.as_bytes());
         format!("jwtguard.{namespace}.rev.{}", hash % u64::from(max_entries.max(1)))
     }
+}
+
+/// An issuer's session in one string (length-prefixed, so no two pairs share it).
+pub fn session_key(iss: &str, sid: &str) -> String {
+    format!("{}:{iss}{sid}", iss.len())
 }
 
 /// One cached answer, as stored in shared data.
@@ -172,12 +187,15 @@ pub fn lookup(entry: Option<&Entry>, identity: &Identity, now_ms: u64, f: Freshn
     }
 }
 
-/// The status callout's `:path`: `path?jti=…&sub=…&iss=…&iat=…[&mode=allowlist]`.
+/// The status callout's `:path`: `path?jti=…&sub=…&iss=…&sid=…&iat=…[&mode=allowlist]`.
 pub fn status_path(path: &str, identity: &Identity, mode: Mode) -> String {
     let mut query = Vec::new();
-    for (name, value) in
-        [("jti", identity.jti.as_deref()), ("sub", identity.sub.as_deref()), ("iss", identity.iss.as_deref())]
-    {
+    for (name, value) in [
+        ("jti", identity.jti.as_deref()),
+        ("sub", identity.sub.as_deref()),
+        ("iss", identity.iss.as_deref()),
+        ("sid", identity.sid.as_deref()),
+    ] {
         if let Some(v) = value {
             query.push(format!("{name}={}", percent_encode(v)));
         }
@@ -271,7 +289,7 @@ mod tests {
     #[test]
     fn identity_keys_and_slots() {
         let id = identity();
-        assert_eq!(id.key, "3:j 1;5:alice;9:https://i;3:100;");
+        assert_eq!(id.key, "3:j 1;5:alice;9:https://i;3:100;-;");
         let other = Identity::from_claims(
             json!({"jti": "j 1", "sub": "alice", "iss": "https://i", "iat": 101}).as_object().unwrap(),
         );
@@ -298,23 +316,31 @@ mod tests {
         ];
         let iats = [None, Some(json!(0)), Some(json!(1)), Some(json!(11))];
         let mut seen = std::collections::HashMap::new();
+        let mut sessions = std::collections::HashMap::new();
         for jti in parts {
             for sub in parts {
                 for iss in parts {
-                    for iat in &iats {
-                        let mut claims = Map::new();
-                        for (name, v) in [("jti", jti), ("sub", sub), ("iss", iss)] {
-                            if let Some(v) = v {
-                                claims.insert(name.into(), json!(v));
+                    for sid in parts {
+                        for iat in &iats {
+                            let mut claims = Map::new();
+                            for (name, v) in [("jti", jti), ("sub", sub), ("iss", iss), ("sid", sid)] {
+                                if let Some(v) = v {
+                                    claims.insert(name.into(), json!(v));
+                                }
                             }
-                        }
-                        if let Some(iat) = iat {
-                            claims.insert("iat".into(), iat.clone());
-                        }
-                        let id = Identity::from_claims(&claims);
-                        let tuple = (jti, sub, iss, iat.clone());
-                        if let Some(previous) = seen.insert(id.key.clone(), tuple.clone()) {
-                            panic!("{previous:?} and {tuple:?} share the key {:?}", id.key);
+                            if let Some(iat) = iat {
+                                claims.insert("iat".into(), iat.clone());
+                            }
+                            let id = Identity::from_claims(&claims);
+                            let tuple = (jti, sub, iss, sid, iat.clone());
+                            if let Some(previous) = seen.insert(id.key.clone(), tuple.clone()) {
+                                panic!("{previous:?} and {tuple:?} share the key {:?}", id.key);
+                            }
+                            if let Some(key) = id.session_key() {
+                                if let Some(previous) = sessions.insert(key.clone(), (iss, sid)) {
+                                    assert_eq!(previous, (iss, sid), "two sessions share {key:?}");
+                                }
+                            }
                         }
                     }
                 }
@@ -354,6 +380,8 @@ mod tests {
             json!({"sub": "a\u{7f}b"}),
             json!({"sub": "a\nb"}),
             json!({"iss": "h".repeat(513)}),
+            json!({"sid": ""}),
+            json!({"sid": "s\u{0}"}),
         ] {
             assert!(!id(bad.clone()).revocable(), "{bad}");
         }
@@ -408,8 +436,8 @@ mod tests {
             status_path("/v1/status", &identity(), Mode::Denylist),
             "/v1/status?jti=j%201&sub=alice&iss=https%3A%2F%2Fi&iat=100"
         );
-        let bare = Identity::from_claims(json!({"sub": "bob"}).as_object().unwrap());
-        assert_eq!(status_path("/s", &bare, Mode::Allowlist), "/s?sub=bob&mode=allowlist");
+        let bare = Identity::from_claims(json!({"sub": "bob", "sid": "s/1"}).as_object().unwrap());
+        assert_eq!(status_path("/s", &bare, Mode::Allowlist), "/s?sub=bob&sid=s%2F1&mode=allowlist");
     }
 
     /// The reader agrees with the wire type the service writes.
@@ -421,6 +449,7 @@ mod tests {
             (StatusResponse { active: false, reason: Some(InactiveReason::Revoked) }, Known::Revoked),
             (StatusResponse { active: false, reason: Some(InactiveReason::SubjectRevoked) }, Known::Revoked),
             (StatusResponse { active: false, reason: Some(InactiveReason::NoSession) }, Known::NoSession),
+            (StatusResponse { active: false, reason: Some(InactiveReason::SessionRevoked) }, Known::Revoked),
         ] {
             let body = serde_json::to_vec(&answer).unwrap();
             assert_eq!(read_answer(Some(200), Some(&body)), Ok(known), "{answer:?}");

@@ -1,11 +1,11 @@
-//! The live revocation set a worker holds in feed mode: revoked `jti`s, subject cutoffs and (in
-//! allowlist mode) ended sessions, each kept only while it can still refuse a token. Fed by the
+//! The live revocation set a worker holds in feed mode: revoked `jti`s, subject cutoffs, the
+//! identity provider's logged-out sessions (`sid`) and (in allowlist mode) ended sessions, each kept only while it can still refuse a token. Fed by the
 //! service's feed (`feed.rs`), checked on every request with no host call.
 //!
 //! Nothing is ever un-revoked, so the set is a join: applying an event twice, out of order, or on
 //! top of an older snapshot gives the same set.
 
-use crate::revocation::{Identity, Known};
+use crate::revocation::{session_key, Identity, Known};
 use jwtguard_wire::FeedEvent;
 use std::collections::HashMap;
 
@@ -33,6 +33,8 @@ pub struct RevocationSet {
     cutoff_count: usize,
     /// Allowlist mode: `jti` of an ended session → until when that matters.
     ended: HashMap<String, u64>,
+    /// `session_key(iss, sid)` of a session the identity provider logged out → until when.
+    sids: HashMap<String, u64>,
     max_entries: usize,
     /// Added to every event's `until`: the largest clock skew a provider allows, so a revoked
     /// token is refused for as long as any provider could still accept it.
@@ -48,7 +50,7 @@ impl RevocationSet {
 
     /// Entries held now.
     pub fn len(&self) -> usize {
-        self.revoked.len() + self.cutoff_count + self.ended.len()
+        self.revoked.len() + self.cutoff_count + self.ended.len() + self.sids.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -66,10 +68,16 @@ impl RevocationSet {
         let full = self.len() >= self.max_entries;
         let event = with_grace(event, self.grace_seconds);
         match event {
-            FeedEvent::Revoked { until, .. } | FeedEvent::SessionEnded { until, .. } if until <= now => {}
+            FeedEvent::Revoked { until, .. }
+            | FeedEvent::SessionEnded { until, .. }
+            | FeedEvent::SidRevoked { until, .. }
+                if until <= now => {}
             FeedEvent::Revoked { jti, until } => keep_latest(&mut self.revoked, jti, until, full, &mut self.overflowed),
             FeedEvent::SessionEnded { jti, until } => {
                 keep_latest(&mut self.ended, jti, until, full, &mut self.overflowed)
+            }
+            FeedEvent::SidRevoked { iss, sid, until } => {
+                keep_latest(&mut self.sids, session_key(&iss, &sid), until, full, &mut self.overflowed)
             }
             FeedEvent::SubjectCutoff { until, .. } if until <= now => {}
             FeedEvent::SubjectCutoff { sub, iss, before, until } => {
@@ -99,6 +107,9 @@ impl RevocationSet {
                 return Some(Known::Revoked);
             }
         }
+        if !self.sids.is_empty() && id.session_key().is_some_and(|k| self.sids.get(&k).is_some_and(live)) {
+            return Some(Known::Revoked);
+        }
         if let Some(cutoffs) = id.sub.as_ref().and_then(|sub| self.cutoffs.get(sub)) {
             let applies = |c: &&Cutoff| c.iss.is_none() || c.iss == id.iss;
             if cutoffs.iter().filter(applies).any(|c| live(&c.until) && cutoff_revokes(c.before, id.iat)) {
@@ -115,6 +126,7 @@ impl RevocationSet {
     pub fn expire(&mut self, now: u64) {
         self.revoked.retain(|_, until| *until > now);
         self.ended.retain(|_, until| *until > now);
+        self.sids.retain(|_, until| *until > now);
         self.cutoffs.retain(|_, list| {
             list.retain(|c| c.until > now);
             !list.is_empty()
@@ -138,6 +150,9 @@ fn with_grace(event: FeedEvent, grace: u64) -> FeedEvent {
     match event {
         FeedEvent::Revoked { jti, until } => FeedEvent::Revoked { jti, until: until.saturating_add(grace) },
         FeedEvent::SessionEnded { jti, until } => FeedEvent::SessionEnded { jti, until: until.saturating_add(grace) },
+        FeedEvent::SidRevoked { iss, sid, until } => {
+            FeedEvent::SidRevoked { iss, sid, until: until.saturating_add(grace) }
+        }
         FeedEvent::SubjectCutoff { sub, iss, before, until } => {
             FeedEvent::SubjectCutoff { sub, iss, before, until: until.saturating_add(grace) }
         }
@@ -212,6 +227,30 @@ mod tests {
         assert_eq!(set.check(&token("alice", "i1", None), 2_000), Some(Known::Revoked), "no iat");
         assert_eq!(set.check(&token("bob", "any", Some(999)), 2_000), Some(Known::Revoked), "every issuer");
         assert_eq!(set.check(&token("bob", "any", Some(999)), 5_000), None, "past until");
+    }
+
+    #[test]
+    fn logged_out_sessions_by_issuer_and_sid() {
+        let mut set = RevocationSet::new(10, 60);
+        set.apply(FeedEvent::SidRevoked { iss: "i1".into(), sid: "s1".into(), until: 1_000 }, 100);
+        set.apply(FeedEvent::SidRevoked { iss: "i1".into(), sid: "old".into(), until: 50 }, 100);
+        assert_eq!(set.len(), 2, "kept for the skew past until");
+        let token = id;
+        let s1 = token(json!({"iss": "i1", "sid": "s1", "sub": "alice", "jti": "a"}));
+        assert_eq!(set.check(&s1, 500), Some(Known::Revoked));
+        assert_eq!(set.check(&s1, 1_059), Some(Known::Revoked), "until + skew");
+        assert_eq!(set.check(&s1, 1_060), None);
+        for other in [
+            json!({"iss": "i2", "sid": "s1"}),
+            json!({"iss": "i1", "sid": "s2"}),
+            json!({"sid": "s1"}),
+            json!({"iss": "i1"}),
+            json!({"iss": "i", "sid": "1s1"}),
+        ] {
+            assert_eq!(set.check(&token(other.clone()), 500), None, "{other}");
+        }
+        set.expire(1_060);
+        assert!(set.is_empty());
     }
 
     /// Events applied in any order, twice, or over an older snapshot give the same answers.

@@ -3,6 +3,7 @@
 
 pub mod echo;
 pub mod envoy;
+pub mod idp;
 pub mod redis;
 pub mod service;
 pub mod tokens;

@@ -45,6 +45,23 @@ enum Command {
         /// Lifetime in seconds; negative for a token that expired that long ago.
         #[arg(long, default_value_t = 600, allow_hyphen_values = true)]
         ttl: i64,
+        /// The identity provider's session (OpenID `sid` claim).
+        #[arg(long)]
+        sid: Option<String>,
+    },
+    /// Print an OpenID back-channel logout token for session SID (or, without it, for every
+    /// session of SUB), signed with the key in DIR as the identity provider would.
+    LogoutToken {
+        dir: PathBuf,
+        #[arg(long)]
+        sub: Option<String>,
+        #[arg(long)]
+        sid: Option<String>,
+        #[arg(long, default_value = "https://demo.jwtguard.local")]
+        iss: String,
+        /// The revocation service's audience at the identity provider.
+        #[arg(long, default_value = "jwtguard")]
+        aud: String,
     },
 }
 
@@ -74,11 +91,29 @@ fn main() {
                 std::thread::park();
             }
         }
-        Command::Mint { dir, sub, iss, aud, scope, ttl } => {
+        Command::Mint { dir, sub, iss, aud, scope, ttl, sid } => {
             let key = KeyPair::load_or_generate(&dir, Algorithm::RS256, "demo");
             let t = now();
             let jti = format!("{sub}-{t}-{}", std::process::id());
-            println!("{}", key.sign(&json!({"iss": iss, "aud": aud, "sub": sub, "scope": scope, "iat": t, "exp": t.saturating_add_signed(ttl), "jti": jti})));
+            let mut claims = json!({"iss": iss, "aud": aud, "sub": sub, "scope": scope, "iat": t, "exp": t.saturating_add_signed(ttl), "jti": jti});
+            if let Some(sid) = sid {
+                claims["sid"] = json!(sid);
+            }
+            println!("{}", key.sign(&claims));
+        }
+        Command::LogoutToken { dir, sub, sid, iss, aud } => {
+            let key = KeyPair::load_or_generate(&dir, Algorithm::RS256, "demo");
+            println!(
+                "{}",
+                jwtguard_demo::idp::logout_token(
+                    &key.encoding_key(),
+                    "demo",
+                    &iss,
+                    &aud,
+                    sub.as_deref(),
+                    sid.as_deref()
+                )
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::auth::Credentials;
 use crate::feed::Feed;
+use crate::receivers::{self, Receiver};
 use crate::store::{StatusQuery, Store, StoreError};
 use crate::{feed, form, token, validate};
 use axum::body::Bytes;
@@ -40,13 +41,20 @@ pub struct AppState {
     pub feed: Feed,
     /// Longest a feed poll is held (`--feed-max-wait-ms`), below the document's 60 s.
     pub feed_max_wait: Duration,
+    /// The signal receivers, with `--signals-config`.
+    pub signals: Option<Receiver>,
 }
 
 /// The document's bound on `wait_ms`.
 const MAX_WAIT_MS: u64 = 60_000;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let signals = if state.signals.is_some() {
+        Router::new().route("/v1/backchannel-logout", post(backchannel_logout)).route("/v1/ssf/push", post(ssf_push))
+    } else {
+        Router::new()
+    };
+    signals
         .route("/v1/revoke", post(revoke))
         .route("/v1/revoke-subject", post(revoke_subject))
         .route("/v1/sessions", post(register_session))
@@ -58,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(|State(s): State<Arc<AppState>>| async move { s.prometheus.render() }))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .layer(DefaultBodyLimit::max(validate::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(record))
         .with_state(state)
 }
 
@@ -66,7 +75,6 @@ pub struct ApiError {
     status: StatusCode,
     error: &'static str,
     description: String,
-        .layer(axum::middleware::from_fn(record))
 }
 
 impl ApiError {
@@ -292,6 +300,25 @@ async fn end_session_inner(s: &AppState, headers: &HeaderMap, jti: &str) -> Resu
     Ok(Ack { stored: existed })
 }
 
+/// `POST /v1/backchannel-logout`: see `receivers::backchannel_logout`. Authenticated by the
+/// logout token's signature, not a credential (the identity provider has none of ours).
+async fn backchannel_logout(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let response = match &s.signals {
+        Some(r) => receivers::backchannel_logout(r, &headers, &body, now()).await,
+        None => StatusCode::NOT_FOUND.into_response(),
+    };
+    counted("backchannel_logout", Ok::<_, ApiError>(response))
+}
+
+/// `POST /v1/ssf/push`: see `receivers::ssf_push`.
+async fn ssf_push(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let response = match &s.signals {
+        Some(r) => receivers::ssf_push(r, &headers, &body, now()).await,
+        None => StatusCode::NOT_FOUND.into_response(),
+    };
+    counted("ssf_push", Ok::<_, ApiError>(response))
+}
+
 /// `GET /v1/status`: may this token pass?
 async fn status(State(s): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     counted("status", status_inner(&s, &headers, query.as_deref().unwrap_or("")).await.map(Json))
@@ -306,16 +333,19 @@ async fn status_inner(
         s.check(readers, headers)?;
     }
     // Unknown names are refused too: a misspelt `jti` must not be answered "active".
-    let mut p = form::parse(query.as_bytes(), &["jti", "sub", "iss", "iat", "mode"])
+    let mut p = form::parse(query.as_bytes(), &["jti", "sub", "iss", "sid", "iat", "mode"])
         .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
     let allowlist = match p.get("mode").map(String::as_str) {
         None | Some("denylist") => false,
         Some("allowlist") => true,
         Some(other) => return Err(ApiError::bad_request(format!("unknown mode {other:?}"))),
     };
-    for (name, check) in
-        [("jti", validate::jti as fn(&str) -> Result<&str, String>), ("sub", validate::sub), ("iss", validate::iss)]
-    {
+    for (name, check) in [
+        ("jti", validate::jti as fn(&str) -> Result<&str, String>),
+        ("sub", validate::sub),
+        ("iss", validate::iss),
+        ("sid", validate::sid),
+    ] {
         if let Some(v) = p.get(name) {
             check(v).map_err(ApiError::bad_request)?;
         }
@@ -324,7 +354,14 @@ async fn status_inner(
         None => None,
         Some(v) => Some(unsigned(v).ok_or_else(|| ApiError::bad_request("iat must be seconds since the epoch"))?),
     };
-    let query = StatusQuery { jti: p.remove("jti"), sub: p.remove("sub"), iss: p.remove("iss"), iat, allowlist };
+    let query = StatusQuery {
+        jti: p.remove("jti"),
+        sub: p.remove("sub"),
+        iss: p.remove("iss"),
+        sid: p.remove("sid"),
+        iat,
+        allowlist,
+    };
     s.bounded(s.store.status(&query, now())).await
 }
 

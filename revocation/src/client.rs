@@ -42,6 +42,33 @@ pub fn status(url: &str, credential: Option<&str>, query: &[(&str, String)]) -> 
     send(request, credential, None)
 }
 
+/// Sends a signal as the identity provider would: a logout token to the back-channel logout
+/// endpoint, or a SET to the SSF push endpoint (with `credential` as the push credential).
+/// `token` is the token itself, or `-` to read it from stdin.
+pub fn signal(url: &str, credential: Option<&str>, set: bool, token: &str) -> Result<String, String> {
+    let token = if token == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| e.to_string())?;
+        text.trim().to_string()
+    } else {
+        token.to_string()
+    };
+    let (path, content_type, body) = if set {
+        ("/v1/ssf/push", "application/secevent+jwt", token)
+    } else {
+        ("/v1/backchannel-logout", "application/x-www-form-urlencoded", format!("logout_token={token}"))
+    };
+    let mut request = agent().post(&format!("{url}{path}")).set("content-type", content_type);
+    if let Some(c) = credential {
+        request = request.set("authorization", &format!("Bearer {c}"));
+    }
+    match request.send_string(&body) {
+        Ok(r) => Ok(format!("{} {}", r.status(), r.into_string().unwrap_or_default()).trim().to_string()),
+        Err(ureq::Error::Status(code, r)) => Err(format!("{code}: {}", r.into_string().unwrap_or_default())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Prints the feed's events as JSON lines: the live set (or what came after `after`), then with
 /// `follow` every new event, long-polling with `wait_ms`. The position reached goes to stderr,
 /// so stdout holds events only. While following, a service that is unavailable (503 or no

@@ -13,7 +13,6 @@
 //! instance cannot see.
 
 use crate::store::{FeedEntry, FeedReader, Store, StoreError};
-use jwtguard_wire::FeedEvent;
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
@@ -112,11 +111,7 @@ struct Prepared {
 impl Prepared {
     fn new(entry: FeedEntry) -> Prepared {
         let event = entry.event.and_then(|e| {
-            let until = match &e {
-                FeedEvent::Revoked { until, .. }
-                | FeedEvent::SubjectCutoff { until, .. }
-                | FeedEvent::SessionEnded { until, .. } => *until,
-            };
+            let until = e.until();
             serde_json::to_string(&e).ok().map(|json| (until, json.into_boxed_str()))
         });
         if event.is_none() {
@@ -542,6 +537,7 @@ async fn failed(error: &str, backoff: &mut Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jwtguard_wire::FeedEvent;
 
     fn id(ms: u64, seq: u64) -> StreamId {
         StreamId { ms, seq }

@@ -15,6 +15,8 @@
 //! | `P:ses:{~S}`, `P:sesexp:{~S}`, `P:seq:{~S}` | the subject's live sessions |
 //! | `P:sesend:{~S}` | sessions the limit ended whose feed event is not yet confirmed |
 //! | `P:sidx:{~J}` | the subject of session J |
+//! | `P:sid:{~S}:~I` | issuer I's session S, logged out at the identity provider |
+//! | `P:seen:{~J}:~I` | a signal (logout token, SET) `J` from issuer I already taken in |
 //! | `P:{feed}` | the revocation feed (a stream); its fixed tag puts it on one shard |
 //! | `P:readyz` | the readiness probe |
 //! | `P:{feed}:probe` | the readiness probe of the feed's shard (a stream of one entry) |
@@ -70,6 +72,16 @@ impl Keys {
 
     pub fn session_index(&self, jti: &str) -> String {
         self.tagged("sidx", jti)
+    }
+
+    /// Issuer `iss`'s session `sid` (OpenID `sid` is unique per issuer).
+    pub fn sid(&self, iss: &str, sid: &str) -> String {
+        format!("{}:{}", self.tagged("sid", sid), encode(iss))
+    }
+
+    /// The `jti` of a signal from `iss`, remembered against replay.
+    pub fn seen(&self, iss: &str, jti: &str) -> String {
+        format!("{}:{}", self.tagged("seen", jti), encode(iss))
     }
 
     /// The feed stream. Its tag is fixed (no encoded identifier is `feed`: they start with `~`),
@@ -129,6 +141,8 @@ mod tests {
             add(keys.cutoff(a, None), format!("cut {a:?} any issuer"));
             for b in &ids {
                 add(keys.cutoff(a, Some(b)), format!("cut {a:?} iss {b:?}"));
+                add(keys.sid(b, a), format!("sid {a:?} iss {b:?}"));
+                add(keys.seen(b, a), format!("seen {a:?} iss {b:?}"));
             }
             let s = keys.sessions(a);
             add(s.order, format!("ses {a:?}"));
@@ -155,7 +169,9 @@ mod tests {
             let s = keys.sessions(&id);
             let mut of_subject = vec![keys.cutoff(&id, None), s.order, s.expiry, s.seq, s.ended];
             of_subject.extend(adversarial().iter().map(|iss| keys.cutoff(&id, Some(iss))));
-            for group in [of_subject, vec![keys.jti(&id), keys.session_index(&id)]] {
+            let of_session: Vec<String> = adversarial().iter().map(|iss| keys.sid(iss, &id)).collect();
+            let of_signal: Vec<String> = adversarial().iter().map(|iss| keys.seen(iss, &id)).collect();
+            for group in [of_subject, vec![keys.jti(&id), keys.session_index(&id)], of_session, of_signal] {
                 for key in &group {
                     assert_eq!(tag(key), encode(&id), "{key}");
                     assert!(!tag(key).is_empty() && !tag(key).contains(['{', '}']));

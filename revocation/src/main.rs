@@ -7,12 +7,15 @@ mod check_config;
 mod client;
 mod feed;
 mod form;
+mod issuers;
 mod keys;
+mod receivers;
+mod signals;
 mod store;
+mod telemetry;
 mod token;
 mod validate;
 
-mod telemetry;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +57,20 @@ enum Command {
         #[arg(long)]
         issued_before: Option<u64>,
     },
+    /// Send a signal as the identity provider would (to try the receivers): a back-channel
+    /// logout token, or with --set a Security Event Token pushed as SSF does.
+    Signal {
+        #[arg(long, env = "JWTGUARD_REVOCATION_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The issuer's push credential (SSF push only).
+        #[arg(long, env = "JWTGUARD_PUSH_CREDENTIAL", hide_env_values = true)]
+        credential: Option<String>,
+        /// The token is a SET for /v1/ssf/push (default: a logout token for /v1/backchannel-logout).
+        #[arg(long)]
+        set: bool,
+        /// The signed token, or - to read it from stdin.
+        token: String,
+    },
     /// Ask whether a token may pass.
     Status {
         #[arg(long, env = "JWTGUARD_REVOCATION_URL", default_value = "http://127.0.0.1:8080")]
@@ -68,6 +85,8 @@ enum Command {
         iss: Option<String>,
         #[arg(long)]
         iat: Option<u64>,
+        #[arg(long)]
+        sid: Option<String>,
         #[arg(long)]
         allowlist: bool,
     },
@@ -88,6 +107,17 @@ enum Command {
         #[arg(long, default_value_t = 30_000)]
         wait_ms: u64,
     },
+    /// Check a filter configuration with the filter's own parser: on a refusal, print the line
+    /// Envoy would log and exit 1.
+    CheckConfig {
+        /// The filter's JSON (Envoy's `configuration` value, Istio's `pluginConfig` as JSON); `-`
+        /// reads stdin.
+        #[arg(required_unless_present = "schema")]
+        file: Option<std::path::PathBuf>,
+        /// Print the configuration's JSON Schema (generated from the parser's types) instead.
+        #[arg(long, conflicts_with = "file")]
+        schema: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -107,17 +137,6 @@ struct ServeArgs {
     #[arg(long, env = "JWTGUARD_REDIS_CLUSTER_NODES", value_delimiter = ',', conflicts_with = "redis_url")]
     redis_cluster_node: Vec<String>,
     /// File with the write credentials, one per line.
-    /// Check a filter configuration with the filter's own parser: on a refusal, print the line
-    /// Envoy would log and exit 1.
-    CheckConfig {
-        /// The filter's JSON (Envoy's `configuration` value, Istio's `pluginConfig` as JSON); `-`
-        /// reads stdin.
-        #[arg(required_unless_present = "schema")]
-        file: Option<std::path::PathBuf>,
-        /// Print the configuration's JSON Schema (generated from the parser's types) instead.
-        #[arg(long, conflicts_with = "file")]
-        schema: bool,
-    },
     #[arg(long)]
     credentials_file: Option<std::path::PathBuf>,
     /// Write credentials, comma-separated (prefer the file).
@@ -129,6 +148,10 @@ struct ServeArgs {
     /// Development only: accept writes without credentials.
     #[arg(long)]
     insecure_dev_no_credentials: bool,
+    /// Trusted identity providers whose back-channel logouts and Shared Signals (SSF push and
+    /// poll) revoke sessions and subjects (JSON; docs/revocation-service.md).
+    #[arg(long, env = "JWTGUARD_SIGNALS_CONFIG")]
+    signals_config: Option<std::path::PathBuf>,
     /// A JWKS file: raw tokens are revoked only if their signature verifies with it.
     #[arg(long)]
     jwks_file: Option<std::path::PathBuf>,
@@ -182,9 +205,11 @@ fn main() {
             credential.as_deref(),
             jwtguard_wire::RevokeSubjectRequest { sub, iss, issued_before },
         ),
-        Command::Status { url, credential, jti, sub, iss, iat, allowlist } => {
+        Command::Signal { url, credential, set, token } => client::signal(&url, credential.as_deref(), set, &token),
+        Command::Status { url, credential, jti, sub, iss, iat, sid, allowlist } => {
             let mut query: Vec<(&str, String)> = Vec::new();
-            for (k, v) in [("jti", jti), ("sub", sub), ("iss", iss), ("iat", iat.map(|i| i.to_string()))] {
+            for (k, v) in [("jti", jti), ("sub", sub), ("iss", iss), ("sid", sid), ("iat", iat.map(|i| i.to_string()))]
+            {
                 if let Some(v) = v {
                     query.push((k, v));
                 }
@@ -197,6 +222,9 @@ fn main() {
         Command::Feed { url, credential, after, follow, wait_ms } => {
             client::feed(&url, credential.as_deref(), after, follow, wait_ms)
         }
+        // clap lets through a file or --schema, never both.
+        Command::CheckConfig { file: Some(file), .. } => check_config::check(&file),
+        Command::CheckConfig { file: None, .. } => check_config::schema(),
     };
     match result {
         Ok(out) if out.is_empty() => {}
@@ -222,9 +250,6 @@ fn serve(args: ServeArgs) -> Result<String, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("--credentials-file {}: {e}", path.display()))?;
         writers = auth::Credentials::parse(&format!("{text}\n{}", args.credentials.as_deref().unwrap_or("")));
     }
-        // clap lets through a file or --schema, never both.
-        Command::CheckConfig { file: Some(file), .. } => check_config::check(&file),
-        Command::CheckConfig { file: None, .. } => check_config::schema(),
     if writers.is_empty() && !args.insecure_dev_no_credentials {
         return Err("no write credentials: give --credentials-file or JWTGUARD_REVOCATION_CREDENTIALS \
                     (or --insecure-dev-no-credentials, for development only)"
@@ -245,8 +270,15 @@ fn serve(args: ServeArgs) -> Result<String, String> {
         None => None,
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("--jwks-file {}: {e}", path.display()))?;
-            Some(token::keys_from_jwks(&text).map_err(|e| format!("--jwks-file {}: {e}", path.display()))?)
+            Some(
+                token::keys_from_jwks(&text, jwtguard::config::ALL_ALGORITHMS)
+                    .map_err(|e| format!("--jwks-file {}: {e}", path.display()))?,
+            )
         }
+    };
+    let issuers = match &args.signals_config {
+        Some(path) => Some(Arc::new(issuers::Issuers::load(path)?)),
+        None => None,
     };
     let (cluster, urls) = match args.redis_url {
         Some(url) => (false, vec![url]),
@@ -293,7 +325,18 @@ fn serve(args: ServeArgs) -> Result<String, String> {
         });
         let store = store::Store::connect(options).await.map_err(|e| e.to_string())?;
         let feed = feed::Feed::start(store.clone()).await.map_err(|e| format!("feed: {e}"))?;
+        let token_ttl = args.max_token_lifetime_seconds + args.clock_skew_seconds;
+        let store_timeout = Duration::from_millis(args.request_timeout_ms);
+        let signals = issuers.map(|issuers| receivers::Receiver { store: store.clone(), issuers, token_ttl, store_timeout });
+        if let Some(r) = &signals {
+            for issuer in r.issuers.all() {
+                if let Some(poll) = issuer.poll.clone() {
+                    tokio::spawn(receivers::poll_forever(r.clone(), issuer.clone(), poll));
+                }
+            }
+        }
         let state = Arc::new(api::AppState {
+            signals,
             store,
             insecure_dev: writers.is_empty(),
             writers,

@@ -99,6 +99,22 @@ pub struct Store {
     appended: Arc<std::sync::Mutex<StreamId>>,
 }
 
+/// A signal's replay record: claimed while its writes are under way, then done.
+const CLAIMED: &str = "claimed";
+const DONE: &str = "done";
+
+/// What claiming a signal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours now: write what it asks for.
+    Claimed,
+    /// Another delivery of it is being taken in (or could not finish and its claim has not
+    /// lapsed yet).
+    InProgress,
+    /// Taken in before.
+    Done,
+}
+
 /// What the filter asks about one token.
 #[derive(Debug, Clone, Default)]
 pub struct StatusQuery {
@@ -106,6 +122,7 @@ pub struct StatusQuery {
     pub sub: Option<String>,
     pub iss: Option<String>,
     pub iat: Option<u64>,
+    pub sid: Option<String>,
     pub allowlist: bool,
 }
 
@@ -312,6 +329,50 @@ impl Store {
         })
     }
 
+    /// Tells the feed, then revokes issuer `iss`'s session `sid` until `until`.
+    pub async fn revoke_sid(&self, iss: &str, sid: &str, until: u64) -> Result<(), StoreError> {
+        self.append(&[FeedEvent::SidRevoked { iss: iss.to_string(), sid: sid.to_string(), until }]).await?;
+        let key = self.keys.sid(iss, sid);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&key).arg(1).arg("EXAT").arg(until).ignore();
+        self.write("revoke_sid", &key, pipe).await?;
+        Ok(())
+    }
+
+    /// Claims the signal `jti` of `iss` for `seconds`, atomically (`SET NX GET`): replay
+    /// protection that two deliveries at once cannot both pass.
+    pub async fn claim_seen(&self, iss: &str, jti: &str, seconds: u64) -> Result<Claim, StoreError> {
+        let key = self.keys.seen(iss, jti);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&key).arg(CLAIMED).arg("NX").arg("GET").arg("EX").arg(seconds.max(1));
+        let values = self.write("claim_seen", &key, pipe).await?;
+        let previous: Option<String> =
+            values.into_iter().next().and_then(|v| redis::from_redis_value(v).ok()).flatten();
+        Ok(match previous.as_deref() {
+            None => Claim::Claimed,
+            Some(CLAIMED) => Claim::InProgress,
+            Some(_) => Claim::Done,
+        })
+    }
+
+    /// Remembers the signal `jti` of `iss` until `until`, once what it asked for is written.
+    pub async fn mark_seen(&self, iss: &str, jti: &str, until: u64) -> Result<(), StoreError> {
+        let key = self.keys.seen(iss, jti);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&key).arg(DONE).arg("EXAT").arg(until).ignore();
+        self.write("mark_seen", &key, pipe).await?;
+        Ok(())
+    }
+
+    /// Gives up a claim whose writes failed, so that the signal can be taken in on a retry.
+    pub async fn forget_seen(&self, iss: &str, jti: &str) -> Result<(), StoreError> {
+        let key = self.keys.seen(iss, jti);
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(&key).ignore();
+        self.write("forget_seen", &key, pipe).await?;
+        Ok(())
+    }
+
     /// Registers a live session; returns the sessions ended to keep within `limit`.
     pub async fn register_session(
         &self,
@@ -415,6 +476,7 @@ impl Store {
                 FeedEvent::Revoked { .. } => "revoked",
                 FeedEvent::SubjectCutoff { .. } => "subject_cutoff",
                 FeedEvent::SessionEnded { .. } => "session_ended",
+                FeedEvent::SidRevoked { .. } => "sid_revoked",
             };
             metrics::counter!("jwtguard_revocation_feed_events_appended_total", "type" => kind).increment(1);
         }
@@ -463,62 +525,62 @@ impl Store {
 
     /// Whether a token may pass: one round trip per shard touched, the two in parallel.
     pub async fn status(&self, q: &StatusQuery, now: u64) -> Result<StatusResponse, StoreError> {
-        let jti_read = |pipe: &mut Pipeline| {
-            if let Some(jti) = &q.jti {
-                pipe.cmd("EXISTS").arg(self.keys.jti(jti));
-            }
+        // One read per shard touched: the jti's, the session's (`sid` with `iss`), the subject's.
+        let mut jti_pipe = redis::pipe();
+        if let Some(jti) = &q.jti {
+            jti_pipe.cmd("EXISTS").arg(self.keys.jti(jti));
+        }
+        let sid_key = match (&q.iss, &q.sid) {
+            (Some(iss), Some(sid)) => self.keys.sid(iss, sid),
+            _ => String::new(),
         };
-        let subject_read = |pipe: &mut Pipeline| {
-            if let Some(sub) = &q.sub {
-                pipe.cmd("MGET").arg(self.keys.cutoff(sub, q.iss.as_deref())).arg(self.keys.cutoff(sub, None));
-                if q.allowlist {
-                    pipe.cmd("HGET").arg(self.keys.sessions(sub).expiry).arg(q.jti.as_deref().unwrap_or(""));
-                }
-            }
-        };
-        // Standalone: every key is on the one server, so one pipeline. Cluster: one per shard
-        // touched (the jti's and the subject's), in parallel.
-        let mut values = Vec::new();
-        let (mut jti_pipe, mut subject_pipe) = (redis::pipe(), redis::pipe());
-        jti_read(&mut jti_pipe);
-        subject_read(&mut subject_pipe);
-        let jti_key = q.jti.as_deref().map(|j| self.keys.jti(j)).unwrap_or_default();
-        let subject_key = q.sub.as_deref().map(|s| self.keys.cutoff(s, None)).unwrap_or_default();
-        match &self.reads {
-            Connection::Standalone(_) => {
-                jti_read(&mut subject_pipe);
-                if !subject_pipe.is_empty() {
-                    let mut all = self.read("status", &jti_key, &subject_pipe).await?;
-                    // Put the jti's answer first, as in the cluster case.
-                    if q.jti.is_some() {
-                        let jti_value = all.pop();
-                        values.extend(jti_value);
-                    }
-                    values.extend(all);
-                }
-            }
-            Connection::Cluster(_) => {
-                let run = |op, key: &str, pipe: &Pipeline| {
-                    let key = key.to_string();
-                    let pipe = pipe.clone();
-                    async move {
-                        if pipe.is_empty() {
-                            Ok(Vec::new())
-                        } else {
-                            self.read(op, &key, &pipe).await
-                        }
-                    }
-                };
-                let (a, b) = tokio::join!(
-                    run("status_jti", &jti_key, &jti_pipe),
-                    run("status_subject", &subject_key, &subject_pipe)
-                );
-                values.extend(a?);
-                values.extend(b?);
+        let mut sid_pipe = redis::pipe();
+        if !sid_key.is_empty() {
+            sid_pipe.cmd("EXISTS").arg(&sid_key);
+        }
+        let mut subject_pipe = redis::pipe();
+        if let Some(sub) = &q.sub {
+            subject_pipe.cmd("MGET").arg(self.keys.cutoff(sub, q.iss.as_deref())).arg(self.keys.cutoff(sub, None));
+            if q.allowlist {
+                subject_pipe.cmd("HGET").arg(self.keys.sessions(sub).expiry).arg(q.jti.as_deref().unwrap_or(""));
             }
         }
-        let mut values = values.into_iter();
-        let revoked = q.jti.is_some() && matches!(values.next(), Some(Value::Int(n)) if n > 0);
+        let groups = [
+            ("status_jti", q.jti.as_deref().map(|j| self.keys.jti(j)).unwrap_or_default(), jti_pipe),
+            ("status_sid", sid_key, sid_pipe),
+            ("status_subject", q.sub.as_deref().map(|s| self.keys.cutoff(s, None)).unwrap_or_default(), subject_pipe),
+        ];
+        let mut answers: [Vec<Value>; 3] = Default::default();
+        match &self.reads {
+            // Standalone: every key is on the one server, so one pipeline.
+            Connection::Standalone(_) => {
+                let mut all = redis::pipe();
+                let mut counts = [0; 3];
+                for (i, (_, _, pipe)) in groups.iter().enumerate() {
+                    counts[i] = pipe.cmd_iter().count();
+                    for cmd in pipe.cmd_iter() {
+                        all.add_command(cmd.clone());
+                    }
+                }
+                if !all.is_empty() {
+                    let mut values = self.read("status", &groups[0].1, &all).await?.into_iter();
+                    for (answer, count) in answers.iter_mut().zip(counts) {
+                        answer.extend(values.by_ref().take(count));
+                    }
+                }
+            }
+            // Cluster: the groups in parallel, each to its shard.
+            Connection::Cluster(_) => {
+                let [a, b, c] = &groups;
+                let (a, b, c) = tokio::join!(self.read_some(a), self.read_some(b), self.read_some(c));
+                answers = [a?, b?, c?];
+            }
+        }
+        let [jti_values, sid_values, subject_values] = answers;
+        let exists = |values: Vec<Value>| matches!(values.first(), Some(Value::Int(n)) if *n > 0);
+        let revoked = exists(jti_values);
+        let session_revoked = exists(sid_values);
+        let mut values = subject_values.into_iter();
         let (cutoff, session_exp) = if q.sub.is_some() {
             let cutoffs: Vec<Option<u64>> =
                 values.next().and_then(|v| redis::from_redis_value(v).ok()).unwrap_or_default();
@@ -529,6 +591,8 @@ impl Store {
         };
         let reason = if revoked {
             Some(InactiveReason::Revoked)
+        } else if session_revoked {
+            Some(InactiveReason::SessionRevoked)
         } else if cutoff.is_some_and(|c| q.iat.is_none_or(|iat| iat < c)) {
             // A token without iat cannot show it came after the cutoff.
             Some(InactiveReason::SubjectRevoked)
@@ -538,6 +602,15 @@ impl Store {
             None
         };
         Ok(StatusResponse { active: reason.is_none(), reason })
+    }
+
+    /// One status group's read; none when it has no command.
+    async fn read_some(&self, (op, key, pipe): &(&'static str, String, Pipeline)) -> RedisResult<Vec<Value>> {
+        if pipe.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.read(op, key, pipe).await
+        }
     }
 
     /// Readiness: Redis answers and accepts a write (on the shard of the probe key), and the

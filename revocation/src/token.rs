@@ -8,9 +8,10 @@ use jwtguard::{jws, signature, strict_json};
 
 /// The keys of a `--jwks-file`, held to the rules of the filter's `local_jwks`: a key that cannot
 /// be used fails the whole set rather than being skipped, the set holds at least one key, and it
-/// obeys `keys::check_set` (no `kid` twice, no HMAC secret beside public keys).
-pub fn keys_from_jwks(text: &str) -> Result<Vec<Key>, String> {
-    let parsed = jwtguard::keys::parse_jwks(text, jwtguard::config::ALL_ALGORITHMS)?;
+/// obeys `keys::check_set` (no `kid` twice, no HMAC secret beside public keys). Each key may
+/// verify only the `allowed` algorithms.
+pub fn keys_from_jwks(text: &str, allowed: &[jsonwebtoken::Algorithm]) -> Result<Vec<Key>, String> {
+    let parsed = jwtguard::keys::parse_jwks(text, allowed)?;
     let keys = parsed.into_iter().collect::<Result<Vec<_>, _>>()?;
     if keys.is_empty() {
         return Err("the set has no key".into());
@@ -60,6 +61,7 @@ mod tests {
         assert!(read(&unsigned(r#"{"jti":"a","jti":"b"}"#), None).is_none());
     }
 
+    const ALL: &[jsonwebtoken::Algorithm] = jwtguard::config::ALL_ALGORITHMS;
     const EC_JWK: &str = r#"{"kty":"EC","crv":"P-256","kid":"ec1","x":"04N0xi21hshyvBp7I167sbE_bXqyqkAPfefdklMO7wY","y":"UI8exy-C06a7DUnjIdENkxeFtHM4-l_41LqEw9nVgmw"}"#;
 
     fn jwks(keys: &[&str]) -> String {
@@ -70,8 +72,8 @@ mod tests {
     fn a_jwks_file_obeys_the_key_set_rules() {
         let secret = format!(r#"{{"kty":"oct","kid":"s1","k":"{}"}}"#, URL_SAFE_NO_PAD.encode([7; 32]));
         let other_secret = format!(r#"{{"kty":"oct","kid":"s2","k":"{}"}}"#, URL_SAFE_NO_PAD.encode([8; 32]));
-        assert_eq!(keys_from_jwks(&jwks(&[EC_JWK])).unwrap().len(), 1);
-        assert_eq!(keys_from_jwks(&jwks(&[&secret, &other_secret])).unwrap().len(), 2, "secrets alone are a set");
+        assert_eq!(keys_from_jwks(&jwks(&[EC_JWK]), ALL).unwrap().len(), 1);
+        assert_eq!(keys_from_jwks(&jwks(&[&secret, &other_secret]), ALL).unwrap().len(), 2, "secrets alone are a set");
         let renamed = EC_JWK.replace("ec1", "s1");
         let off_curve = EC_JWK.replace("UI8exy", "UI8exz");
         for (set, reason) in [
@@ -86,7 +88,7 @@ mod tests {
             (r#"{"keys":[],"keys":[]}"#.to_string(), "duplicate"),
             ("[]".to_string(), "object"),
         ] {
-            let err = keys_from_jwks(&set).err().unwrap_or_else(|| panic!("accepted {set}"));
+            let err = keys_from_jwks(&set, ALL).err().unwrap_or_else(|| panic!("accepted {set}"));
             assert!(err.contains(reason), "{set}: {err}");
         }
     }

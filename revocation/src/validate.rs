@@ -27,6 +27,10 @@ pub fn iss(value: &str) -> Result<&str, String> {
     name("iss", value, MAX_ISS_CHARS)
 }
 
+pub fn sid(value: &str) -> Result<&str, String> {
+    name("sid", value, MAX_ID_CHARS)
+}
+
 /// When a revocation may end: the token's `exp` plus the skew the filters allow, never later than
 /// `now + max_lifetime` (a token claiming a far `exp` cannot make an entry live forever).
 /// `None` when the token is already past it: nothing to store.

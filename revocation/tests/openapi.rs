@@ -50,6 +50,9 @@ fn schemathesis_finds_the_service_and_its_document_in_agreement() {
         .args(["run", &format!("{}/openapi.json", svc.url()), "-H", "Authorization: Bearer cred"])
         .args(["--mode", "all", "--phases", "examples,coverage,fuzzing", "--checks", "all"])
         .args(["--max-examples", "100", "--seed", "1", "--request-timeout", "5", "--no-color"])
+        // The signal receivers accept only tokens signed by a trusted identity provider, which
+        // no generated request is: tests/signals.rs covers them (each rule, and what they write).
+        .args(["--exclude-path-regex", "^/v1/(backchannel-logout|ssf/push)$"])
         .args(["--report", "ndjson", "--report-dir", reports.to_str().unwrap()])
         .env("SCHEMATHESIS_HOOKS", "")
         .current_dir(&dir)

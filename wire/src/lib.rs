@@ -20,6 +20,8 @@ pub enum InactiveReason {
     SubjectRevoked,
     /// Allowlist mode: the token is not a registered, live session.
     NoSession,
+    /// The identity provider logged the token's session (`sid`) out.
+    SessionRevoked,
 }
 
 /// `POST /v1/revoke` as JSON: a raw token, or its `jti` and `exp`.
@@ -121,4 +123,19 @@ pub enum FeedEvent {
     },
     /// Allowlist mode: the session of token `jti` ended (logout, or the subject's session limit).
     SessionEnded { jti: String, until: u64 },
+    /// The identity provider `iss` logged out its session `sid` (back-channel logout, CAEP
+    /// `session-revoked`): every token of `iss` carrying that `sid` claim is revoked.
+    SidRevoked { iss: String, sid: String, until: u64 },
+}
+
+impl FeedEvent {
+    /// Until when the event can refuse a token (seconds since the epoch).
+    pub fn until(&self) -> u64 {
+        match self {
+            FeedEvent::Revoked { until, .. }
+            | FeedEvent::SubjectCutoff { until, .. }
+            | FeedEvent::SessionEnded { until, .. }
+            | FeedEvent::SidRevoked { until, .. } => *until,
+        }
+    }
 }

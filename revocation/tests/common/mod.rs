@@ -30,6 +30,7 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub retry_after: Option<String>,
+    pub cache_control: Option<String>,
 }
 
 impl Reply {
@@ -64,5 +65,6 @@ pub fn call(
     };
     let status = resp.status();
     let retry_after = resp.header("retry-after").map(String::from);
-    Reply { status, retry_after, body: resp.into_string().unwrap_or_default() }
+    let cache_control = resp.header("cache-control").map(String::from);
+    Reply { status, retry_after, cache_control, body: resp.into_string().unwrap_or_default() }
 }

@@ -1,0 +1,325 @@
+//! The signal receivers: OpenID Connect Back-Channel Logout 1.0 (`POST /v1/backchannel-logout`),
+//! SSF push delivery (RFC 8935, `POST /v1/ssf/push`) and SSF poll delivery (RFC 8936, a task per
+//! issuer with `ssf_poll`). All three take a signal in the same way (`Receiver::take_in`):
+//! verify it (`signals`), refuse a `jti` already taken in, write what it asks for (through the
+//! feed, like every revocation), then remember the `jti`.
+
+use crate::issuers::{read_limited, Issuer, Issuers, PollConfig, Refresh};
+use crate::signals::{self, Action, Kind, Refusal};
+use crate::store::{Claim, Store, StoreError};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a signal was not taken in.
+#[derive(Debug)]
+pub enum Problem {
+    Refused(Refusal),
+    /// Its `jti` was taken in before: nothing is written again.
+    Duplicate,
+    Unavailable(StoreError),
+}
+
+impl From<Refusal> for Problem {
+    fn from(r: Refusal) -> Problem {
+        Problem::Refused(r)
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Problem {
+        Problem::Unavailable(e)
+    }
+}
+
+/// How long a signal's `jti` stays claimed while its writes are under way (each bounded by the
+/// request timeout): a delivery that could not finish leaves it for a retry after this.
+const CLAIM_SECONDS: u64 = 10;
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub store: Store,
+    pub issuers: Arc<Issuers>,
+    /// How long a logged-out session's tokens can live: `--max-token-lifetime-seconds` + skew.
+    pub token_ttl: u64,
+    pub store_timeout: Duration,
+}
+
+impl Receiver {
+    /// Takes in one signal of `kind`, received by `receiver` (the metrics' label).
+    pub async fn take_in(&self, kind: Kind, token: &str, receiver: &'static str, now: u64) -> Result<(), Problem> {
+        let result = self.take_in_inner(kind, token, receiver, now).await;
+        let outcome = match &result {
+            Ok(()) => "accepted",
+            Err(Problem::Refused(_)) => "refused",
+            Err(Problem::Duplicate) => "duplicate",
+            Err(Problem::Unavailable(_)) => "unavailable",
+        };
+        metrics::counter!("jwtguard_revocation_signals_total", "receiver" => receiver, "outcome" => outcome)
+            .increment(1);
+        if let Err(Problem::Refused(r)) = &result {
+            tracing::warn!(receiver, err = r.err, description = %r.description, "signal refused");
+        }
+        result
+    }
+
+    async fn take_in_inner(&self, kind: Kind, token: &str, receiver: &'static str, now: u64) -> Result<(), Problem> {
+        let issuer = self.issuer_of(token)?;
+        let mut verified = signals::verify(kind, token, &issuer.trust, &issuer.keys().await, now);
+        if let Err(Refusal { unknown_key: true, .. }) = &verified {
+            match issuer.refresh_for_unknown_key().await {
+                Refresh::Fetched => verified = signals::verify(kind, token, &issuer.trust, &issuer.keys().await, now),
+                Refresh::Fixed => {}
+                // A key the provider rotated in may be missing yet, or its JWKS unreachable: the
+                // signal cannot be judged now, so it is not refused for good (503, not
+                // acknowledged) and the provider may send it again.
+                Refresh::NotNow => {
+                    return Err(Problem::Unavailable(StoreError::Unavailable(
+                        "the issuer's key set lacks the token's kid and cannot be fetched again yet".into(),
+                    )))
+                }
+            }
+        }
+        let signal = verified?;
+        // Claimed before anything is written, atomically, so that two deliveries at once write
+        // once; released if the writes fail, so that a retry is taken in. A claim left by a
+        // delivery that could not finish (Redis stopped mid-way) lapses after CLAIM_SECONDS.
+        match self.bounded(self.store.claim_seen(&signal.iss, &signal.jti, CLAIM_SECONDS)).await? {
+            Claim::Claimed => {}
+            Claim::Done => return Err(Problem::Duplicate),
+            Claim::InProgress => {
+                return Err(Problem::Unavailable(StoreError::Unavailable(
+                    "this signal is being taken in; send it again later".into(),
+                )))
+            }
+        }
+        let written = self.apply(&signal, receiver, now).await;
+        let remembered = match written {
+            Ok(()) => self.bounded(self.store.mark_seen(&signal.iss, &signal.jti, signal.remember_until)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = remembered {
+            let _ = self.bounded(self.store.forget_seen(&signal.iss, &signal.jti)).await;
+            return Err(Problem::Unavailable(e));
+        }
+        Ok(())
+    }
+
+    /// Writes what the signal's events ask for (through the feed, like every revocation).
+    async fn apply(&self, signal: &signals::Signal, receiver: &'static str, now: u64) -> Result<(), StoreError> {
+        for handled in &signal.events {
+            let outcome = match &handled.action {
+                None => "ignored",
+                Some(Action::Sid { iss, sid }) => {
+                    self.bounded(self.store.revoke_sid(iss, sid, now + self.token_ttl)).await?;
+                    tracing::info!(
+                        receiver,
+                        event = handled.event,
+                        iss,
+                        sid,
+                        "session logged out at the identity provider"
+                    );
+                    "applied"
+                }
+                Some(Action::Subject { iss, sub, before }) => {
+                    self.bounded(self.store.revoke_subject(sub, Some(iss), *before, self.token_ttl)).await?;
+                    tracing::info!(
+                        receiver,
+                        event = handled.event,
+                        iss,
+                        sub,
+                        before,
+                        "subject revoked by the identity provider"
+                    );
+                    "applied"
+                }
+            };
+            metrics::counter!("jwtguard_revocation_signal_events_total", "event" => handled.event, "outcome" => outcome)
+                .increment(1);
+        }
+        Ok(())
+    }
+
+    /// The trusted issuer the token claims to come from.
+    pub fn issuer_of(&self, token: &str) -> Result<&Arc<Issuer>, Refusal> {
+        let iss = signals::claimed_issuer(token)?;
+        self.issuers.find(&iss).ok_or_else(|| Refusal {
+            err: "invalid_issuer",
+            description: "the issuer is not trusted".into(),
+            unknown_key: false,
+        })
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.store_timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {:?}", self.store_timeout))))
+    }
+}
+
+/// `POST /v1/backchannel-logout` (Back-Channel Logout 1.0 §2.5, §2.8): a form with
+/// `logout_token`; 200 when the logout is done, 400 `invalid_request` otherwise (a `jti` seen
+/// before included), both `Cache-Control: no-store`. 503 with `Retry-After` when Redis cannot
+/// take the write: the logout is not done, and the provider may try again.
+pub async fn backchannel_logout(receiver: &Receiver, headers: &HeaderMap, body: &[u8], now: u64) -> Response {
+    let result = async {
+        if media_type(headers) != "application/x-www-form-urlencoded" {
+            return Err(Problem::Refused(invalid("Content-Type must be application/x-www-form-urlencoded")));
+        }
+        let mut form = crate::form::parse(body, &["logout_token"]).map_err(|e| invalid(format!("form: {e}")))?;
+        let token = form.remove("logout_token").ok_or_else(|| invalid("logout_token is required"))?;
+        receiver.take_in(Kind::LogoutToken, &token, "backchannel_logout", now).await
+    }
+    .await;
+    let (status, body) = match result {
+        Ok(()) => (StatusCode::OK, None),
+        Err(Problem::Refused(r)) => (StatusCode::BAD_REQUEST, Some(oauth_error("invalid_request", &r.description))),
+        Err(Problem::Duplicate) => {
+            (StatusCode::BAD_REQUEST, Some(oauth_error("invalid_request", "this logout token was received before")))
+        }
+        Err(Problem::Unavailable(e)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Some(oauth_error("temporarily_unavailable", &e.to_string())))
+        }
+    };
+    let mut response = match body {
+        Some(body) => (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response(),
+        None => status.into_response(),
+    };
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// `POST /v1/ssf/push` (RFC 8935 §2): one SET as `application/secevent+jwt`; 202 when taken in,
+/// 400 with `{"err", "description"}` (§2.3) otherwise — a `jti` seen before is
+/// `invalid_request` and writes nothing. An issuer with `push_credentials` must present one
+/// (401 `authentication_failed`). 503 with `Retry-After` when Redis cannot take the write.
+pub async fn ssf_push(receiver: &Receiver, headers: &HeaderMap, body: &[u8], now: u64) -> Response {
+    let result = async {
+        if media_type(headers) != "application/secevent+jwt" {
+            return Err(Problem::Refused(invalid("Content-Type must be application/secevent+jwt")));
+        }
+        let token = std::str::from_utf8(body).map_err(|_| invalid("the body is not UTF-8"))?.trim();
+        let issuer = receiver.issuer_of(token)?;
+        if !issuer.push_credentials.is_empty() {
+            let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            if !issuer.push_credentials.allows(presented) {
+                return Err(Problem::Refused(Refusal {
+                    err: "authentication_failed",
+                    description: "a valid bearer credential for this issuer is required".into(),
+                    unknown_key: false,
+                }));
+            }
+        }
+        receiver.take_in(Kind::SecurityEventToken, token, "ssf_push", now).await
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(Problem::Refused(r)) if r.err == "authentication_failed" => {
+            let mut response = set_error(StatusCode::UNAUTHORIZED, r.err, &r.description);
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+        Err(Problem::Refused(r)) => set_error(StatusCode::BAD_REQUEST, r.err, &r.description),
+        Err(Problem::Duplicate) => {
+            set_error(StatusCode::BAD_REQUEST, "invalid_request", "this SET was received before")
+        }
+        Err(Problem::Unavailable(e)) => {
+            let mut response = set_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", &e.to_string());
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+    }
+}
+
+fn invalid(description: impl Into<String>) -> Refusal {
+    Refusal { err: "invalid_request", description: description.into(), unknown_key: false }
+}
+
+fn oauth_error(error: &str, description: &str) -> Value {
+    json!({"error": error, "error_description": description})
+}
+
+fn set_error(status: StatusCode, err: &str, description: &str) -> Response {
+    let body = json!({"err": err, "description": description}).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn media_type(headers: &HeaderMap) -> String {
+    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    value.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// Polls one issuer's SSF transmitter forever (RFC 8936 §2.4): acknowledges what was taken in
+/// (or was a duplicate), reports what was refused in `setErrs`, and leaves what could not be
+/// written for the transmitter to send again. Asks again at once while it has something to
+/// acknowledge or the transmitter has more; otherwise every `interval_ms`.
+pub async fn poll_forever(receiver: Receiver, issuer: Arc<Issuer>, config: PollConfig) {
+    let mut ack: Vec<String> = Vec::new();
+    let mut errors = Map::new();
+    let interval = Duration::from_millis(config.interval_ms.max(1));
+    loop {
+        let mut request = json!({"ack": ack, "maxEvents": config.max_events, "returnImmediately": true});
+        if !errors.is_empty() {
+            request["setErrs"] = Value::Object(errors.clone());
+        }
+        let answer = poll_once(&config, request).await;
+        let (sets, more) = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                tracing::warn!(issuer = %issuer.trust.issuer, %error, "SSF poll failed; retrying");
+                metrics::counter!("jwtguard_revocation_ssf_polls_total", "outcome" => "error").increment(1);
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+        };
+        metrics::counter!("jwtguard_revocation_ssf_polls_total", "outcome" => "ok").increment(1);
+        ack.clear();
+        errors.clear();
+        let mut unavailable = false;
+        for (jti, set) in sets {
+            let Some(set) = set.as_str() else {
+                errors.insert(jti, json!({"err": "invalid_request", "description": "the SET is not a string"}));
+                continue;
+            };
+            match receiver.take_in(Kind::SecurityEventToken, set, "ssf_poll", crate::feed::now_ms() / 1000).await {
+                Ok(()) | Err(Problem::Duplicate) => ack.push(jti),
+                Err(Problem::Refused(r)) => {
+                    errors.insert(jti, json!({"err": r.err, "description": r.description}));
+                }
+                Err(Problem::Unavailable(_)) => unavailable = true,
+            }
+        }
+        if unavailable || !(more || !ack.is_empty() || !errors.is_empty()) {
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
+/// One poll request: the `sets` (jti → SET) and `moreAvailable` of the answer.
+async fn poll_once(config: &PollConfig, request: Value) -> Result<(Map<String, Value>, bool), String> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_millis(config.timeout_ms.max(1))).build();
+        let mut call = agent.post(&config.endpoint).set("Accept", "application/json");
+        if let Some(authorization) = &config.authorization {
+            call = call.set("Authorization", authorization);
+        }
+        let response = call.send_json(request).map_err(|e| e.to_string())?;
+        let text = read_limited(response)?;
+        let answer: Value = serde_json::from_str(&text).map_err(|e| format!("the answer is not JSON: {e}"))?;
+        let sets = answer.get("sets").and_then(Value::as_object).cloned().ok_or("the answer has no sets object")?;
+        let more = answer.get("moreAvailable").and_then(Value::as_bool).unwrap_or(false);
+        Ok((sets, more))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()))
+}
