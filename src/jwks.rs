@@ -51,13 +51,24 @@ pub fn accept_document(
     cfg: &RemoteJwks,
     local: &[Key],
 ) -> Result<(Vec<Key>, Vec<String>), String> {
-    if body.len() > cfg.max_bytes {
-        return Err(format!("JWKS is {} bytes, over the {} limit", body.len(), cfg.max_bytes));
+    accept_keys(body, allowed, cfg.max_bytes, cfg.max_keys, local)
+}
+
+/// `accept_document` with its limits given alone (the revocation service's key sets).
+pub fn accept_keys(
+    body: &[u8],
+    allowed: &[Algorithm],
+    max_bytes: usize,
+    max_keys: usize,
+    local: &[Key],
+) -> Result<(Vec<Key>, Vec<String>), String> {
+    if body.len() > max_bytes {
+        return Err(format!("JWKS is {} bytes, over the {max_bytes} limit", body.len()));
     }
     let text = std::str::from_utf8(body).map_err(|_| "JWKS is not UTF-8".to_string())?;
     let parsed = keys::parse_jwks(text, allowed)?;
-    if parsed.len() > cfg.max_keys {
-        return Err(format!("JWKS has {} keys, over the {} limit", parsed.len(), cfg.max_keys));
+    if parsed.len() > max_keys {
+        return Err(format!("JWKS has {} keys, over the {max_keys} limit", parsed.len()));
     }
     let (mut good, mut skipped) = (Vec::new(), Vec::new());
     for key in parsed {

@@ -49,12 +49,10 @@ pub struct AppState {
 const MAX_WAIT_MS: u64 = 60_000;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let signals = if state.signals.is_some() {
-        Router::new().route("/v1/backchannel-logout", post(backchannel_logout)).route("/v1/ssf/push", post(ssf_push))
-    } else {
-        Router::new()
-    };
-    signals
+    Router::new()
+        // 404 without --signals-config (the handlers say so).
+        .route("/v1/backchannel-logout", post(backchannel_logout))
+        .route("/v1/ssf/push", post(ssf_push))
         .route("/v1/revoke", post(revoke))
         .route("/v1/revoke-subject", post(revoke_subject))
         .route("/v1/sessions", post(register_session))

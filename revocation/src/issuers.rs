@@ -1,7 +1,8 @@
 //! The identity providers whose signals the service accepts (`--signals-config`), and their key
 //! sets: a file read at start, or a remote JWKS fetched when first needed, refreshed after
-//! `cache_duration_seconds` and, at most every 30 s, when a token names a key the set lacks.
-//! A failed fetch keeps the keys held.
+//! `cache_duration_seconds`, and when a token names a key the set lacks (one fetch at a time,
+//! at most one every 2 s, and each such token judged by a set fetched after it came: forged
+//! `kid`s cannot keep a rotated-in key out). A failed fetch keeps the keys held.
 
 use crate::auth::Credentials;
 use crate::signals::Trust;
@@ -14,9 +15,11 @@ use std::time::{Duration, Instant};
 
 /// Largest JWKS document or poll answer read (bytes).
 pub const MAX_DOCUMENT_BYTES: u64 = 1024 * 1024;
-/// Least time between two fetches for an unknown `kid` (a forged `kid` must not make the service
-/// hammer the identity provider).
-const UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(30);
+/// Least time between two fetches for unknown `kid`s (forged ones must not make the service
+/// hammer the identity provider); a token that comes meanwhile waits for the next one.
+const UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(2);
+/// Most keys a fetched set may hold.
+const MAX_KEYS: usize = 100;
 /// Least time between two fetches after a failed one.
 const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -40,6 +43,11 @@ struct RawIssuer {
     logout_token_max_age_seconds: u64,
     #[serde(default = "default_set_max_age")]
     set_max_age_seconds: u64,
+    /// The `iss` of the tokens its signals are about (default: `issuer`); see `Trust`.
+    #[serde(default)]
+    subject_issuers: Vec<String>,
+    #[serde(default = "yes")]
+    sid_in_access_tokens: bool,
     /// Bearer credentials the issuer's SSF transmitter presents when it pushes.
     #[serde(default)]
     push_credentials: Vec<String>,
@@ -77,6 +85,9 @@ pub struct PollConfig {
     pub timeout_ms: u64,
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_skew() -> u64 {
     60
 }
@@ -109,8 +120,7 @@ struct Held {
     keys: Arc<Vec<Key>>,
     fetched: Option<Instant>,
     attempted: Option<Instant>,
-    /// The last fetch made for an unknown `kid` (rate-limited on its own, so routine refreshes
-    /// never block the fetch a rotated key needs).
+    /// When the last fetch for an unknown `kid` began.
     for_unknown_kid: Option<Instant>,
 }
 
@@ -119,8 +129,7 @@ struct Held {
 pub enum Refresh {
     /// A new set came: verify again.
     Fetched,
-    /// Not now (a fetch for an unknown `kid` in the last 30 s, or the fetch failed): the set
-    /// cannot tell whether the key exists.
+    /// The fetch failed: the set cannot tell whether the key exists.
     NotNow,
     /// A fixed set (`local_jwks`): the key does not exist.
     Fixed,
@@ -133,6 +142,8 @@ pub struct Issuer {
     pub poll: Option<PollConfig>,
     source: Source,
     held: Mutex<Held>,
+    /// One fetch for unknown `kid`s at a time.
+    unknown_kid_fetch: tokio::sync::Mutex<()>,
 }
 
 pub struct Issuers {
@@ -181,6 +192,16 @@ impl Issuer {
         if raw.algorithms.is_empty() {
             return Err("algorithms: at least one".into());
         }
+        let mut subject_issuers = raw.subject_issuers;
+        if subject_issuers.is_empty() {
+            subject_issuers.push(raw.issuer.clone());
+        }
+        if let Some(problem) = subject_issuers
+            .iter()
+            .find_map(|i| jwtguard::revocation::id_problem("subject_issuers[]", i, jwtguard::revocation::MAX_ISS_CHARS))
+        {
+            return Err(problem);
+        }
         let (source, keys) = match (raw.remote_jwks, raw.local_jwks) {
             (Some(remote), None) => {
                 if !(remote.uri.starts_with("https://") || remote.uri.starts_with("http://")) {
@@ -201,6 +222,15 @@ impl Issuer {
             }
             _ => return Err("exactly one of remote_jwks and local_jwks".into()),
         };
+        for (field, uri) in [
+            ("remote_jwks.uri", source_uri(&source)),
+            ("ssf_poll.endpoint", raw.ssf_poll.as_ref().map(|p| p.endpoint.as_str())),
+        ] {
+            if uri.is_some_and(|u| u.starts_with("http://")) {
+                // Allowed for a mesh that originates TLS (a sidecar, an egress gateway).
+                tracing::warn!(issuer = %raw.issuer, field, "plain http: keys and signals can be read and forged in transit unless the mesh originates TLS");
+            }
+        }
         if let Some(poll) = &raw.ssf_poll {
             if !(poll.endpoint.starts_with("https://") || poll.endpoint.starts_with("http://")) {
                 return Err("ssf_poll.endpoint: an http(s) URL".into());
@@ -217,11 +247,14 @@ impl Issuer {
                 clock_skew_seconds: raw.clock_skew_seconds,
                 logout_token_max_age_seconds: raw.logout_token_max_age_seconds,
                 set_max_age_seconds: raw.set_max_age_seconds,
+                subject_issuers,
+                sid_in_access_tokens: raw.sid_in_access_tokens,
             },
             push_credentials: Credentials::parse(&raw.push_credentials.join("\n")),
             poll: raw.ssf_poll,
             source,
             held: Mutex::new(Held { keys: Arc::new(keys), ..Default::default() }),
+            unknown_kid_fetch: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -245,19 +278,25 @@ impl Issuer {
         self.held().keys.clone()
     }
 
-    /// A token named a key the set lacks: fetch again, unless a fetch for an unknown `kid` was
-    /// made in the last 30 s.
-    pub async fn refresh_for_unknown_key(&self) -> Refresh {
+    /// A token that came at `arrived` named a key the set lacks: judge it by a set fetched after
+    /// it came — one another such token started, or a fetch of its own once the last began
+    /// `UNKNOWN_KID_INTERVAL` ago.
+    pub async fn refresh_for_unknown_key(&self, arrived: Instant) -> Refresh {
         if matches!(self.source, Source::Fixed) {
             return Refresh::Fixed;
         }
-        {
-            let mut held = self.held();
-            if held.for_unknown_kid.is_some_and(|at| at.elapsed() < UNKNOWN_KID_INTERVAL) {
-                return Refresh::NotNow;
-            }
-            held.for_unknown_kid = Some(Instant::now());
+        let _one_at_a_time = self.unknown_kid_fetch.lock().await;
+        let (fetched, last) = {
+            let held = self.held();
+            (held.fetched, held.for_unknown_kid)
+        };
+        if fetched.is_some_and(|at| at >= arrived) {
+            return Refresh::Fetched;
         }
+        if let Some(wait) = last.and_then(|at| UNKNOWN_KID_INTERVAL.checked_sub(at.elapsed())) {
+            tokio::time::sleep(wait).await;
+        }
+        self.held().for_unknown_kid = Some(Instant::now());
         if self.fetch().await {
             Refresh::Fetched
         } else {
@@ -269,11 +308,20 @@ impl Issuer {
         let Source::Remote { uri, timeout, .. } = &self.source else {
             return false;
         };
-        self.held().attempted = Some(Instant::now());
+        let started = Instant::now();
+        self.held().attempted = Some(started);
         let (uri, timeout, allowed) = (uri.clone(), *timeout, self.trust.algorithms.clone());
+        // A fetched set follows the filter's rules for one (jwks::accept_keys): keys not for
+        // signatures, of other algorithms, or secret (a published document is public) are
+        // skipped, not fatal; the rest must make a valid set.
         let fetched = tokio::task::spawn_blocking(move || {
             let text = get_text(&uri, timeout)?;
-            keys_from_jwks(&text, &allowed)
+            let (keys, skipped) =
+                jwtguard::jwks::accept_keys(text.as_bytes(), &allowed, MAX_DOCUMENT_BYTES as usize, MAX_KEYS, &[])?;
+            if !skipped.is_empty() {
+                tracing::info!(uri, skipped = %skipped.join("; "), "signals: keys of the issuer's JWKS not used");
+            }
+            Ok::<_, String>(keys)
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
@@ -281,7 +329,8 @@ impl Issuer {
             Ok(keys) => {
                 let mut held = self.held();
                 held.keys = Arc::new(keys);
-                held.fetched = Some(Instant::now());
+                // When it began: a document fetched then may predate a key published meanwhile.
+                held.fetched = Some(started);
                 metrics::counter!("jwtguard_revocation_signal_jwks_fetches_total", "outcome" => "ok").increment(1);
                 true
             }
@@ -291,6 +340,13 @@ impl Issuer {
                 false
             }
         }
+    }
+}
+
+fn source_uri(source: &Source) -> Option<&str> {
+    match source {
+        Source::Remote { uri, .. } => Some(uri),
+        Source::Fixed => None,
     }
 }
 

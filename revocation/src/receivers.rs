@@ -19,7 +19,8 @@ pub enum Problem {
     Refused(Refusal),
     /// Its `jti` was taken in before: nothing is written again.
     Duplicate,
-    Unavailable(StoreError),
+    /// It cannot be taken in now (Redis, or the issuer's keys): the sender may try again.
+    Unavailable(String),
 }
 
 impl From<Refusal> for Problem {
@@ -30,7 +31,25 @@ impl From<Refusal> for Problem {
 
 impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Problem {
-        Problem::Unavailable(e)
+        Problem::Unavailable(e.to_string())
+    }
+}
+
+/// Counts a signal's outcome by receiver (every delivery, refused before verification too).
+fn count(receiver: &'static str, result: &Result<(), Problem>) {
+    let outcome = match result {
+        Ok(()) => "accepted",
+        Err(Problem::Refused(_)) => "refused",
+        Err(Problem::Duplicate) => "duplicate",
+        Err(Problem::Unavailable(_)) => "unavailable",
+    };
+    metrics::counter!("jwtguard_revocation_signals_total", "receiver" => receiver, "outcome" => outcome).increment(1);
+    match result {
+        Err(Problem::Refused(r)) => {
+            tracing::warn!(receiver, err = r.err, description = %r.description, "signal refused")
+        }
+        Err(Problem::Unavailable(e)) => tracing::warn!(receiver, error = %e, "signal not taken in now"),
+        _ => {}
     }
 }
 
@@ -48,37 +67,28 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Takes in one signal of `kind`, received by `receiver` (the metrics' label).
-    pub async fn take_in(&self, kind: Kind, token: &str, receiver: &'static str, now: u64) -> Result<(), Problem> {
-        let result = self.take_in_inner(kind, token, receiver, now).await;
-        let outcome = match &result {
-            Ok(()) => "accepted",
-            Err(Problem::Refused(_)) => "refused",
-            Err(Problem::Duplicate) => "duplicate",
-            Err(Problem::Unavailable(_)) => "unavailable",
-        };
-        metrics::counter!("jwtguard_revocation_signals_total", "receiver" => receiver, "outcome" => outcome)
-            .increment(1);
-        if let Err(Problem::Refused(r)) = &result {
-            tracing::warn!(receiver, err = r.err, description = %r.description, "signal refused");
-        }
-        result
-    }
-
-    async fn take_in_inner(&self, kind: Kind, token: &str, receiver: &'static str, now: u64) -> Result<(), Problem> {
-        let issuer = self.issuer_of(token)?;
+    /// Takes in one signal of `kind` from `issuer` (already chosen by the token's `iss`),
+    /// received by `receiver` (the logs' label).
+    pub async fn take_in(
+        &self,
+        kind: Kind,
+        token: &str,
+        issuer: &Issuer,
+        receiver: &'static str,
+        now: u64,
+    ) -> Result<(), Problem> {
+        let arrived = std::time::Instant::now();
         let mut verified = signals::verify(kind, token, &issuer.trust, &issuer.keys().await, now);
         if let Err(Refusal { unknown_key: true, .. }) = &verified {
-            match issuer.refresh_for_unknown_key().await {
+            match issuer.refresh_for_unknown_key(arrived).await {
                 Refresh::Fetched => verified = signals::verify(kind, token, &issuer.trust, &issuer.keys().await, now),
                 Refresh::Fixed => {}
-                // A key the provider rotated in may be missing yet, or its JWKS unreachable: the
-                // signal cannot be judged now, so it is not refused for good (503, not
-                // acknowledged) and the provider may send it again.
+                // The provider's JWKS is unreachable: the signal cannot be judged now, so it is
+                // not refused for good (503, not acknowledged) and the provider may send it again.
                 Refresh::NotNow => {
-                    return Err(Problem::Unavailable(StoreError::Unavailable(
-                        "the issuer's key set lacks the token's kid and cannot be fetched again yet".into(),
-                    )))
+                    return Err(Problem::Unavailable(
+                        "the issuer's key set lacks the token's kid and cannot be fetched now".into(),
+                    ))
                 }
             }
         }
@@ -90,9 +100,7 @@ impl Receiver {
             Claim::Claimed => {}
             Claim::Done => return Err(Problem::Duplicate),
             Claim::InProgress => {
-                return Err(Problem::Unavailable(StoreError::Unavailable(
-                    "this signal is being taken in; send it again later".into(),
-                )))
+                return Err(Problem::Unavailable("this signal is being taken in; send it again later".into()))
             }
         }
         let written = self.apply(&signal, receiver, now).await;
@@ -102,7 +110,7 @@ impl Receiver {
         };
         if let Err(e) = remembered {
             let _ = self.bounded(self.store.forget_seen(&signal.iss, &signal.jti)).await;
-            return Err(Problem::Unavailable(e));
+            return Err(e.into());
         }
         Ok(())
     }
@@ -164,8 +172,8 @@ impl Receiver {
 
 /// `POST /v1/backchannel-logout` (Back-Channel Logout 1.0 §2.5, §2.8): a form with
 /// `logout_token`; 200 when the logout is done, 400 `invalid_request` otherwise (a `jti` seen
-/// before included), both `Cache-Control: no-store`. 503 with `Retry-After` when Redis cannot
-/// take the write: the logout is not done, and the provider may try again.
+/// before included), both `Cache-Control: no-store`. 503 with `Retry-After` when it cannot be
+/// done now (Redis, the issuer's keys): the provider may send it again.
 pub async fn backchannel_logout(receiver: &Receiver, headers: &HeaderMap, body: &[u8], now: u64) -> Response {
     let result = async {
         if media_type(headers) != "application/x-www-form-urlencoded" {
@@ -173,9 +181,11 @@ pub async fn backchannel_logout(receiver: &Receiver, headers: &HeaderMap, body: 
         }
         let mut form = crate::form::parse(body, &["logout_token"]).map_err(|e| invalid(format!("form: {e}")))?;
         let token = form.remove("logout_token").ok_or_else(|| invalid("logout_token is required"))?;
-        receiver.take_in(Kind::LogoutToken, &token, "backchannel_logout", now).await
+        let issuer = receiver.issuer_of(&token)?;
+        receiver.take_in(Kind::LogoutToken, &token, issuer, "backchannel_logout", now).await
     }
     .await;
+    count("backchannel_logout", &result);
     let (status, body) = match result {
         Ok(()) => (StatusCode::OK, None),
         Err(Problem::Refused(r)) => (StatusCode::BAD_REQUEST, Some(oauth_error("invalid_request", &r.description))),
@@ -183,7 +193,7 @@ pub async fn backchannel_logout(receiver: &Receiver, headers: &HeaderMap, body: 
             (StatusCode::BAD_REQUEST, Some(oauth_error("invalid_request", "this logout token was received before")))
         }
         Err(Problem::Unavailable(e)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Some(oauth_error("temporarily_unavailable", &e.to_string())))
+            (StatusCode::SERVICE_UNAVAILABLE, Some(oauth_error("temporarily_unavailable", &e)))
         }
     };
     let mut response = match body {
@@ -197,10 +207,10 @@ pub async fn backchannel_logout(receiver: &Receiver, headers: &HeaderMap, body: 
     response
 }
 
-/// `POST /v1/ssf/push` (RFC 8935 §2): one SET as `application/secevent+jwt`; 202 when taken in,
-/// 400 with `{"err", "description"}` (§2.3) otherwise — a `jti` seen before is
-/// `invalid_request` and writes nothing. An issuer with `push_credentials` must present one
-/// (401 `authentication_failed`). 503 with `Retry-After` when Redis cannot take the write.
+/// `POST /v1/ssf/push` (RFC 8935 §2): one SET as `application/secevent+jwt`; 202 when taken in
+/// — or taken in before (a retry after a lost answer), writing nothing again — and 400 with
+/// `{"err", "description"}` (§2.3) otherwise. An issuer with `push_credentials` must present one
+/// (401 `authentication_failed`). 503 with `Retry-After` when it cannot be taken in now.
 pub async fn ssf_push(receiver: &Receiver, headers: &HeaderMap, body: &[u8], now: u64) -> Response {
     let result = async {
         if media_type(headers) != "application/secevent+jwt" {
@@ -218,22 +228,20 @@ pub async fn ssf_push(receiver: &Receiver, headers: &HeaderMap, body: &[u8], now
                 }));
             }
         }
-        receiver.take_in(Kind::SecurityEventToken, token, "ssf_push", now).await
+        receiver.take_in(Kind::SecurityEventToken, token, issuer, "ssf_push", now).await
     }
     .await;
+    count("ssf_push", &result);
     match result {
-        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Ok(()) | Err(Problem::Duplicate) => StatusCode::ACCEPTED.into_response(),
         Err(Problem::Refused(r)) if r.err == "authentication_failed" => {
             let mut response = set_error(StatusCode::UNAUTHORIZED, r.err, &r.description);
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             response
         }
         Err(Problem::Refused(r)) => set_error(StatusCode::BAD_REQUEST, r.err, &r.description),
-        Err(Problem::Duplicate) => {
-            set_error(StatusCode::BAD_REQUEST, "invalid_request", "this SET was received before")
-        }
         Err(Problem::Unavailable(e)) => {
-            let mut response = set_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", &e.to_string());
+            let mut response = set_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", &e);
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
@@ -259,49 +267,78 @@ fn media_type(headers: &HeaderMap) -> String {
 }
 
 /// Polls one issuer's SSF transmitter forever (RFC 8936 §2.4): acknowledges what was taken in
-/// (or was a duplicate), reports what was refused in `setErrs`, and leaves what could not be
-/// written for the transmitter to send again. Asks again at once while it has something to
-/// acknowledge or the transmitter has more; otherwise every `interval_ms`.
+/// (or was a duplicate), reports what was refused in `setErrs` (a SET from another issuer too:
+/// a stream carries its own transmitter's SETs only), and leaves what could not be taken in now
+/// for the transmitter to send again. Asks again at once while SETs keep coming in; otherwise
+/// after `interval_ms`, doubling (to at most a minute) while polls fail or bring nothing new.
 pub async fn poll_forever(receiver: Receiver, issuer: Arc<Issuer>, config: PollConfig) {
     let mut ack: Vec<String> = Vec::new();
     let mut errors = Map::new();
     let interval = Duration::from_millis(config.interval_ms.max(1));
+    let mut pause = interval;
     loop {
         let mut request = json!({"ack": ack, "maxEvents": config.max_events, "returnImmediately": true});
         if !errors.is_empty() {
             request["setErrs"] = Value::Object(errors.clone());
         }
-        let answer = poll_once(&config, request).await;
-        let (sets, more) = match answer {
+        let (sets, more) = match poll_once(&config, request).await {
             Ok(answer) => answer,
             Err(error) => {
                 tracing::warn!(issuer = %issuer.trust.issuer, %error, "SSF poll failed; retrying");
                 metrics::counter!("jwtguard_revocation_ssf_polls_total", "outcome" => "error").increment(1);
-                tokio::time::sleep(interval).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_POLL_PAUSE);
                 continue;
             }
         };
         metrics::counter!("jwtguard_revocation_ssf_polls_total", "outcome" => "ok").increment(1);
         ack.clear();
         errors.clear();
-        let mut unavailable = false;
+        let (mut taken_in, delivered) = (0, sets.len());
         for (jti, set) in sets {
-            let Some(set) = set.as_str() else {
-                errors.insert(jti, json!({"err": "invalid_request", "description": "the SET is not a string"}));
-                continue;
+            let result = match set.as_str() {
+                None => Err(Problem::Refused(invalid("the SET is not a string"))),
+                Some(set) => match receiver.issuer_of(set) {
+                    Ok(from) if from.trust.issuer != issuer.trust.issuer => Err(Problem::Refused(Refusal {
+                        err: "invalid_issuer",
+                        description: "the SET's issuer is not this stream's transmitter".into(),
+                        unknown_key: false,
+                    })),
+                    Ok(_) => receiver.take_in(Kind::SecurityEventToken, set, &issuer, "ssf_poll", now_seconds()).await,
+                    Err(refusal) => Err(Problem::Refused(refusal)),
+                },
             };
-            match receiver.take_in(Kind::SecurityEventToken, set, "ssf_poll", crate::feed::now_ms() / 1000).await {
-                Ok(()) | Err(Problem::Duplicate) => ack.push(jti),
+            count("ssf_poll", &result);
+            match result {
+                Ok(()) => {
+                    taken_in += 1;
+                    ack.push(jti);
+                }
+                Err(Problem::Duplicate) => ack.push(jti),
                 Err(Problem::Refused(r)) => {
                     errors.insert(jti, json!({"err": r.err, "description": r.description}));
                 }
-                Err(Problem::Unavailable(_)) => unavailable = true,
+                Err(Problem::Unavailable(_)) => {}
             }
         }
-        if unavailable || !(more || !ack.is_empty() || !errors.is_empty()) {
-            tokio::time::sleep(interval).await;
+        if taken_in > 0 && more {
+            pause = interval;
+            continue;
         }
+        // Acknowledgements and errors go out with the next poll, after the pause. A transmitter
+        // that sends only what we refuse or already have, or says "more" with nothing, is
+        // asked less and less often: it cannot make us spin.
+        let nothing_new = (delivered > 0 && taken_in == 0) || (delivered == 0 && more);
+        pause = if nothing_new { (pause * 2).clamp(interval, MAX_POLL_PAUSE) } else { interval };
+        tokio::time::sleep(pause).await;
     }
+}
+
+/// The longest pause between polls that fail or bring nothing new.
+const MAX_POLL_PAUSE: Duration = Duration::from_secs(60);
+
+fn now_seconds() -> u64 {
+    crate::feed::now_ms() / 1000
 }
 
 /// One poll request: the `sets` (jti → SET) and `moreAvailable` of the answer.

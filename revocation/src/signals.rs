@@ -60,10 +60,18 @@ fn invalid(description: impl Into<String>) -> Refusal {
     refuse("invalid_request", description)
 }
 
-/// A trusted identity provider: who it is, how its signals are verified.
+/// A trusted identity provider: who it is, how its signals are verified, whom they may name.
 #[derive(Debug, Clone)]
 pub struct Trust {
     pub issuer: String,
+    /// The `iss` of the tokens its signals are about (default: its own issuer). The first scopes
+    /// what a signal names without an issuer (a logout token's `sid`/`sub`, an `opaque`
+    /// subject); an `iss_sub` subject must name one of them, so a transmitter can never revoke
+    /// the users of an issuer it does not speak for.
+    pub subject_issuers: Vec<String>,
+    /// Whether the access tokens carry the `sid` claim. Without it, a session's logout is a
+    /// logout of its user everywhere (a `sid` alone matches no token).
+    pub sid_in_access_tokens: bool,
     /// Ours: a signal must name at least one (`aud`).
     pub audiences: Vec<String>,
     pub algorithms: Vec<Algorithm>,
@@ -121,10 +129,9 @@ pub fn verify(kind: Kind, token: &str, trust: &Trust, keys: &[Key], now: u64) ->
     if iat + max_age + skew < now {
         return Err(invalid(format!("iat is more than {max_age} s old")));
     }
+    // Back-Channel Logout 1.0 final requires `exp`, but providers that predate it (Keycloak
+    // before 22.0.x, Ory Hydra 2.2, …) omit it: the `iat` window bounds the age either way.
     let exp = date("exp")?;
-    if kind == Kind::LogoutToken && exp.is_none() {
-        return Err(invalid("exp is required"));
-    }
     if exp.is_some_and(|exp| exp + skew <= now) {
         return Err(invalid("the token has expired"));
     }
@@ -133,11 +140,12 @@ pub fn verify(kind: Kind, token: &str, trust: &Trust, keys: &[Key], now: u64) ->
     if let Some((name, _)) = events.iter().find(|(_, payload)| !payload.is_object()) {
         return Err(invalid(format!("the event {name} must be an object")));
     }
-    // Remembered as long as it could be accepted: until its iat is too old, or it expires.
-    let remember_until = (iat + max_age).max(exp.unwrap_or(0)) + skew;
+    // Remembered as long as it could be accepted: until its iat is too old or it expires.
+    let remember_until = (iat + max_age).min(exp.unwrap_or(u64::MAX)) + skew;
+    let latest = now + skew;
     let events = match kind {
-        Kind::LogoutToken => vec![logout(&claims, events, &trust.issuer, iat, now + skew)?],
-        Kind::SecurityEventToken => security_events(&claims, events, &trust.issuer, iat, now + skew)?,
+        Kind::LogoutToken => vec![logout(&claims, events, trust, iat, latest)?],
+        Kind::SecurityEventToken => security_events(&claims, events, trust, iat, latest)?,
     };
     Ok(Signal { iss: trust.issuer.clone(), jti, remember_until, events })
 }
@@ -187,12 +195,12 @@ fn text(object: &Map<String, Value>, name: &str, max: usize) -> Result<Option<St
 }
 
 /// Back-Channel Logout 1.0 §2.6: the back-channel-logout event, `sid` and/or `sub`, no `nonce`.
-/// With `sid` that session is logged out; with `sub` alone every session of the subject (a
-/// cutoff at the logout token's `iat`).
+/// With `sid` that session is logged out; with `sub` alone (or when access tokens carry no
+/// `sid`) every session of the subject, by a cutoff at the logout token's `iat`.
 fn logout(
     claims: &Map<String, Value>,
     events: &Map<String, Value>,
-    iss: &str,
+    trust: &Trust,
     iat: u64,
     latest: u64,
 ) -> Result<Handled, Refusal> {
@@ -204,12 +212,23 @@ fn logout(
     }
     let sid = text(claims, "sid", MAX_ID_CHARS)?;
     let sub = text(claims, "sub", MAX_ID_CHARS)?;
+    if sid.is_none() && sub.is_none() {
+        return Err(invalid("a logout token must hold sid or sub"));
+    }
+    let scope = trust.scope();
     let action = match (sid, sub) {
-        (Some(sid), _) => Action::Sid { iss: iss.to_string(), sid },
-        (None, Some(sub)) => Action::Subject { iss: iss.to_string(), sub, before: iat.min(latest) },
-        (None, None) => return Err(invalid("a logout token must hold sid or sub")),
+        (Some(sid), _) if trust.sid_in_access_tokens => Some(Action::Sid { iss: scope.to_string(), sid }),
+        (_, Some(sub)) => Some(Action::Subject { iss: scope.to_string(), sub, before: cutoff(iat, latest) }),
+        // A session whose tokens cannot be told apart, of a user not named: nothing to act on.
+        (_, None) => None,
     };
-    Ok(Handled { event: "backchannel-logout", action: Some(action) })
+    Ok(Handled { event: "backchannel-logout", action })
+}
+
+/// A subject cutoff at an event's time `at`, never later than `latest` (now + skew): inclusive,
+/// as `/v1/revoke-subject`'s default, so a token issued in the event's second is refused too.
+fn cutoff(at: u64, latest: u64) -> u64 {
+    at.min(latest).saturating_add(1)
 }
 
 /// The CAEP and RISC events we act on, and what each asks for.
@@ -231,7 +250,7 @@ fn event_name(uri: &str) -> Option<&'static str> {
 fn security_events(
     claims: &Map<String, Value>,
     events: &Map<String, Value>,
-    iss: &str,
+    trust: &Trust,
     iat: u64,
     latest: u64,
 ) -> Result<Vec<Handled>, Refusal> {
@@ -251,13 +270,29 @@ fn security_events(
         };
         let at = match payload.get("event_timestamp") {
             None => iat,
-            Some(t) => t.as_u64().ok_or_else(|| invalid("event_timestamp must be a NumericDate"))?,
+            // A JSON number (CAEP 1.0): whole seconds of a fractional one.
+            Some(t) => match t.as_f64() {
+                Some(t) if (0.0..9.007_199_254_740_992e15).contains(&t) => t as u64,
+                _ => return Err(invalid("event_timestamp must be a NumericDate")),
+            },
         };
-        let (user, session) = read_subject(subject, iss)?;
-        let action = match (event, session, user) {
-            ("session-revoked", Some(sid), _) => Some(Action::Sid { iss: iss.to_string(), sid }),
-            (_, _, Some((iss, sub))) => Some(Action::Subject { iss, sub, before: at.min(latest) }),
-            // A subject in a format we cannot match to tokens (email, phone number…).
+        let subject = read_subject(subject, trust)?;
+        // CAEP 1.0: a session-revoked event about a simple opaque subject names the session.
+        let session = match (&subject.session, &subject.opaque) {
+            (Some(session), _) => Some(session.clone()),
+            (None, Some(id)) if event == "session-revoked" => Some((trust.scope().to_string(), id.clone())),
+            _ => None,
+        };
+        // A new credential (CAEP credential-change `create`, e.g. an enrolled second factor)
+        // does not make the tokens already issued suspect.
+        let created =
+            event == "credential-change" && payload.get("change_type").and_then(Value::as_str) == Some("create");
+        let action = match (event, session, subject.user) {
+            _ if created => None,
+            ("session-revoked", Some((iss, sid)), _) if trust.sid_in_access_tokens => Some(Action::Sid { iss, sid }),
+            (_, _, Some((iss, sub))) => Some(Action::Subject { iss, sub, before: cutoff(at, latest) }),
+            // A subject in a format we cannot match to tokens (email, phone number…), or a
+            // session whose tokens cannot be told apart.
             _ => None,
         };
         handled.push(Handled { event, action });
@@ -265,43 +300,61 @@ fn security_events(
     Ok(handled)
 }
 
-/// A subject identifier (RFC 9493, and SSF 1.0's complex subject with `user` and `session`):
-/// the user as (issuer, `sub`) and the session's `sid`, where we can tell them. `iss_sub` names
-/// both; `opaque` is the transmitter's own `sub` (or, for a session, `sid`). Other formats give
-/// nothing to act on.
-type User = (String, String);
+/// What a subject identifier names (RFC 9493, and SSF 1.0's complex subject with `user` and
+/// `session`): the user as (issuer, `sub`), the session as (issuer, `sid`), and, for a simple
+/// `opaque` subject, its id (a user, or for CAEP session-revoked a session).
+#[derive(Default)]
+struct Subject {
+    user: Option<(String, String)>,
+    session: Option<(String, String)>,
+    opaque: Option<String>,
+}
 
-fn read_subject(subject: &Value, set_issuer: &str) -> Result<(Option<User>, Option<String>), Refusal> {
+fn read_subject(subject: &Value, trust: &Trust) -> Result<Subject, Refusal> {
     let object = subject.as_object().ok_or_else(|| invalid("the subject must be an object"))?;
     match object.get("format").and_then(Value::as_str) {
         Some("iss_sub") => {
             let iss = text(object, "iss", MAX_ISS_CHARS)?.ok_or_else(|| invalid("iss_sub: iss is required"))?;
             let sub = text(object, "sub", MAX_ID_CHARS)?.ok_or_else(|| invalid("iss_sub: sub is required"))?;
-            Ok((Some((iss, sub)), None))
+            if !trust.subject_issuers.contains(&iss) {
+                return Err(invalid(format!("iss_sub: this transmitter may not name subjects of {iss:?}")));
+            }
+            Ok(Subject { user: Some((iss, sub)), ..Subject::default() })
         }
         Some("opaque") => {
             let id = text(object, "id", MAX_ID_CHARS)?.ok_or_else(|| invalid("opaque: id is required"))?;
-            Ok((Some((set_issuer.to_string(), id)), None))
+            Ok(Subject { user: Some((trust.scope().to_string(), id.clone())), opaque: Some(id), session: None })
         }
         Some("complex") | None if object.contains_key("user") || object.contains_key("session") => {
             let user = match object.get("user") {
-                Some(user) => read_subject(user, set_issuer)?.0,
+                Some(user) => read_subject(user, trust)?.user,
                 None => None,
             };
             let session = match object.get("session") {
                 Some(session) => {
                     let session = session.as_object().ok_or_else(|| invalid("session must be an object"))?;
                     match session.get("format").and_then(Value::as_str) {
-                        Some("opaque") => text(session, "id", MAX_ID_CHARS)?,
+                        // The session belongs to the user's issuer.
+                        Some("opaque") => text(session, "id", MAX_ID_CHARS)?.map(|sid| {
+                            let iss = user.as_ref().map_or(trust.scope(), |(iss, _)| iss.as_str());
+                            (iss.to_string(), sid)
+                        }),
                         _ => None,
                     }
                 }
                 None => None,
             };
-            Ok((user, session))
+            Ok(Subject { user, session, opaque: None })
         }
-        Some(_) => Ok((None, None)),
+        Some(_) => Ok(Subject::default()),
         None => Err(invalid("the subject has no format")),
+    }
+}
+
+impl Trust {
+    /// The issuer what a signal names without one belongs to.
+    pub fn scope(&self) -> &str {
+        self.subject_issuers.first().map_or(self.issuer.as_str(), String::as_str)
     }
 }
 
@@ -323,6 +376,8 @@ mod tests {
             clock_skew_seconds: 60,
             logout_token_max_age_seconds: 300,
             set_max_age_seconds: 86_400,
+            subject_issuers: vec!["https://idp".into(), "https://other".into()],
+            sid_in_access_tokens: true,
         }
     }
 
@@ -356,7 +411,7 @@ mod tests {
     fn a_logout_token_by_sid_or_by_sub() {
         let signal = check_logout(&logout_token(logout_claims())).unwrap();
         assert_eq!((signal.iss.as_str(), signal.jti.as_str()), ("https://idp", "l1"));
-        assert_eq!(signal.remember_until, NOW + 300 + 60);
+        assert_eq!(signal.remember_until, NOW + 120 + 60, "until it expires (before its iat is too old)");
         assert_eq!(
             signal.events,
             vec![Handled {
@@ -370,8 +425,29 @@ mod tests {
         let signal = check_logout(&logout_token(by_sub)).unwrap();
         assert_eq!(
             signal.events[0].action,
-            Some(Action::Subject { iss: "https://idp".into(), sub: "alice".into(), before: NOW })
+            Some(Action::Subject { iss: "https://idp".into(), sub: "alice".into(), before: NOW + 1 }),
+            "inclusive of the logout's second"
         );
+        // Access tokens without sid: a session's logout logs its user out everywhere.
+        let coarse = Trust { sid_in_access_tokens: false, ..trust() };
+        let both = verify(Kind::LogoutToken, &logout_token(logout_claims()), &coarse, &keys(), NOW).unwrap();
+        assert_eq!(
+            both.events[0].action,
+            Some(Action::Subject { iss: "https://idp".into(), sub: "alice".into(), before: NOW + 1 })
+        );
+        let mut sid_only = logout_claims();
+        sid_only.as_object_mut().unwrap().remove("sub");
+        let nothing = verify(Kind::LogoutToken, &logout_token(sid_only), &coarse, &keys(), NOW).unwrap();
+        assert_eq!(nothing.events[0].action, None, "a session whose tokens cannot be told apart");
+        // What a provider's tokens carry as iss may differ from its own: the first subject issuer.
+        let elsewhere = Trust { subject_issuers: vec!["https://tokens".into()], ..trust() };
+        let scoped = verify(Kind::LogoutToken, &logout_token(logout_claims()), &elsewhere, &keys(), NOW).unwrap();
+        assert_eq!(scoped.events[0].action, Some(Action::Sid { iss: "https://tokens".into(), sid: "s1".into() }));
+        // exp is checked when present; providers that predate BCL 1.0 final omit it.
+        let mut no_exp = logout_claims();
+        no_exp.as_object_mut().unwrap().remove("exp");
+        let signal = check_logout(&logout_token(no_exp)).unwrap();
+        assert_eq!(signal.remember_until, NOW + 300 + 60, "until its iat is too old");
         for typ in [json!("JWT"), json!("application/logout+jwt"), json!("Logout+JWT")] {
             let token = sign(json!({"alg": "HS256", "kid": "k1", "typ": typ}), logout_claims());
             assert!(check_logout(&token).is_ok(), "{typ}");
@@ -397,7 +473,6 @@ mod tests {
             (with(&|c| drop(c.insert("iat".into(), json!(NOW - 361)))), "invalid_request", "old"),
             (with(&|c| drop(c.insert("iat".into(), json!(NOW + 61)))), "invalid_request", "future"),
             (with(&|c| drop(c.insert("iat".into(), json!("now")))), "invalid_request", "NumericDate"),
-            (with(&|c| drop(c.remove("exp"))), "invalid_request", "exp is required"),
             (with(&|c| drop(c.insert("exp".into(), json!(NOW - 60)))), "invalid_request", "expired"),
             (with(&|c| drop(c.remove("jti"))), "invalid_request", "jti"),
             (with(&|c| drop(c.insert("jti".into(), json!("")))), "invalid_request", "jti"),
@@ -456,7 +531,8 @@ mod tests {
     #[test]
     fn caep_and_risc_events_map_to_revocations() {
         let iss_sub = json!({"format": "iss_sub", "iss": "https://idp", "sub": "alice"});
-        let subject = |before| Some(Action::Subject { iss: "https://idp".into(), sub: "alice".into(), before });
+        let subject =
+            |at: u64| Some(Action::Subject { iss: "https://idp".into(), sub: "alice".into(), before: at + 1 });
         let session = Some(Action::Sid { iss: "https://idp".into(), sid: "s9".into() });
         let complex = json!({"user": iss_sub, "session": {"format": "opaque", "id": "s9"}});
         let at = NOW - 4_000;
@@ -494,6 +570,11 @@ mod tests {
         assert_eq!(other.unwrap().events, vec![Handled { event: "other", action: None }]);
         let future = set(json!({format!("{CAEP}session-revoked"): {"event_timestamp": NOW + 9_999}}), Some(iss_sub));
         assert_eq!(check_set(&future).unwrap().events[0].action, subject(NOW + 60), "never past now + skew");
+        let fractional = set(
+            json!({format!("{CAEP}credential-change"): {"event_timestamp": 1_700_000_000.5}}),
+            Some(json!({"format": "iss_sub", "iss": "https://idp", "sub": "alice"})),
+        );
+        assert_eq!(check_set(&fractional).unwrap().events[0].action, subject(1_700_000_000));
     }
 
     #[test]
