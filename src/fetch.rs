@@ -2,11 +2,11 @@
 //! when one is due (one per Envoy, claimed by compare-and-swap), and take in what comes back.
 //! The schedule and the checks are in `jwks.rs`; this is the part that touches the host.
 
+use crate::host;
 use crate::jwks::{self, FetchState, Freshness};
 use crate::metrics::Metrics;
 use crate::shared::{now_ms, Callout, Dispatch, Remote, Shared};
 use log::{error, info, warn};
-use proxy_wasm::hostcalls;
 use std::time::Duration;
 
 fn key(r: &Remote, what: &str) -> String {
@@ -15,17 +15,17 @@ fn key(r: &Remote, what: &str) -> String {
 
 impl Shared {
     pub fn read_state(&self, r: &Remote) -> FetchState {
-        let (bytes, _) = hostcalls::get_shared_data(&key(r, "state")).unwrap_or((None, None));
+        let (bytes, _) = host::get_shared_data(&key(r, "state")).unwrap_or((None, None));
         bytes.and_then(|b| FetchState::decode(&b)).unwrap_or_default()
     }
 
     /// Read-modify-write of the shared schedule, retried on a concurrent change.
     fn update_state(&self, r: &Remote, change: impl Fn(&FetchState) -> Option<FetchState>) -> Option<FetchState> {
         for _ in 0..8 {
-            let (bytes, cas) = hostcalls::get_shared_data(&key(r, "state")).unwrap_or((None, None));
+            let (bytes, cas) = host::get_shared_data(&key(r, "state")).unwrap_or((None, None));
             let current = bytes.and_then(|b| FetchState::decode(&b)).unwrap_or_default();
             let next = change(&current)?;
-            if hostcalls::set_shared_data(&key(r, "state"), Some(&next.encode()), cas).is_ok() {
+            if host::set_shared_data(&key(r, "state"), Some(&next.encode()), cas).is_ok() {
                 return Some(next);
             }
         }
@@ -52,7 +52,7 @@ impl Shared {
                     }
                 }
                 Freshness::Fresh | Freshness::Stale if state.fetched_ms != r.loaded_ms.get() => {
-                    let (doc, _) = hostcalls::get_shared_data(&key(r, "doc")).unwrap_or((None, None));
+                    let (doc, _) = host::get_shared_data(&key(r, "doc")).unwrap_or((None, None));
                     match doc.map(|d| jwks::accept_document(&d, &r.algorithms, &r.cfg, &self.local_keys(r))) {
                         Some(Ok((keys, _))) => self.install(r, keys, state.fetched_ms),
                         Some(Err(e)) => warn!("jwtguard: provider {}: stored JWKS unusable: {e}", r.name),
@@ -94,7 +94,7 @@ impl Shared {
     fn dispatch_fetch(&self, i: usize, dispatch: Dispatch) -> Option<(u32, Callout)> {
         let r = &self.remote[i];
         let discovered = if r.cfg.oidc_discovery {
-            let (uri, _) = hostcalls::get_shared_data(&key(r, "uri")).unwrap_or((None, None));
+            let (uri, _) = host::get_shared_data(&key(r, "uri")).unwrap_or((None, None));
             uri.and_then(|u| String::from_utf8(u).ok())
                 .and_then(|u| u.split_once('|').map(|(a, p)| (a.to_string(), p.to_string())))
         } else {
@@ -156,7 +156,7 @@ impl Shared {
                             warn!("jwtguard: provider {}: skipped a JWKS key: {s}", r.name);
                         }
                         let now = now_ms();
-                        let _ = hostcalls::set_shared_data(&key(r, "doc"), Some(body), None);
+                        let _ = host::set_shared_data(&key(r, "doc"), Some(body), None);
                         self.update_state(r, |s| Some(s.succeeded(now)));
                         self.metrics.add(self.metrics.jwks[i].fetch_success, 1);
                         info!("jwtguard: provider {}: loaded {} keys from the JWKS", r.name, keys.len());
@@ -174,11 +174,8 @@ impl Shared {
                 };
                 match found {
                     Ok((authority, path)) => {
-                        let _ = hostcalls::set_shared_data(
-                            &key(r, "uri"),
-                            Some(format!("{authority}|{path}").as_bytes()),
-                            None,
-                        );
+                        let _ =
+                            host::set_shared_data(&key(r, "uri"), Some(format!("{authority}|{path}").as_bytes()), None);
                         self.dispatch_fetch(i, dispatch)
                     }
                     Err(e) => {

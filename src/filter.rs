@@ -4,7 +4,7 @@
 
 use crate::authenticator::Authenticator;
 use crate::config::Config;
-use crate::host::EnvoyCrypto;
+use crate::host::{self, EnvoyCrypto};
 use crate::host_crypto;
 use crate::metrics::Metrics;
 use crate::poll::Feed;
@@ -12,7 +12,6 @@ use crate::response::ResponseStyle;
 use crate::revocation::Failure;
 use crate::shared::{now_ms, Callout, Remote, Shared};
 use log::{error, info, warn};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use std::cell::{Cell, RefCell};
@@ -27,11 +26,11 @@ proxy_wasm::main! {{
 
 /// The status and body of the callout answer being delivered.
 fn callout_answer(body_size: usize) -> (Option<u16>, Option<Vec<u8>>) {
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+    let status = host::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten()
-        .and_then(|s| s.parse().ok());
-    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(1 << 20)).ok().flatten();
+        .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
+    let body = host::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(1 << 20)).ok().flatten();
     (status, body)
 }
 
@@ -108,8 +107,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes =
-            hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
+        let bytes = host::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
         let config = match Config::parse(&bytes) {
             Ok(c) => c,
             Err(e) => {
@@ -165,7 +163,7 @@ impl RootContext for Root {
             Some(r) if remote.is_empty() => r.timeout_ms.clamp(50, crate::metrics::FLUSH_MS),
             _ => crate::metrics::FLUSH_MS,
         };
-        let _ = hostcalls::set_tick_period(Duration::from_millis(tick));
+        let _ = host::set_tick_period(Duration::from_millis(tick));
         let style = ResponseStyle {
             realm: config.realm.clone(),
             include_error_description: config.include_error_description,
@@ -253,7 +251,7 @@ impl Context for Filter {
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         // One host call for all headers: cheaper than one per header we look at.
-        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let headers = host::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
         let shared = self.shared.clone();
         let (action, callout) = shared
             .handle(self.context_id, false, headers, None, &|c, h, b, t| self.dispatch_http_call(c, h, b, vec![], t));

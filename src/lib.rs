@@ -12,6 +12,7 @@ pub mod der;
 pub mod extract;
 pub mod feed;
 pub mod fnv;
+pub mod header_map;
 pub mod host_crypto;
 pub mod jwks;
 pub mod jws;

@@ -2,6 +2,7 @@
 //! (`/stats`) and `jwtguard_*` (`/stats/prometheus`).
 
 use crate::authenticator::Tally;
+use crate::host;
 use crate::reason::Reason;
 use crate::revocation::{Failure, Known};
 use proxy_wasm::hostcalls;
@@ -136,7 +137,7 @@ impl Metrics {
     /// dashboards follow closely (the feed's events, applied once per worker).
     pub fn add_now(id: u32, n: u32) {
         if n > 0 {
-            let _ = hostcalls::increment_metric(id, i64::from(n));
+            let _ = host::increment_metric(id, i64::from(n));
         }
     }
 
@@ -144,7 +145,7 @@ impl Metrics {
     pub fn flush(&self, now_ms: u64) {
         self.last_flush_ms.set(now_ms);
         for (id, n) in self.pending.take() {
-            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+            let _ = host::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
@@ -157,7 +158,7 @@ impl Metrics {
 
     /// Gauges and histograms go to Envoy at once (they are rare).
     pub fn set(id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
+        let _ = host::record_metric(id, value);
     }
 
     pub fn record(&self, tally: &Tally) {

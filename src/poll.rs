@@ -6,13 +6,13 @@
 
 use crate::authenticator::Verified;
 use crate::feed::{FeedClient, FeedConfig};
+use crate::host;
 use crate::metrics::Metrics;
 use crate::revocation::{self, Failure, FailureMode, Identity, Known, Mode, Verdict};
 use crate::revocation_set::RevocationSet;
 use crate::shared::{now_ms, Callout, Dispatch, Shared};
 use jwtguard_wire::FeedEvent;
 use log::{error, info, warn};
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::Action;
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
@@ -319,7 +319,7 @@ impl Shared {
                 None => return,
             },
         };
-        let _ = hostcalls::set_shared_data(&slot_key(feed, slot), Some(mine.as_bytes()), None);
+        let _ = host::set_shared_data(&slot_key(feed, slot), Some(mine.as_bytes()), None);
         let (mut worst_age, mut most, mut overflowed) = (0u64, 0u64, 0u64);
         for i in 0..SLOTS {
             if let Some([seen, age, entries, over]) = read_slot(feed, i) {
@@ -352,7 +352,7 @@ fn slot_key(feed: &Feed, i: u32) -> String {
 
 /// [last seen ms, age ms, entries, overflowed] of slot `i`.
 fn read_slot(feed: &Feed, i: u32) -> Option<[u64; 4]> {
-    let (bytes, _) = hostcalls::get_shared_data(&slot_key(feed, i)).ok()?;
+    let (bytes, _) = host::get_shared_data(&slot_key(feed, i)).ok()?;
     let text = String::from_utf8(bytes?).ok()?;
     let mut parts = text.split('|').map(|p| p.parse::<u64>().ok());
     Some([parts.next()??, parts.next()??, parts.next()??, parts.next()??])
@@ -362,7 +362,7 @@ fn read_slot(feed: &Feed, i: u32) -> Option<[u64; 4]> {
 /// live VM refreshes its slot every tick, so it is never taken from under it.
 fn claim_slot(feed: &Feed, now: u64) -> Option<u32> {
     for i in 0..SLOTS {
-        let (bytes, cas) = hostcalls::get_shared_data(&slot_key(feed, i)).ok()?;
+        let (bytes, cas) = host::get_shared_data(&slot_key(feed, i)).ok()?;
         let free = match bytes.and_then(|b| String::from_utf8(b).ok()) {
             None => true,
             Some(text) => {
@@ -371,7 +371,7 @@ fn claim_slot(feed: &Feed, now: u64) -> Option<u32> {
             }
         };
         let claim = format!("{now}|0|0|0");
-        if free && hostcalls::set_shared_data(&slot_key(feed, i), Some(claim.as_bytes()), cas).is_ok() {
+        if free && host::set_shared_data(&slot_key(feed, i), Some(claim.as_bytes()), cas).is_ok() {
             return Some(i);
         }
     }

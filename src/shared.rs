@@ -16,7 +16,6 @@ use crate::response::{self, ResponseStyle};
 use crate::revocation::{self, Entry, Failure, FailureMode, Identity, Known, Lookup, Verdict};
 use jsonwebtoken::Algorithm;
 use log::{debug, warn};
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, MapType, Status};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -106,10 +105,7 @@ pub struct Shared {
 }
 
 pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64)
+    host::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How `handle` was reached: first time for the request, or retried after parking.
@@ -141,7 +137,7 @@ impl Shared {
         // A client must never be able to send what looks like a verified claim.
         for name in &auth.config.output_headers {
             if headers.iter().any(|(k, _)| k == name) {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+                let _ = host::set_map_value(MapType::HttpRequestHeaders, name, None);
             }
         }
         let pseudo = |name: &str| headers.values(name).first().copied().unwrap_or("");
@@ -157,16 +153,16 @@ impl Shared {
         match decision {
             Decision::Pass => {
                 if waiting {
-                    let _ = hostcalls::resume_http_request();
+                    let _ = host::resume_http_request();
                 }
                 (Action::Continue, None)
             }
             Decision::Allow { headers: add, strip, tokens, revocation } => {
                 for name in strip {
-                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &name, None);
+                    let _ = host::set_map_value(MapType::HttpRequestHeaders, &name, None);
                 }
                 for (name, value) in add {
-                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &name, Some(&value));
+                    let _ = host::set_map_value(MapType::HttpRequestHeaders, &name, Some(&value));
                 }
                 match (revocation, tokens.first()) {
                     // A token the service could not store could never be revoked.
@@ -299,11 +295,11 @@ impl Shared {
         };
         if let Some((counter, value)) = mark {
             m.add(counter, 1);
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, config::UNCHECKED_HEADER, Some(value));
+            let _ = host::set_map_value(MapType::HttpRequestHeaders, config::UNCHECKED_HEADER, Some(value));
         }
         m.add(m.allowed, 1);
         if resume {
-            let _ = hostcalls::resume_http_request();
+            let _ = host::resume_http_request();
         }
         Action::Continue
     }
@@ -313,7 +309,7 @@ impl Shared {
         self.metrics.denied(reason);
         let r = response::denial(&self.style, reason, scope);
         let headers = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let _ = hostcalls::send_http_response(r.status, headers, Some(r.body.as_bytes()));
+        let _ = host::send_http_response(r.status, headers, Some(r.body.as_bytes()));
     }
 
     /// The shared cache first; on a miss, join or start the single status callout for this token.
@@ -333,8 +329,8 @@ impl Shared {
         let Some(rev) = &self.revocation else {
             return (self.settle(context_id, false, Verdict::Allow, waiting), None);
         };
-        let (cached, _) = hostcalls::get_shared_data(&identity.slot_key(&self.namespace, rev.cache_max_entries))
-            .unwrap_or((None, None));
+        let (cached, _) =
+            host::get_shared_data(&identity.slot_key(&self.namespace, rev.cache_max_entries)).unwrap_or((None, None));
         let entry = cached.and_then(|bytes| Entry::decode(&bytes));
         let stale = match revocation::lookup(entry.as_ref(), identity, now, rev.freshness, active_until_exp) {
             Lookup::Fresh(known) => {
@@ -441,7 +437,7 @@ impl Shared {
                         self.mark_logged_out(feed, &identity, everywhere);
                     }
                     self.metrics.add(self.metrics.logout_ok, 1);
-                    let _ = hostcalls::send_http_response(204, vec![("cache-control", "no-store")], None);
+                    let _ = host::send_http_response(204, vec![("cache-control", "no-store")], None);
                 } else {
                     warn!("jwtguard: logout failed: revocation service answered {status:?}");
                     self.metrics.add(self.metrics.logout_failed, 1);
@@ -465,7 +461,7 @@ impl Shared {
     fn remember(&self, rev: &config::Revocation, identity: &Identity, known: Known) {
         let entry =
             Entry { known, fetched_ms: now_ms(), exp: identity.exp.unwrap_or(0), identity: identity.key.clone() };
-        let _ = hostcalls::set_shared_data(
+        let _ = host::set_shared_data(
             &identity.slot_key(&self.namespace, rev.cache_max_entries),
             Some(&entry.encode()),
             None,
@@ -475,6 +471,6 @@ impl Shared {
 
 fn bad_logout(description: &str) -> Action {
     let body = serde_json::json!({"error": "invalid_request", "error_description": description}).to_string();
-    let _ = hostcalls::send_http_response(400, vec![("content-type", "application/json")], Some(body.as_bytes()));
+    let _ = host::send_http_response(400, vec![("content-type", "application/json")], Some(body.as_bytes()));
     Action::Pause
 }

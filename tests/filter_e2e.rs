@@ -482,6 +482,35 @@ fn hostile_input_never_kills_the_vm() {
     for (k, v) in weird_headers {
         assert_eq!(get(e, "main", "/api", &[(k, v)]).status, 401);
     }
+    // Header values that are not UTF-8 (HTTP/1.1 allows obs-text): the SDK's header reader
+    // panicked on them, and one such request killed the VM for every request on its worker.
+    let url = e.url("main", "/api");
+    let authority = url.trim_start_matches("http://").split('/').next().unwrap_or_default().to_string();
+    let raw = |extra: &[u8]| -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&authority).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut request = format!("GET /api HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n").into_bytes();
+        request.extend_from_slice(extra);
+        request.extend_from_slice(b"\r\n");
+        stream.write_all(&request).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer).to_string();
+        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, text)
+    };
+    let (status, text) = raw(b"authorization: Bearer \xff\xfe\r\n");
+    assert_eq!(status, 401, "{text}");
+    // A valid token beside a forged claim header whose value is not UTF-8: the forged header is
+    // still seen, and stripped.
+    let forged = [format!("authorization: Bearer {good}\r\n").as_bytes(), b"x-jwt-sub: \xffadmin\r\n"].concat();
+    let (status, text) = raw(&forged);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("\"x-jwt-sub\":\"alice\"") && !text.contains("admin"),
+        "the forged header reached upstream: {text}"
+    );
     assert_eq!(get(e, "main", "/api", &[("authorization", &bearer(&good))]).status, 200, "VM still serves");
     assert!(!e.log_text().contains("panicked"), "a panic was logged");
 }
