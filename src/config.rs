@@ -121,7 +121,7 @@ struct RawConfig {
     #[serde(default = "yes")]
     host_crypto: bool,
     #[serde(default = "default_max_token_bytes")]
-    max_token_bytes: usize,
+    max_token_bytes: u32,
     revocation: Option<RawRevocation>,
     stat_prefix: Option<String>,
 }
@@ -183,7 +183,7 @@ struct RawFeed {
     #[serde(default = "default_wait_for_set_ms")]
     wait_for_set_ms: u64,
     #[serde(default = "default_feed_max_entries")]
-    max_entries: usize,
+    max_entries: u32,
 }
 
 impl Default for RawFeed {
@@ -273,6 +273,9 @@ struct RawProvider {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "RemoteJwks"))]
 struct RawRemoteJwks {
     cluster: String,
+    /// With `oidc_discovery`: the cluster of the discovered `jwks_uri`'s host, when it is not
+    /// the issuer's (default: `cluster`).
+    jwks_cluster: Option<String>,
     uri: Option<String>,
     authority: Option<String>,
     path: Option<String>,
@@ -293,9 +296,9 @@ struct RawRemoteJwks {
     #[serde(default = "default_unknown_kid_interval_seconds")]
     unknown_kid_min_interval_seconds: u64,
     #[serde(default = "default_max_jwks_bytes")]
-    max_jwks_bytes: usize,
+    max_jwks_bytes: u32,
     #[serde(default = "default_max_keys")]
-    max_keys: usize,
+    max_keys: u32,
 }
 
 #[derive(Deserialize)]
@@ -348,7 +351,7 @@ struct RawClaimToHeader {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "JwtCacheConfig"))]
 struct RawCacheConfig {
-    jwt_cache_size: usize,
+    jwt_cache_size: u32,
 }
 
 #[derive(Deserialize)]
@@ -418,8 +421,8 @@ fn yes() -> bool {
 fn default_realm() -> String {
     "jwtguard".into()
 }
-fn default_max_token_bytes() -> usize {
-    DEFAULT_MAX_TOKEN_BYTES
+fn default_max_token_bytes() -> u32 {
+    DEFAULT_MAX_TOKEN_BYTES as u32
 }
 fn default_skew() -> u64 {
     60
@@ -445,10 +448,10 @@ fn default_wait_for_keys_ms() -> u64 {
 fn default_unknown_kid_interval_seconds() -> u64 {
     10
 }
-fn default_max_jwks_bytes() -> usize {
+fn default_max_jwks_bytes() -> u32 {
     64 * 1024
 }
-fn default_max_keys() -> usize {
+fn default_max_keys() -> u32 {
     100
 }
 fn default_status_path() -> String {
@@ -491,7 +494,7 @@ fn default_wait_for_set_ms() -> u64 {
     2_000
 }
 /// A million entries is on the order of 100 MB per worker at the worst (long `jti`s).
-fn default_feed_max_entries() -> usize {
+fn default_feed_max_entries() -> u32 {
     1_000_000
 }
 fn default_retry_after() -> u32 {
@@ -793,7 +796,7 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         realm: raw.realm,
         include_error_description: raw.include_error_description,
         host_crypto: raw.host_crypto,
-        max_token_bytes: raw.max_token_bytes,
+        max_token_bytes: raw.max_token_bytes as usize,
         output_headers,
         revocation,
         namespace: String::new(),
@@ -875,7 +878,7 @@ fn build_feed(f: RawFeed) -> Result<FeedConfig, ConfigError> {
         path: f.path,
         max_staleness_ms: f.max_staleness_ms,
         wait_for_set_ms: f.wait_for_set_ms,
-        max_entries: f.max_entries,
+        max_entries: f.max_entries as usize,
     })
 }
 
@@ -976,7 +979,7 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
         forward: p.forward,
         forward_payload_header,
         claim_to_headers,
-        jwt_cache_size: p.jwt_cache_config.map_or(DEFAULT_JWT_CACHE_SIZE, |c| c.jwt_cache_size),
+        jwt_cache_size: p.jwt_cache_config.map_or(DEFAULT_JWT_CACHE_SIZE, |c| c.jwt_cache_size as usize),
         remote_jwks,
         algorithms: allowed,
     })
@@ -988,6 +991,14 @@ fn build_remote_jwks(name: &str, r: RawRemoteJwks, issuer: Option<&str>) -> Resu
     if r.cluster.is_empty() {
         return Err(err(at("cluster"), "must name an Envoy cluster"));
     }
+    let jwks_cluster = match r.jwks_cluster {
+        None => r.cluster.clone(),
+        Some(_) if !r.oidc_discovery => {
+            return Err(err(at("jwks_cluster"), "only with oidc_discovery (the cluster of the jwks_uri it finds)"))
+        }
+        Some(c) if c.is_empty() => return Err(err(at("jwks_cluster"), "must name an Envoy cluster")),
+        Some(c) => c,
+    };
     // With discovery and no uri, the issuer's own configuration document.
     let uri = match (&r.uri, r.oidc_discovery, issuer) {
         (Some(u), _, _) => Some(u.clone()),
@@ -1005,6 +1016,7 @@ fn build_remote_jwks(name: &str, r: RawRemoteJwks, issuer: Option<&str>) -> Resu
     let positive = |field: &str, v: u64| if v == 0 { Err(err(at(field), "must be positive")) } else { Ok(v) };
     Ok(RemoteJwks {
         cluster: r.cluster,
+        jwks_cluster,
         authority,
         path,
         oidc_discovery: r.oidc_discovery,
@@ -1015,8 +1027,8 @@ fn build_remote_jwks(name: &str, r: RawRemoteJwks, issuer: Option<&str>) -> Resu
         max_stale_ms: r.max_stale_seconds.saturating_mul(1000),
         wait_ms: r.wait_for_keys_ms,
         unknown_kid_interval_ms: r.unknown_kid_min_interval_seconds.saturating_mul(1000),
-        max_bytes: r.max_jwks_bytes,
-        max_keys: r.max_keys,
+        max_bytes: r.max_jwks_bytes as usize,
+        max_keys: r.max_keys as usize,
     })
 }
 
@@ -1295,7 +1307,16 @@ pub(crate) mod tests {
         assert_eq!((r.authority.as_str(), r.path.as_str()), ("a", "/k"));
         let r = parse(r#""cluster": "idp", "oidc_discovery": true"#).unwrap();
         assert_eq!(r.path, "/.well-known/openid-configuration", "derived from the issuer");
+        assert_eq!(r.jwks_cluster, "idp", "the discovered jwks_uri through the issuer's cluster by default");
+        let r = parse(r#""cluster": "idp", "oidc_discovery": true, "jwks_cluster": "keys""#).unwrap();
+        assert_eq!((r.cluster.as_str(), r.jwks_cluster.as_str()), ("idp", "keys"));
         for (remote, field) in [
+            (
+                r#""cluster": "idp", "uri": "http://a/k", "jwks_cluster": "keys""#,
+                "providers.p.remote_jwks.jwks_cluster",
+            ),
+            (r#""cluster": "idp", "oidc_discovery": true, "jwks_cluster": """#, "providers.p.remote_jwks.jwks_cluster"),
+            (r#""cluster": "idp", "uri": "http://a/k", "max_keys": 4294967296"#, "providers.p.remote_jwks.max_keys"),
             (r#""cluster": "idp""#, "providers.p.remote_jwks.uri"),
             (r#""cluster": "idp", "uri": "ftp://x/k""#, "providers.p.remote_jwks.uri"),
             (r#""cluster": "idp", "authority": "a", "path": "k""#, "providers.p.remote_jwks.path"),

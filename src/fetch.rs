@@ -100,12 +100,13 @@ impl Shared {
         } else {
             None
         };
-        let (authority, path, callout) = match discovered {
-            Some((a, p)) => (a, p, Callout::Jwks { remote: i }),
+        let (cluster, authority, path, callout) = match discovered {
+            // A jwks_uri on another host than the issuer's goes through its own cluster.
+            Some((a, p)) => (&r.cfg.jwks_cluster, a, p, Callout::Jwks { remote: i }),
             None if r.cfg.oidc_discovery => {
-                (r.cfg.authority.clone(), r.cfg.path.clone(), Callout::Discovery { remote: i })
+                (&r.cfg.cluster, r.cfg.authority.clone(), r.cfg.path.clone(), Callout::Discovery { remote: i })
             }
-            None => (r.cfg.authority.clone(), r.cfg.path.clone(), Callout::Jwks { remote: i }),
+            None => (&r.cfg.cluster, r.cfg.authority.clone(), r.cfg.path.clone(), Callout::Jwks { remote: i }),
         };
         let headers = vec![
             (":method", "GET"),
@@ -113,10 +114,10 @@ impl Shared {
             (":authority", authority.as_str()),
             ("accept", "application/json"),
         ];
-        match dispatch(&r.cfg.cluster, headers, None, Duration::from_millis(r.cfg.timeout_ms)) {
+        match dispatch(cluster, headers, None, Duration::from_millis(r.cfg.timeout_ms)) {
             Ok(token) => Some((token, callout)),
             Err(status) => {
-                self.fetch_failed(i, &format!("callout to cluster {:?} refused: {status:?}", r.cfg.cluster));
+                self.fetch_failed(i, &format!("callout to cluster {cluster:?} refused: {status:?}"));
                 None
             }
         }

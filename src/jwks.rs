@@ -10,6 +10,8 @@ use jsonwebtoken::Algorithm;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteJwks {
     pub cluster: String,
+    /// The cluster of a discovered `jwks_uri` (`cluster` unless configured).
+    pub jwks_cluster: String,
     pub authority: String,
     /// The JWKS path, or with `oidc_discovery` the discovery document's.
     pub path: String,
@@ -250,6 +252,7 @@ mod tests {
     fn cfg() -> RemoteJwks {
         RemoteJwks {
             cluster: "idp".into(),
+            jwks_cluster: "idp".into(),
             authority: "idp".into(),
             path: "/jwks".into(),
             oidc_discovery: false,

@@ -317,6 +317,33 @@ fn oidc_discovery_finds_the_jwks() {
     assert!(server.fetches() >= 1);
 }
 
+/// A discovered jwks_uri on another host than the issuer (as with Okta's or Entra ID's key
+/// hosts): fetched through `jwks_cluster`, not the issuer's cluster — which here serves no keys.
+#[test]
+fn a_discovered_jwks_uri_on_another_host_goes_through_its_own_cluster() {
+    let (k1, _) = keys("jwks-other-host-keys");
+    let issuer_host = JwksServer::start(Mode::Down);
+    let key_host = JwksServer::start(jwks(&[&k1]));
+    let dir = scratch_dir("jwks-other-host");
+    let echo = Echo::start("127.0.0.1:0").unwrap();
+    let remote = json!({"cluster": "issuer", "jwks_cluster": "keys", "oidc_discovery": true,
+                        "uri": "http://jwks.test/.well-known/openid-configuration", "failed_refetch_seconds": 1});
+    let config = json!({
+        "providers": {"idp": {"issuer": ISSUER, "remote_jwks": remote}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+    });
+    let listeners = [Listener::to_cluster("main", vec![jwtguard_filter("main", &config)], "upstream")];
+    let clusters = [
+        static_cluster("upstream", echo.port),
+        static_cluster("issuer", issuer_host.port),
+        static_cluster("keys", key_host.port),
+    ];
+    let e = Envoy::start(&dir, &bootstrap(&listeners, &clusters));
+    first_keys(&e, &token(&k1));
+    assert!(key_host.fetches() >= 1);
+    assert_eq!(issuer_host.fetches(), 0, "the keys were not asked of the issuer's host");
+}
+
 fn token_for(key: &KeyPair, issuer: &str) -> String {
     key.sign(&json!({"iss": issuer, "sub": "alice", "exp": now() + 600}))
 }
