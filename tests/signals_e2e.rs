@@ -151,8 +151,8 @@ fn a_backchannel_logout_refuses_that_session_or_that_subject_on_every_envoy() {
     assert!(w.accepted_everywhere(&other_user), "forged");
 }
 
-/// CAEP `session-revoked` pushed (RFC 8935) with a complex subject ends that session; RISC
-/// `account-disabled` polled (RFC 8936) revokes every older token of the account.
+/// CAEP `session-revoked` with a complex subject ends that session, RISC `account-disabled`
+/// revokes every older token of the account — each pushed (RFC 8935) and polled (RFC 8936).
 #[test]
 fn caep_and_risc_signals_pushed_and_polled_refuse_on_every_envoy() {
     let w = world("signals-ssf");
@@ -181,6 +181,19 @@ fn caep_and_risc_signals_pushed_and_polled_refuse_on_every_envoy() {
     wait_for("the SET acknowledged", Duration::from_secs(5), || w.idp.acknowledged().contains(&jti).then_some(()));
     assert!(w.accepted_everywhere(&carol_2));
     assert_eq!(w.idp.pending(), 0);
+
+    // And the other way round: RISC pushed, CAEP polled.
+    let erin = w.token("erin", "e1", t);
+    assert!(w.accepted_everywhere(&erin));
+    let disabled = w.idp.set(AUDIENCE, idp::RISC_ACCOUNT_DISABLED, idp::iss_sub(&w.idp.issuer(), "erin"), json!({}));
+    let sent = Instant::now();
+    assert_eq!(w.push(&disabled), (202, String::new()));
+    w.refused_everywhere(&erin, sent);
+    let subject = idp::user_session(idp::iss_sub(&w.idp.issuer(), "carol"), "c2");
+    let queued = Instant::now();
+    w.idp.queue(&w.idp.set(AUDIENCE, idp::CAEP_SESSION_REVOKED, subject, json!({"event_timestamp": now()})));
+    w.refused_everywhere(&carol_2, queued);
+    assert!(w.accepted_everywhere(&w.token("carol", "c3", t)), "her other sessions stay");
 }
 
 /// A claim of a compact JWT, read without verification (the test's own tokens).
