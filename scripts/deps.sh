@@ -40,14 +40,20 @@ installed schemathesis "$SCHEMATHESIS" ||
   .venv/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS"
 
 # promtool 2.42 (tests/monitoring.rs: `promtool check rules`, `promtool test rules`), taken from
-# Debian's prometheus package into the venv: installing the package itself would also install,
-# enable and start a Prometheus server. The binary needs only libc.
+# Debian's prometheus package, at a pinned version, into the venv: installing the package itself
+# would also install, enable and start a Prometheus server. The binary needs only libc.
 PROMTOOL=2.42.0
+PROMETHEUS_DEB=2.42.0+ds-5+deb12u1
 if ! .venv/bin/promtool --version 2>/dev/null | grep -q "version $PROMTOOL+"; then
   deb_dir=$(mktemp -d .venv/prometheus-deb.XXXXXX)
-  if ! (cd "$deb_dir" && apt-get download -qq prometheus 2>/dev/null); then
+  if ! (cd "$deb_dir" && apt-get download -qq "prometheus=$PROMETHEUS_DEB" 2>/dev/null); then
     as_root apt-get update -qq
-    (cd "$deb_dir" && apt-get download -qq prometheus)
+    (cd "$deb_dir" && apt-get download -qq "prometheus=$PROMETHEUS_DEB") || {
+      echo "Debian no longer serves prometheus=$PROMETHEUS_DEB (apt-cache policy prometheus lists what it has):" \
+        "set PROMETHEUS_DEB (and PROMTOOL) in scripts/deps.sh to it, then run cargo test --test monitoring" >&2
+      rm -rf "$deb_dir"
+      exit 1
+    }
   fi
   # Extracted beside the .deb (in the venv: same file system), then renamed into place: a
   # concurrent run may be executing the old one.
@@ -70,6 +76,14 @@ installed kubernetes-validate "$KUBERNETES_VALIDATE" ||
   .venv/bin/pip install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE"
 installed check-jsonschema "$CHECK_JSONSCHEMA" ||
   .venv/bin/pip install -q --disable-pip-version-check "check-jsonschema==$CHECK_JSONSCHEMA"
+# Node.js is the machine's, or Debian's package (18 on Debian 12): the packages declare Node.js
+# >= 22 (npm warns with EBADENGINE and installs them); check.mjs was run on 18.20 (Debian 12's)
+# and 20.20, and is refused on anything older than 18.
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$node_major" -ge 18 ] || {
+  echo "Node.js $(node --version) is older than 18, which envoy/istio/schema-check needs" >&2
+  exit 1
+}
 schema_check=.venv/schema-check
 if [ ! -d "$schema_check/node_modules" ] ||
    ! cmp -s envoy/istio/schema-check/package-lock.json "$schema_check/package-lock.json"; then

@@ -1,7 +1,8 @@
 //! Where users run it: the OCI image of the filter (checked with skopeo), the Istio manifests of
 //! envoy/istio (checked against the schemas of named Kubernetes, Istio and Gateway API releases,
 //! the filter's own configuration parser, and each other: every cluster a pluginConfig names
-//! exists for the proxy that calls it), and the compose stack (checked against the compose
+//! exists for the proxy that calls it; their stats_tags override run by a real Envoy set up as
+//! Istio sets it up), and the compose stack (checked against the compose
 //! specification's schema and by docker-compose, its Envoy configuration by Envoy, its
 //! healthchecks against the real programs). Nothing here runs Kubernetes or a Docker engine:
 //! this machine has neither (docs/deployment.md says what that leaves unchecked).
@@ -86,6 +87,9 @@ fn yaml_documents(path: &str) -> Vec<Value> {
 const KUBERNETES_VERSION: &str = "1.34";
 const SHAPES: [&str; 3] = ["envoy/istio/wasmplugin.yaml", "envoy/istio/gateway.yaml", "envoy/istio/waypoint.yaml"];
 const SHARED: [&str; 2] = ["envoy/istio/revocation.yaml", "envoy/istio/identity-provider.yaml"];
+const SIDECAR_EGRESS: &str = "envoy/istio/optional-sidecar-egress.yaml";
+const REGISTRY_CREDENTIALS: &str = "envoy/istio/optional-registry-credentials.yaml";
+const OPTIONAL: [&str; 2] = [SIDECAR_EGRESS, REGISTRY_CREDENTIALS];
 
 fn is_crd(doc: &Value) -> bool {
     let api = doc["apiVersion"].as_str().unwrap_or("");
@@ -144,13 +148,46 @@ fn check_schemas(name: &str, docs: &[Value]) -> Result<(), String> {
     }
 }
 
+/// The documents of every file of envoy/istio, and the Deployment overlays of the gateway and
+/// waypoint shapes (strategic merge patches Istio applies to the Deployment it makes) completed
+/// into Deployments, so that the schema checks the fields they set.
+fn istio_documents() -> Vec<(String, Value)> {
+    let mut files = Vec::new();
+    for path in SHARED.iter().chain(&SHAPES).chain(&OPTIONAL) {
+        for doc in yaml_documents(path) {
+            if let Some(overlay) = doc["data"]["deployment"].as_str() {
+                let mut deployment = yaml_value(overlay);
+                deployment["apiVersion"] = json!("apps/v1");
+                deployment["kind"] = json!("Deployment");
+                deployment["metadata"] = json!({"name": "overlay"});
+                deployment["spec"]["selector"] = json!({"matchLabels": {"app": "overlay"}});
+                files.push((format!("{path}, the overlay of ConfigMap {}", doc["metadata"]["name"]), deployment));
+            }
+            files.push((path.to_string(), doc));
+        }
+    }
+    files
+}
+
+/// One YAML document given as text, as JSON.
+fn yaml_value(text: &str) -> Value {
+    use std::io::Write;
+    let script = "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))";
+    let mut child = Command::new(venv("python"))
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the venv's python (make deps)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "not YAML:\n{text}");
+    serde_json::from_slice(&out.stdout).expect("JSON from PyYAML")
+}
+
 #[test]
 fn the_istio_manifests_pass_the_kubernetes_istio_and_gateway_api_schemas() {
-    let files: Vec<(&str, Value)> = SHARED
-        .iter()
-        .chain(&SHAPES)
-        .flat_map(|path| yaml_documents(path).into_iter().map(move |d| (*path, d)))
-        .collect();
+    let files = istio_documents();
     let docs: Vec<Value> = files.iter().map(|(_, d)| d.clone()).collect();
     for ((path, doc), problem) in files.iter().zip(schema_problems("istio", &docs)) {
         assert!(problem.is_empty(), "{path}, {} {}:\n{problem}", doc["kind"], doc["metadata"]["name"]);
@@ -215,6 +252,9 @@ fn parse_plugin_config(plugin: &Value) -> Config {
     Config::parse(config.as_bytes()).unwrap_or_else(|e| panic!("pluginConfig refused: {e}"))
 }
 
+/// The identity provider's logout signals, which the gateway routes to the revocation service.
+const SIGNALS: [&str; 2] = ["/v1/backchannel-logout", "/v1/ssf/push"];
+
 #[test]
 fn every_shape_has_a_fail_closed_authn_plugin_whose_config_the_filter_accepts() {
     let plugins: Vec<Value> = SHAPES.iter().map(|p| plugin_of(p)).collect();
@@ -225,10 +265,14 @@ fn every_shape_has_a_fail_closed_authn_plugin_whose_config_the_filter_accepts() 
         assert!(spec["url"].as_str().unwrap().starts_with("oci://"), "{path}");
         assert!(spec["imagePullSecret"].is_string(), "{path}");
         parse_plugin_config(plugin);
-        assert_eq!(
-            spec["pluginConfig"], plugins[0]["spec"]["pluginConfig"],
-            "{path}: the shapes differ only in their proxies"
-        );
+        // The shapes differ only in their proxies, and the gateway in the public routes of the
+        // identity provider's signals, first so that they match first.
+        let mut config = spec["pluginConfig"].clone();
+        if *path == "envoy/istio/gateway.yaml" {
+            let public: Vec<Value> = config["rules"].as_array_mut().unwrap().drain(..SIGNALS.len()).collect();
+            assert_eq!(public, SIGNALS.map(|p| json!({"match": {"path": p, "methods": ["POST"]}})), "{path}");
+        }
+        assert_eq!(config, plugins[0]["spec"]["pluginConfig"], "{path}: the shapes differ only in their proxies");
     }
 }
 
@@ -287,9 +331,10 @@ fn originates_tls(docs: &[Value], host: &str, port: u64) -> bool {
 
 /// Every cluster a shape's pluginConfig calls exists for the proxy that calls it, under that
 /// name: a Service or ServiceEntry with that host and port, TLS originated where the URL is
-/// https, and visible to the proxy (a restricting Sidecar lists it; a waypoint, or a gateway
-/// that filters its clusters, has it in meshConfig.extensionProviders). The manifests of issue
-/// 11 failed this: a ServiceEntry-less cluster for the identity provider, no TLS.
+/// https, and visible to the proxy (the optional Sidecar that restricts the sidecars' egress
+/// lists it; a waypoint, or a gateway that filters its clusters, has it in
+/// meshConfig.extensionProviders). The manifests of issue 11 failed this: a ServiceEntry-less
+/// cluster for the identity provider, no TLS.
 #[test]
 fn every_cluster_a_plugin_calls_exists_for_its_proxy() {
     let shared: Vec<Value> = SHARED.iter().flat_map(|p| yaml_documents(p)).collect();
@@ -302,33 +347,42 @@ fn every_cluster_a_plugin_calls_exists_for_its_proxy() {
         .flat_map(|p| p.as_object().unwrap().values().filter(|v| v.is_object()))
         .map(|v| (v["service"].as_str().unwrap().to_string(), v["port"].as_u64().unwrap()))
         .collect();
+    let sidecar = find(&yaml_documents(SIDECAR_EGRESS), "Sidecar").clone();
     for path in SHAPES {
         let docs = yaml_documents(path);
         let plugin = find(&docs, "WasmPlugin");
         let config = parse_plugin_config(plugin);
         let revocation = config.revocation.as_ref().expect("revocation configured");
-        let mut callouts = vec![(revocation.cluster.clone(), format!("http://{}/", revocation.authority))];
+        // (cluster, the :authority the filter sends there if known, whether the URL is https)
+        let mut callouts = vec![(revocation.cluster.clone(), Some(revocation.authority.clone()), false)];
         for provider in &config.providers {
-            let raw = &plugin["spec"]["pluginConfig"]["providers"][&provider.name]["remote_jwks"];
-            if let Some(jwks) = &provider.remote_jwks {
-                callouts.push((jwks.cluster.clone(), raw["uri"].as_str().expect("remote_jwks.uri").to_string()));
+            let Some(jwks) = &provider.remote_jwks else { continue };
+            let raw = &plugin["spec"]["pluginConfig"]["providers"][&provider.name];
+            // The key set's uri, or with oidc_discovery the issuer's discovery document.
+            let url = raw["remote_jwks"]["uri"].as_str().or(raw["issuer"].as_str()).expect("uri or issuer");
+            let https = url.starts_with("https://");
+            callouts.push((jwks.cluster.clone(), Some(jwks.authority.clone()), https));
+            if jwks.jwks_cluster != jwks.cluster {
+                // The jwks_uri the discovery document names, on its own host.
+                callouts.push((jwks.jwks_cluster.clone(), None, https));
             }
         }
-        let sidecar = docs.iter().find(|d| d["kind"] == "Sidecar");
-        for (cluster, url) in callouts {
+        let selected = plugin["spec"]["selector"].is_object();
+        for (cluster, authority, https) in callouts {
             let (host, port) = istio_cluster(&cluster);
             let known = hosts.iter().find(|h| h.host == host && h.ports.contains(&port));
             let known = known.unwrap_or_else(|| panic!("{path}: no Service or ServiceEntry for {cluster}"));
-            let (scheme, rest) = url.split_once("://").unwrap();
-            let authority = rest.split('/').next().unwrap();
-            assert_eq!(authority, host, "{path}: {url} is not sent to the host of {cluster}");
-            if scheme == "https" {
+            if let Some(authority) = authority {
+                assert_eq!(authority, host, "{path}: {authority} is not the host of {cluster}");
+            }
+            if https {
                 assert!(originates_tls(&shared, &host, port), "{path}: no DestinationRule originates TLS on {cluster}");
             }
-            if let Some(sidecar) = sidecar {
+            if selected {
+                assert_eq!(sidecar["metadata"]["namespace"], plugin["metadata"]["namespace"], "{SIDECAR_EGRESS}");
                 let listed = format!("{}/{host}", known.namespace);
                 let egress = &sidecar["spec"]["egress"][0]["hosts"];
-                assert!(egress.as_array().unwrap().contains(&json!(listed)), "{path}: the Sidecar hides {cluster}");
+                assert!(egress.as_array().unwrap().contains(&json!(listed)), "{SIDECAR_EGRESS} hides {cluster}");
             }
             if plugin["spec"]["targetRefs"].is_array() {
                 assert!(providers.contains(&(host.clone(), port)), "{path}: {cluster} is not in istiod-values.yaml");
@@ -492,6 +546,129 @@ fn the_revocation_service_is_restricted_and_only_its_callers_reach_it() {
         });
         assert!(admitted, "the NetworkPolicy keeps {namespace} out");
     }
+
+    // Prometheus scrapes the sidecar agent (15020), which fetches the service's /metrics over
+    // localhost and merges it with the sidecar's stats: the pod names the port and path, and
+    // the NetworkPolicy lets the agent's port in. Issue 11's Deployment named none.
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], json!(port.to_string()), "the container port");
+    let metrics_path = annotations["prometheus.io/path"].as_str().unwrap().to_string();
+    assert!(service_routes().contains(&("GET".to_string(), metrics_path.clone())), "{metrics_path} is not a route");
+    let scraped = network["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|rule| rule["ports"].as_array().unwrap().iter().any(|p| p["port"] == 15020));
+    assert!(scraped, "the NetworkPolicy keeps Prometheus from the sidecar agent's merged metrics");
+}
+
+/// The identity provider's logout signals get from outside the mesh through the shipped
+/// gateway to the service: a route admitted by the Gateway's listener sends exactly those two
+/// POSTs to the service's port, and the filter's own rule matching lets exactly them through
+/// without a user token (a POST elsewhere and any other method still need one). Issue 11's
+/// gateway admitted routes from `orders` only, and its catch-all rule required a token.
+#[test]
+fn the_gateway_routes_the_identity_providers_signals_to_the_service_without_a_user_token() {
+    let docs = yaml_documents("envoy/istio/gateway.yaml");
+    let services = yaml_documents("envoy/istio/revocation.yaml");
+    let service = find(&services, "Service");
+    let (name, namespace) = (&service["metadata"]["name"], &service["metadata"]["namespace"]);
+    let gateway = find(&docs, "Gateway");
+    let to_service = docs
+        .iter()
+        .find(|d| d["kind"] == "HTTPRoute" && d["metadata"]["namespace"] == *namespace)
+        .expect("an HTTPRoute in the service's namespace");
+    let parent = &to_service["spec"]["parentRefs"][0];
+    assert_eq!(
+        (&parent["name"], &parent["namespace"]),
+        (&gateway["metadata"]["name"], &gateway["metadata"]["namespace"])
+    );
+    let rules = to_service["spec"]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1);
+    let backend = &rules[0]["backendRefs"][0];
+    assert_eq!(&backend["name"], name);
+    assert!(service["spec"]["ports"].as_array().unwrap().iter().any(|p| p["port"] == backend["port"]));
+    let matches: Vec<Value> = rules[0]["matches"].as_array().unwrap().clone();
+    let expected: Vec<Value> =
+        SIGNALS.iter().map(|p| json!({"method": "POST", "path": {"type": "Exact", "value": p}})).collect();
+    assert_eq!(matches, expected, "exactly the two signals");
+    for (method, path) in SIGNALS.map(|p| ("POST".to_string(), p.to_string())) {
+        assert!(service_routes().contains(&(method, path.clone())), "{path} is not a route of the service");
+    }
+
+    // The listener admits both routes' namespaces.
+    let admits = |ns: &str| {
+        gateway["spec"]["listeners"].as_array().unwrap().iter().any(|l| {
+            let from = &l["allowedRoutes"]["namespaces"];
+            match from["from"].as_str() {
+                Some("All") => true,
+                Some("Same") | None => gateway["metadata"]["namespace"] == ns,
+                Some("Selector") => {
+                    let s = &from["selector"];
+                    s["matchLabels"]["kubernetes.io/metadata.name"] == ns
+                        || s["matchExpressions"].as_array().into_iter().flatten().any(|e| {
+                            e["key"] == "kubernetes.io/metadata.name"
+                                && e["operator"] == "In"
+                                && e["values"].as_array().unwrap().contains(&json!(ns))
+                        })
+                }
+                Some(other) => panic!("allowedRoutes from {other}"),
+            }
+        })
+    };
+    for route in docs.iter().filter(|d| d["kind"] == "HTTPRoute") {
+        let ns = route["metadata"]["namespace"].as_str().unwrap();
+        assert!(admits(ns), "the Gateway does not admit routes from {ns}");
+    }
+
+    // The filter decides by its first matching rule: public (no `requires`) for exactly these.
+    let config = parse_plugin_config(find(&docs, "WasmPlugin"));
+    let public = |method: &str, path: &str| {
+        let rule = config.rules.iter().find(|r| r.matcher.matches(method, path));
+        rule.is_some_and(|r| r.requires.is_none())
+    };
+    for path in SIGNALS {
+        assert!(public("POST", path), "POST {path} needs a user token");
+        assert!(!public("GET", path), "GET {path} is public");
+        assert!(!public("POST", &format!("{path}/more")), "{path}/more is public");
+    }
+    for path in ["/", "/v1/revoke", "/v1/status", "/orders", "/logout"] {
+        assert!(!public("POST", path) && !public("GET", path), "{path} is public");
+    }
+}
+
+/// The pull credentials are placeholders in one optional file, one Secret per namespace that
+/// pulls with them, not in the manifests (which would replace a real Secret when applied again).
+#[test]
+fn the_registry_credentials_are_an_optional_file_of_their_own() {
+    let secrets = yaml_documents(REGISTRY_CREDENTIALS);
+    let mut pulls = Vec::new();
+    for path in SHARED.iter().chain(&SHAPES) {
+        for doc in yaml_documents(path) {
+            let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+            assert!(
+                !(doc["kind"] == "Secret" && doc["type"] == "kubernetes.io/dockerconfigjson"),
+                "{path} holds pull credentials"
+            );
+            if let Some(name) = doc["spec"]["imagePullSecret"].as_str() {
+                pulls.push((namespace.clone(), name.to_string()));
+            }
+            for s in doc["spec"]["template"]["spec"]["imagePullSecrets"].as_array().into_iter().flatten() {
+                pulls.push((namespace.clone(), s["name"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    assert!(pulls.len() >= 4, "{pulls:?}");
+    for (namespace, name) in pulls {
+        let found = secrets.iter().any(|s| {
+            s["kind"] == "Secret"
+                && s["type"] == "kubernetes.io/dockerconfigjson"
+                && s["metadata"]["namespace"] == namespace.as_str()
+                && s["metadata"]["name"] == name.as_str()
+        });
+        assert!(found, "{REGISTRY_CREDENTIALS} has no {namespace}/{name}");
+    }
 }
 
 /// Istio's WasmPlugin `sha256` is compared with the pulled image's manifest digest, as hex
@@ -613,16 +790,23 @@ fn the_compose_envoy_config_is_accepted_by_envoy_with_the_filter() {
 
 /// The compose healthchecks probe the port each program listens on, and the probe works
 /// against the real programs: the revocation service's /readyz, the demo's JWKS and echo
-/// servers, Envoy's admin /ready (200), and fails on an error status or a closed port.
+/// servers, Envoy's admin /ready (200), and fails on an error status or a closed port. Bash
+/// runs the probe, where the image and Envoy's mount put it: its executable bit does not matter
+/// (issue 11's review: a checkout without it failed every healthcheck).
 #[test]
 fn the_compose_healthchecks_probe_the_real_programs() {
+    const HTTP_OK: &str = "/usr/local/bin/http-ok";
     let compose = &yaml_documents(COMPOSE)[0];
     let services = &compose["services"];
     let probe = |service: &str| -> (String, String) {
         let test = services[service]["healthcheck"]["test"].as_array().unwrap();
-        assert_eq!(test[..2], [json!("CMD"), json!("http-ok")], "{service}");
-        (test[2].as_str().unwrap().to_string(), test[3].as_str().unwrap().to_string())
+        assert_eq!(test[..3], [json!("CMD"), json!("bash"), json!(HTTP_OK)], "{service}");
+        (test[3].as_str().unwrap().to_string(), test[4].as_str().unwrap().to_string())
     };
+    let dockerfile = std::fs::read_to_string(repo_root().join("revocation/Dockerfile")).unwrap();
+    assert!(dockerfile.contains(&format!("COPY envoy/compose/http-ok {HTTP_OK}\n")), "the image's http-ok");
+    let mount = format!("./compose/http-ok:{HTTP_OK}:ro");
+    assert!(services["envoy"]["volumes"].as_array().unwrap().contains(&json!(mount)), "Envoy's http-ok");
     for service in ["revocation", "jwks", "upstream"] {
         let (port, _) = probe(service);
         let command = services[service]["command"].as_array().unwrap();
@@ -636,7 +820,8 @@ fn the_compose_healthchecks_probe_the_real_programs() {
     assert_eq!(services["redis"]["healthcheck"]["test"], json!(["CMD", "redis-cli", "ping"]));
 
     let http_ok = |port: u16, path: &str| {
-        Command::new(repo_root().join("envoy/compose/http-ok"))
+        Command::new("bash")
+            .arg(repo_root().join("envoy/compose/http-ok"))
             .arg(port.to_string())
             .arg(path)
             .status()
@@ -672,6 +857,204 @@ fn shipped_envoy_configs_carry_the_tested_stats_tags() {
         let docs = yaml_documents(path);
         assert_eq!(docs[0]["stats_config"]["stats_tags"], support::envoy::stats_tags(), "{path}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The filter's stats under Istio
+
+/// The bootstrap override the shapes ship: the JSON of a ConfigMap's `custom_bootstrap.json`.
+fn bootstrap_override(docs: &[Value], namespace: &Value) -> String {
+    let map = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap" && d["metadata"]["name"] == STATS_TAGS && d["metadata"]["namespace"] == *namespace
+        })
+        .unwrap_or_else(|| panic!("no ConfigMap {namespace}/{STATS_TAGS}"));
+    map["data"]["custom_bootstrap.json"].as_str().expect("custom_bootstrap.json").to_string()
+}
+
+const STATS_TAGS: &str = "jwtguard-stats-tags";
+/// The keys of a Gateway's parametersRef ConfigMap that Istio's deployment controller applies
+/// (any other refuses the whole overlay): istio/istio pilot/pkg/config/kube/gateway/
+/// deploymentcontroller.go, `supportedOverlays`.
+const ISTIO_OVERLAYS: [&str; 5] =
+    ["deployment", "service", "serviceAccount", "horizontalPodAutoscaler", "podDisruptionBudget"];
+
+/// Under Istio the bootstrap is Istio's, so the filter's provider and reason labels come as a
+/// bootstrap override: each shape ships a ConfigMap with exactly the tested stats_tags in its
+/// proxies' namespace, and the gateway and waypoint shapes mount it into the proxy of the
+/// Deployment Istio makes (their Gateway's parametersRef names a ConfigMap whose `deployment`
+/// overlay sets ISTIO_BOOTSTRAP_OVERRIDE to the mounted file). Sidecars get it through their
+/// pods' annotation (the application's pods: not shipped). Issue 11's manifests had none of it.
+#[test]
+fn every_istio_shape_ships_the_stats_tags_as_a_bootstrap_override() {
+    for path in SHAPES {
+        let docs = yaml_documents(path);
+        let plugin = find(&docs, "WasmPlugin");
+        let text = bootstrap_override(&docs, &plugin["metadata"]["namespace"]);
+        let tags: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(tags, json!({"stats_config": {"stats_tags": support::envoy::stats_tags()}}), "{path}");
+        if plugin["spec"]["targetRefs"].is_null() {
+            continue;
+        }
+        let gateway = find(&docs, "Gateway");
+        let params = &gateway["spec"]["infrastructure"]["parametersRef"];
+        assert_eq!((&params["group"], &params["kind"]), (&json!(""), &json!("ConfigMap")), "{path}");
+        let options = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "ConfigMap"
+                    && d["metadata"] == json!({"name": params["name"], "namespace": gateway["metadata"]["namespace"]})
+            })
+            .unwrap_or_else(|| panic!("{path}: no ConfigMap {}", params["name"]));
+        for key in options["data"].as_object().unwrap().keys() {
+            assert!(ISTIO_OVERLAYS.contains(&key.as_str()), "{path}: Istio refuses the overlay {key}");
+        }
+        let overlay = yaml_value(options["data"]["deployment"].as_str().expect("a deployment overlay"));
+        let pod = &overlay["spec"]["template"]["spec"];
+        let proxy =
+            pod["containers"].as_array().unwrap().iter().find(|c| c["name"] == "istio-proxy").expect("istio-proxy");
+        let file =
+            proxy["env"].as_array().unwrap().iter().find(|e| e["name"] == "ISTIO_BOOTSTRAP_OVERRIDE").expect("env")
+                ["value"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        let mounted = proxy["volumeMounts"].as_array().unwrap().iter().any(|m| {
+            let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == m["name"]);
+            file == format!("{}/custom_bootstrap.json", m["mountPath"].as_str().unwrap())
+                && volume.is_some_and(|v| v["configMap"]["name"] == STATS_TAGS)
+        });
+        assert!(mounted, "{path}: {file} is not the mounted {STATS_TAGS}");
+    }
+}
+
+/// Envoy started as Istio's agent starts it with a bootstrap override (istio/istio
+/// pkg/envoy/proxy.go): `-c` the bootstrap it generated, `--config-yaml` the override file's
+/// text. Killed on drop.
+struct IstioProxy {
+    child: std::process::Child,
+    admin: u16,
+    log: PathBuf,
+}
+
+impl Drop for IstioProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl IstioProxy {
+    fn start(dir: &Path, config: &Value, bootstrap_override: Option<&str>) -> IstioProxy {
+        std::fs::create_dir_all(dir).unwrap();
+        let (config_path, admin_path, log) = (dir.join("envoy.json"), dir.join("admin.txt"), dir.join("envoy.log"));
+        std::fs::write(&config_path, serde_json::to_vec(config).unwrap()).unwrap();
+        let mut cmd = Command::new(envoy_binary());
+        cmd.arg("-c").arg(&config_path).args(["--concurrency", "1", "--disable-hot-restart"]);
+        cmd.args(["--file-flush-interval-msec", "50"]);
+        cmd.arg("--admin-address-path").arg(&admin_path).arg("--log-path").arg(&log);
+        if let Some(text) = bootstrap_override {
+            cmd.args(["--config-yaml", text]);
+        }
+        let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut proxy = IstioProxy { child, admin: 0, log };
+        proxy.admin = wait_for("the admin address", Duration::from_secs(60), || {
+            let text = std::fs::read_to_string(&admin_path).ok()?;
+            text.trim().rsplit(':').next()?.parse().ok()
+        });
+        // Live once the listener, and so the plugin's configuration (which logs this line, then
+        // defines the stats, on the main thread that also answers the admin requests), is in.
+        wait_for("Envoy live with the plugin configured", Duration::from_secs(60), || {
+            assert!(proxy.child.try_wait().unwrap().is_none(), "envoy exited:\n{}", proxy.log_text());
+            let live = proxy.admin_get("/ready").is_some_and(|r| r.trim() == "LIVE");
+            (live && proxy.log_text().contains("jwtguard: providers")).then_some(())
+        });
+        proxy
+    }
+
+    fn admin_get(&self, path: &str) -> Option<String> {
+        ureq::get(&format!("http://127.0.0.1:{}{path}", self.admin)).call().ok()?.into_string().ok()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Istio's stats settings in the bootstrap it generates (tools/packaging/common/
+/// envoy_bootstrap.json with pkg/bootstrap/config.go, Istio 1.29): no Envoy default tags, some
+/// of Istio's own (those that match anywhere in a name), and stats made only for an inclusion
+/// list, of these prefixes by default.
+fn istio_stats_config(prefixes: &[&str]) -> Value {
+    json!({
+        "use_all_default_tags": false,
+        "stats_tags": [
+            {"tag_name": "cache", "regex": "(cache\\.(.+?)\\.)"},
+            {"tag_name": "component", "regex": "(component\\.(.+?)\\.)"},
+            {"tag_name": "tag", "regex": "(tag\\.(.+?);\\.)"},
+            {"tag_name": "wasm_filter", "regex": "(wasm_filter\\.(.+?)\\.)"}
+        ],
+        "stats_matcher": {"inclusion_list": {"patterns": prefixes.iter().map(|p| json!({"prefix": p})).collect::<Vec<_>>()}}
+    })
+}
+
+/// Istio's default inclusion prefixes (pkg/bootstrap/config.go
+/// `requiredEnvoyStatsMatcherInclusionPrefixes`, with the template's own): `wasm`, there since
+/// istio/istio#22639, is a prefix of `wasmcustom.`, the filter's stats.
+const ISTIO_STATS_PREFIXES: [&str; 8] =
+    ["reporter=", "cluster_manager", "listener_manager", "server", "cluster.xds-grpc", "wasm", "component", "istio"];
+
+/// With Istio's stats settings, the filter's stats are exported without further configuration
+/// (Istio includes `wasm…` stats by default), but without the provider and reason labels the
+/// alerts and the dashboard need; with the shipped bootstrap override passed as Istio's agent
+/// passes it, they have them. And not vacuously: without the `wasm` prefix none are exported.
+#[test]
+fn the_bootstrap_override_labels_the_filters_stats_in_an_istio_bootstrap() {
+    let docs = yaml_documents("envoy/istio/wasmplugin.yaml");
+    let text = bootstrap_override(&docs, &find(&docs, "WasmPlugin")["metadata"]["namespace"]);
+    let plugin = json!({
+        "providers": {"idp": {"issuer": "https://idp.example.com", "remote_jwks": {"cluster": "jwks", "uri": "http://jwks.test/keys"}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]
+    });
+    Config::parse(plugin.to_string().as_bytes()).expect("the plugin configuration");
+    let listener = Listener {
+        name: "in".into(),
+        filters: vec![support::envoy::jwtguard_filter("istio", &plugin)],
+        target: Target::DirectResponse,
+    };
+    let jwks = support::envoy::static_cluster("jwks", jwtguard_demo::redis::free_port());
+    let config = |prefixes: &[&str]| {
+        let mut c = bootstrap(std::slice::from_ref(&listener), std::slice::from_ref(&jwks));
+        c["stats_config"] = istio_stats_config(prefixes);
+        c
+    };
+    let dir = scratch_dir("istio-stats");
+    let prometheus = |name: &str, prefixes: &[&str], bootstrap_override: Option<&str>| {
+        let proxy = IstioProxy::start(&dir.join(name), &config(prefixes), bootstrap_override);
+        let text = proxy.admin_get("/stats/prometheus").unwrap();
+        std::fs::write(dir.join(format!("{name}.prom")), &text).unwrap();
+        text
+    };
+
+    let plain = prometheus("istio-defaults", &ISTIO_STATS_PREFIXES, None);
+    assert!(plain.contains("jwtguard_allowed"), "Istio's inclusion list drops the filter's stats:\n{plain}");
+    assert!(plain.contains("jwtguard_jwks_idp_age_ms"), "{plain}");
+    assert!(!plain.contains("provider=") && !plain.contains("reason="), "{plain}");
+
+    let tagged = prometheus("with-override", &ISTIO_STATS_PREFIXES, Some(&text));
+    for series in [
+        r#"jwtguard_jwks_age_ms{provider="idp"}"#,
+        r#"jwtguard_jwks_stale{provider="idp"}"#,
+        r#"jwtguard_denied{reason="expired"}"#,
+    ] {
+        assert!(tagged.contains(series), "no {series}:\n{tagged}");
+    }
+    assert!(!tagged.contains("jwtguard_jwks_idp_"), "{tagged}");
+
+    let without_wasm: Vec<&str> = ISTIO_STATS_PREFIXES.iter().copied().filter(|p| *p != "wasm").collect();
+    let dropped = prometheus("without-wasm-prefix", &without_wasm, Some(&text));
+    assert!(!dropped.contains("jwtguard_"), "{dropped}");
 }
 
 /// `make test` passes in a plain clone with nothing beside it: no tracked file but prose reads

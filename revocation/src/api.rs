@@ -110,28 +110,35 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The API endpoint a response answers, for `record`.
-#[derive(Clone, Copy)]
-struct Endpoint(&'static str);
+/// The `endpoint` label of each API route: a fixed set, whatever path a request has.
+const ENDPOINTS: [(&str, &str); 8] = [
+    ("/v1/backchannel-logout", "backchannel_logout"),
+    ("/v1/ssf/push", "ssf_push"),
+    ("/v1/revoke", "revoke"),
+    ("/v1/revoke-subject", "revoke_subject"),
+    ("/v1/sessions", "register_session"),
+    ("/v1/sessions/{jti}", "end_session"),
+    ("/v1/status", "status"),
+    ("/v1/feed", "feed"),
+];
 
-/// Answers an API request, marked with its endpoint so that `record` counts and times it.
-fn counted<T: IntoResponse>(endpoint: &'static str, result: Result<T, ApiError>) -> Response {
-    let mut response = result.into_response();
-    response.extensions_mut().insert(Endpoint(endpoint));
-    response
-}
-
-/// Counts and times every answer `counted` marked, by endpoint and status code, from the
-/// request's arrival (its body read included) to its answer; probes and /metrics are not counted.
+/// Counts and times every API request (`/v1/…`; probes, /metrics and /openapi.json aside) by
+/// endpoint and status code, from its arrival (its body read included) to its answer: those
+/// refused before a handler runs too (404, 405, 413). The endpoint is the matched route's, and
+/// `other` for a path no route has.
 async fn record(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !request.uri().path().starts_with("/v1/") {
+        return next.run(request).await;
+    }
+    let route = request.extensions().get::<axum::extract::MatchedPath>();
+    let endpoint =
+        route.and_then(|r| ENDPOINTS.iter().find(|(path, _)| *path == r.as_str())).map_or("other", |(_, e)| *e);
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    if let Some(&Endpoint(endpoint)) = response.extensions().get::<Endpoint>() {
-        let code = response.status().as_u16().to_string();
-        metrics::histogram!("jwtguard_revocation_request_duration_seconds", "endpoint" => endpoint, "code" => code.clone())
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("jwtguard_revocation_requests_total", "endpoint" => endpoint, "code" => code).increment(1);
-    }
+    let code = response.status().as_u16().to_string();
+    metrics::histogram!("jwtguard_revocation_request_duration_seconds", "endpoint" => endpoint, "code" => code.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("jwtguard_revocation_requests_total", "endpoint" => endpoint, "code" => code).increment(1);
     response
 }
 
@@ -178,7 +185,7 @@ impl AppState {
 
 /// `POST /v1/revoke`: RFC 7009 form (`token`, `token_type_hint`) or JSON.
 async fn revoke(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    counted("revoke", revoke_inner(&s, &headers, &body).await.map(Json))
+    revoke_inner(&s, &headers, &body).await.map(Json).into_response()
 }
 
 /// The JSON body with a raw token (the document's `RevokeByToken`).
@@ -247,7 +254,7 @@ async fn revoke_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<
 
 /// `POST /v1/revoke-subject`: log out everywhere.
 async fn revoke_subject(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    counted("revoke_subject", revoke_subject_inner(&s, &headers, &body).await)
+    revoke_subject_inner(&s, &headers, &body).await.into_response()
 }
 
 async fn revoke_subject_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
@@ -268,7 +275,7 @@ async fn revoke_subject_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) ->
 
 /// `POST /v1/sessions`: register a login for allowlist mode.
 async fn register_session(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    counted("register_session", register_session_inner(&s, &headers, &body).await.map(Json))
+    register_session_inner(&s, &headers, &body).await.map(Json).into_response()
 }
 
 async fn register_session_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<SessionResponse, ApiError> {
@@ -288,7 +295,7 @@ async fn register_session_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) 
 
 /// `DELETE /v1/sessions/{jti}`: end a session (idempotent).
 async fn end_session(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(jti): Path<String>) -> Response {
-    counted("end_session", end_session_inner(&s, &headers, &jti).await.map(Json))
+    end_session_inner(&s, &headers, &jti).await.map(Json).into_response()
 }
 
 async fn end_session_inner(s: &AppState, headers: &HeaderMap, jti: &str) -> Result<Ack, ApiError> {
@@ -301,25 +308,23 @@ async fn end_session_inner(s: &AppState, headers: &HeaderMap, jti: &str) -> Resu
 /// `POST /v1/backchannel-logout`: see `receivers::backchannel_logout`. Authenticated by the
 /// logout token's signature, not a credential (the identity provider has none of ours).
 async fn backchannel_logout(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let response = match &s.signals {
+    match &s.signals {
         Some(r) => receivers::backchannel_logout(r, &headers, &body, now()).await,
         None => StatusCode::NOT_FOUND.into_response(),
-    };
-    counted("backchannel_logout", Ok::<_, ApiError>(response))
+    }
 }
 
 /// `POST /v1/ssf/push`: see `receivers::ssf_push`.
 async fn ssf_push(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let response = match &s.signals {
+    match &s.signals {
         Some(r) => receivers::ssf_push(r, &headers, &body, now()).await,
         None => StatusCode::NOT_FOUND.into_response(),
-    };
-    counted("ssf_push", Ok::<_, ApiError>(response))
+    }
 }
 
 /// `GET /v1/status`: may this token pass?
 async fn status(State(s): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    counted("status", status_inner(&s, &headers, query.as_deref().unwrap_or("")).await.map(Json))
+    status_inner(&s, &headers, query.as_deref().unwrap_or("")).await.map(Json).into_response()
 }
 
 async fn status_inner(
@@ -366,7 +371,7 @@ async fn status_inner(
 /// `GET /v1/feed?after=POSITION&wait_ms=N`: the events after a position, held until there is
 /// one or `wait_ms` passes. Authenticated and parsed as strictly as the status endpoint.
 async fn feed_poll(State(s): State<Arc<AppState>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    counted("feed", feed_inner(&s, &headers, query.as_deref().unwrap_or("")).await)
+    feed_inner(&s, &headers, query.as_deref().unwrap_or("")).await.into_response()
 }
 
 async fn feed_inner(s: &AppState, headers: &HeaderMap, query: &str) -> Result<Response, ApiError> {

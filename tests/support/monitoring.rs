@@ -54,31 +54,51 @@ fn label_names(mut rest: &str) -> Vec<String> {
     names
 }
 
-/// What a PromQL expression asks of the data: the jwtguard metrics it names, and the labels it
-/// matches on each (`name{label=…}`) or groups by (`by (…)`/`without (…)`, checked against all
-/// of its metrics).
+/// What a PromQL expression asks of the data: the jwtguard metrics it names, the labels it
+/// matches on each (`name{label=…}`), and the labels it groups by (`by (…)`/`without (…)`), each
+/// with the metrics of the aggregation it applies to.
 pub struct Query {
     pub metrics: BTreeSet<String>,
     pub matched: Vec<(String, String)>,
-    pub grouped: BTreeSet<String>,
+    pub grouped: Vec<(String, BTreeSet<String>)>,
 }
 
 pub fn query(expr: &str) -> Query {
     let name = Regex::new(r"\bjwtguard_[a-zA-Z0-9_]+").unwrap();
     let selector = Regex::new(r"(jwtguard_[a-zA-Z0-9_]+)\{([^}]*)\}").unwrap();
     let matcher = Regex::new(r#"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*""#).unwrap();
-    let grouping = Regex::new(r"\b(?:by|without)\s*\(([^)]*)\)").unwrap();
-    let metrics = name.find_iter(expr).map(|m| m.as_str().to_string()).collect();
+    let grouping = Regex::new(r"\b(?:by|without)\s*\(([^)]*)\)\s*(\()?").unwrap();
+    let names = |text: &str| name.find_iter(text).map(|m| m.as_str().to_string()).collect::<BTreeSet<_>>();
     let mut matched = Vec::new();
     for s in selector.captures_iter(expr) {
         for m in matcher.captures_iter(&s[2]) {
             matched.push((s[1].to_string(), m[1].to_string()));
         }
     }
-    let grouped = grouping
-        .captures_iter(expr)
-        .flat_map(|g| g[1].split(',').map(|l| l.trim().to_string()).collect::<Vec<_>>())
-        .filter(|l| !l.is_empty())
-        .collect();
-    Query { metrics, matched, grouped }
+    let mut grouped = Vec::new();
+    for g in grouping.captures_iter(expr) {
+        // `sum by (l) (…)`: the parenthesised argument; `sum(…) by (l)`: the whole expression.
+        let scope = match g.get(2) {
+            Some(open) => names(&expr[open.end()..closing(expr, open.end())]),
+            None => names(expr),
+        };
+        for label in g[1].split(',').map(str::trim).filter(|l| !l.is_empty()) {
+            grouped.push((label.to_string(), scope.clone()));
+        }
+    }
+    Query { metrics: names(expr), matched, grouped }
+}
+
+/// Where the parenthesis opened just before `from` closes (the end of `text` if it does not).
+fn closing(text: &str, from: usize) -> usize {
+    let mut depth = 1;
+    for (i, c) in text[from..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth == 1 => return from + i,
+            ')' => depth -= 1,
+            _ => {}
+        }
+    }
+    text.len()
 }
