@@ -1,6 +1,7 @@
 //! Denial responses per RFC 6750 §3: status, `WWW-Authenticate` challenge and a JSON body.
 
 use crate::reason::Reason;
+use crate::strict_json::quote;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -67,15 +68,15 @@ fn json_response(
     error: &str,
     reason: Reason,
 ) -> Response {
-    let mut body = serde_json::Map::new();
-    body.insert("error".into(), error.into());
-    if style.include_error_description {
-        body.insert("error_description".into(), reason.description().into());
-    }
+    let body = if style.include_error_description {
+        format!(r#"{{"error":{},"error_description":{}}}"#, quote(error), quote(reason.description()))
+    } else {
+        format!(r#"{{"error":{}}}"#, quote(error))
+    };
     Response {
         status,
         headers: vec![first, ("content-type", "application/json".into()), ("cache-control", "no-store".into())],
-        body: serde_json::Value::Object(body).to_string(),
+        body,
     }
 }
 

@@ -14,6 +14,7 @@ use crate::poll::Feed;
 use crate::reason::Reason;
 use crate::response::{self, ResponseStyle};
 use crate::revocation::{self, Entry, Failure, FailureMode, Identity, Known, Lookup, Verdict};
+use crate::strict_json::quote;
 use jsonwebtoken::Algorithm;
 use log::{debug, warn};
 use proxy_wasm::types::{Action, MapType, Status};
@@ -382,17 +383,18 @@ impl Shared {
             let Some(sub) = id.sub.clone() else {
                 return (bad_logout("the token has no sub"), None);
             };
-            let body = jwtguard_wire::RevokeSubjectRequest { sub, iss: id.iss.clone(), issued_before: None };
-            (&rev.revoke_subject_path, serde_json::to_vec(&body))
+            // jwtguard_wire::RevokeSubjectRequest, by hand (serde's serializer costs wasm).
+            let body = match &id.iss {
+                Some(iss) => format!(r#"{{"sub":{},"iss":{}}}"#, quote(&sub), quote(iss)),
+                None => format!(r#"{{"sub":{}}}"#, quote(&sub)),
+            };
+            (&rev.revoke_subject_path, body)
         } else {
             let (Some(jti), Some(exp)) = (id.jti.clone(), id.exp) else {
                 return (bad_logout("the token has no jti and exp; use the log-out-everywhere route"), None);
             };
-            let body = jwtguard_wire::RevokeRequest { jti: Some(jti), exp: Some(exp), ..Default::default() };
-            (&rev.revoke_path, serde_json::to_vec(&body))
-        };
-        let Ok(body) = body else {
-            return (bad_logout("the token's claims cannot be sent"), None);
+            // jwtguard_wire::RevokeRequest's {jti, exp}, by hand.
+            (&rev.revoke_path, format!(r#"{{"jti":{},"exp":{exp}}}"#, quote(&jti)))
         };
         let authorization = format!("Bearer {}", rev.revoke_credential.as_deref().unwrap_or(""));
         let headers = vec![
@@ -402,7 +404,7 @@ impl Shared {
             ("content-type", "application/json"),
             ("authorization", authorization.as_str()),
         ];
-        match dispatch(&rev.cluster, headers, Some(&body), Duration::from_millis(rev.timeout_ms)) {
+        match dispatch(&rev.cluster, headers, Some(body.as_bytes()), Duration::from_millis(rev.timeout_ms)) {
             Ok(t) => (Action::Pause, Some((t, Callout::Logout { identity: id.clone(), everywhere }))),
             Err(_) => {
                 self.metrics.add(self.metrics.logout_failed, 1);
@@ -470,7 +472,7 @@ impl Shared {
 }
 
 fn bad_logout(description: &str) -> Action {
-    let body = serde_json::json!({"error": "invalid_request", "error_description": description}).to_string();
+    let body = format!(r#"{{"error":"invalid_request","error_description":{}}}"#, quote(description));
     let _ = host::send_http_response(400, vec![("content-type", "application/json")], Some(body.as_bytes()));
     Action::Pause
 }
