@@ -1,6 +1,6 @@
 # The two commands of the README are `make demo` and `make test`; both install what they need.
-# The filter Envoy loads. Built as a cdylib alone: with the rlib beside it (for native tests)
-# LTO keeps ~300 KB more code. wasm-opt -Oz then takes off another ~70 KB, and 2.5 KB more with
+# The filter Envoy loads: wasm/ (the proxy-wasm glue) around the core, a cdylib alone (with an
+# rlib beside it LTO keeps ~300 KB more code). wasm-opt -Oz then takes off another ~70 KB, and 2.5 KB more with
 # --low-memory-unused and a second -Oz: Rust's wasm32 layout puts the 1 MiB stack first, growing
 # down towards 0, so the low 1 KiB is touched only by a stack about to overflow.
 WASM := target/jwtguard.wasm
@@ -11,9 +11,9 @@ deps:
 	scripts/deps.sh
 
 wasm: deps
-	cargo rustc --release --target wasm32-wasip1 -p jwtguard --lib --crate-type cdylib
+	cargo build --release --target wasm32-wasip1 -p jwtguard-wasm
 	wasm-opt -Oz --low-memory-unused -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
-		--enable-mutable-globals target/wasm32-wasip1/release/jwtguard.wasm -o $(WASM)
+		--enable-mutable-globals target/wasm32-wasip1/release/jwtguard_wasm.wasm -o $(WASM)
 
 build: wasm
 	cargo build --release -p jwtguard-demo -p jwtguard-revocation
@@ -24,7 +24,7 @@ demo: build
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p jwtguard --target wasm32-wasip1 --release -- -D warnings
+	cargo clippy -p jwtguard-wasm --target wasm32-wasip1 --release -- -D warnings
 
 test: build lint
 	cargo build -p jwtguard-revocation

@@ -1,7 +1,8 @@
-//! jwtguard: a proxy-wasm filter that verifies JWTs inline in Envoy.
-//!
-//! Everything but `filter` is plain Rust with no host calls, tested natively; `filter` is the
-//! proxy-wasm glue and is only built for wasm.
+//! jwtguard's core: everything a JWT filter decides — configuration, token extraction, JWS
+//! parsing and verification, claims, rules, key sets, responses, revocation (cache policy, the
+//! feed client, the revocation set) — in plain Rust with no host calls and no proxy-wasm,
+//! tested natively. The proxy-wasm filter (`wasm/`) is thin glue around it, and the revocation
+//! service (`revocation/`) shares it.
 
 pub mod authenticator;
 pub mod cache;
@@ -24,16 +25,3 @@ pub mod revocation_set;
 pub mod rules;
 pub mod signature;
 pub mod strict_json;
-
-#[cfg(target_arch = "wasm32")]
-mod fetch;
-#[cfg(target_arch = "wasm32")]
-mod filter;
-#[cfg(target_arch = "wasm32")]
-mod host;
-#[cfg(target_arch = "wasm32")]
-mod metrics;
-#[cfg(target_arch = "wasm32")]
-mod poll;
-#[cfg(target_arch = "wasm32")]
-mod shared;

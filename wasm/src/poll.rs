@@ -4,13 +4,13 @@
 //! that is not complete, too old or over its bound leaves the decision to the failure mode.
 //! The schedule and the set are in `feed.rs` and `revocation_set.rs`; this is the host side.
 
-use crate::authenticator::Verified;
-use crate::feed::{FeedClient, FeedConfig};
 use crate::host;
 use crate::metrics::Metrics;
-use crate::revocation::{self, Failure, FailureMode, Identity, Known, Mode, Verdict};
-use crate::revocation_set::RevocationSet;
 use crate::shared::{now_ms, Callout, Dispatch, Shared};
+use jwtguard::authenticator::Verified;
+use jwtguard::feed::{FeedClient, FeedConfig};
+use jwtguard::revocation::{self, Failure, FailureMode, Identity, Known, Mode, Verdict};
+use jwtguard::revocation_set::RevocationSet;
 use jwtguard_wire::FeedEvent;
 use log::{error, info, warn};
 use proxy_wasm::types::Action;

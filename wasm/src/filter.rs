@@ -2,15 +2,15 @@
 //! fetches keys and answers lost waits, callouts it started) and the HTTP context (one request). Everything they do with a
 //! request is in `shared.rs`; the decisions are in the pure modules.
 
-use crate::authenticator::Authenticator;
-use crate::config::Config;
 use crate::host::{self, EnvoyCrypto};
-use crate::host_crypto;
 use crate::metrics::Metrics;
 use crate::poll::Feed;
-use crate::response::ResponseStyle;
-use crate::revocation::Failure;
 use crate::shared::{now_ms, Callout, Remote, Shared};
+use jwtguard::authenticator::Authenticator;
+use jwtguard::config::Config;
+use jwtguard::host_crypto;
+use jwtguard::response::ResponseStyle;
+use jwtguard::revocation::Failure;
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};

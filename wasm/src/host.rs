@@ -5,8 +5,8 @@
 //! Only `dispatch_http_call` stays the SDK's (it registers the callout for its answer's
 //! routing), and `define_metric`, at configuration only.
 
-use crate::header_map;
-use crate::host_crypto::{self, HostCrypto};
+use jwtguard::header_map;
+use jwtguard::host_crypto::{self, HostCrypto};
 use proxy_wasm::types::{BufferType, Bytes, MapType, Status};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -3,19 +3,19 @@
 //! arrive. Requests parked here are finished later from another context (the one that got the
 //! answer), so every action takes the context it is for.
 
-use crate::authenticator::{Authenticator, Decision, Request, Tally, Verified};
-use crate::config;
-use crate::extract::RequestHeaders;
 use crate::host::{self, EnvoyCrypto};
-use crate::host_crypto::HostCrypto;
-use crate::jwks::RemoteJwks;
 use crate::metrics::Metrics;
 use crate::poll::Feed;
-use crate::reason::Reason;
-use crate::response::{self, ResponseStyle};
-use crate::revocation::{self, Entry, Failure, FailureMode, Identity, Known, Lookup, Verdict};
-use crate::strict_json::quote;
 use jsonwebtoken::Algorithm;
+use jwtguard::authenticator::{Authenticator, Decision, Request, Tally, Verified};
+use jwtguard::config;
+use jwtguard::extract::RequestHeaders;
+use jwtguard::host_crypto::HostCrypto;
+use jwtguard::jwks::RemoteJwks;
+use jwtguard::reason::Reason;
+use jwtguard::response::{self, ResponseStyle};
+use jwtguard::revocation::{self, Entry, Failure, FailureMode, Identity, Known, Lookup, Verdict};
+use jwtguard::strict_json::quote;
 use log::{debug, warn};
 use proxy_wasm::types::{Action, MapType, Status};
 use std::cell::{Cell, RefCell};

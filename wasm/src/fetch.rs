@@ -3,9 +3,9 @@
 //! The schedule and the checks are in `jwks.rs`; this is the part that touches the host.
 
 use crate::host;
-use crate::jwks::{self, FetchState, Freshness};
 use crate::metrics::Metrics;
 use crate::shared::{now_ms, Callout, Dispatch, Remote, Shared};
+use jwtguard::jwks::{self, FetchState, Freshness};
 use log::{error, info, warn};
 use std::time::Duration;
 
@@ -65,12 +65,12 @@ impl Shared {
     }
 
     /// The provider's configured keys, which a fetched set joins.
-    fn local_keys(&self, r: &Remote) -> Vec<crate::keys::Key> {
+    fn local_keys(&self, r: &Remote) -> Vec<jwtguard::keys::Key> {
         let auth = self.auth.try_borrow();
         auth.ok().and_then(|a| a.config.providers.get(r.provider).map(|p| p.keys.clone())).unwrap_or_default()
     }
 
-    fn install(&self, r: &Remote, keys: Vec<crate::keys::Key>, fetched_ms: u64) {
+    fn install(&self, r: &Remote, keys: Vec<jwtguard::keys::Key>, fetched_ms: u64) {
         Metrics::set(self.metrics.jwks[r.index].keys_loaded, keys.len() as u64);
         if let Ok(mut auth) = self.auth.try_borrow_mut() {
             auth.set_remote_keys(r.provider, keys);

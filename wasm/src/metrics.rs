@@ -1,10 +1,10 @@
 //! The filter's Envoy stats, defined once per VM. Envoy shows them as `wasmcustom.jwtguard.*`
 //! (`/stats`) and `jwtguard_*` (`/stats/prometheus`).
 
-use crate::authenticator::Tally;
 use crate::host;
-use crate::reason::Reason;
-use crate::revocation::{Failure, Known};
+use jwtguard::authenticator::Tally;
+use jwtguard::reason::Reason;
+use jwtguard::revocation::{Failure, Known};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::cell::{Cell, RefCell};
