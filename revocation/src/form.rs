@@ -6,6 +6,16 @@ use std::collections::HashMap;
 
 /// The members of `input`, each one of `names` at most once.
 pub fn parse(input: &[u8], names: &[&'static str]) -> Result<HashMap<&'static str, String>, String> {
+    read(input, names, false)
+}
+
+/// `parse`, ignoring members not in `names` (where a protocol defines only some and others may
+/// be added, as OAuth's endpoints do: RFC 6749 §3.1).
+pub fn parse_known(input: &[u8], names: &[&'static str]) -> Result<HashMap<&'static str, String>, String> {
+    read(input, names, true)
+}
+
+fn read(input: &[u8], names: &[&'static str], ignore_others: bool) -> Result<HashMap<&'static str, String>, String> {
     let mut fields = HashMap::new();
     for pair in input.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
         let (name, value) = match pair.iter().position(|b| *b == b'=') {
@@ -14,6 +24,9 @@ pub fn parse(input: &[u8], names: &[&'static str]) -> Result<HashMap<&'static st
         };
         let name = decode(name)?;
         let Some(known) = names.iter().copied().find(|n| *n == name) else {
+            if ignore_others {
+                continue;
+            }
             return Err(format!("unknown member {name:?}; allowed: {}", names.join(", ")));
         };
         if fields.insert(known, decode(value)?).is_some() {

@@ -118,8 +118,11 @@ enum Source {
 #[derive(Default)]
 struct Held {
     keys: Arc<Vec<Key>>,
+    /// When the fetch of the keys held began.
     fetched: Option<Instant>,
     attempted: Option<Instant>,
+    /// The last fetch to end: when it began, and whether it brought a set.
+    last_ended: Option<(Instant, bool)>,
     /// When the last fetch for an unknown `kid` began.
     for_unknown_kid: Option<Instant>,
 }
@@ -238,6 +241,9 @@ impl Issuer {
             if poll.max_events == 0 {
                 return Err("ssf_poll.max_events: at least 1".into());
             }
+            if !(100..=3_600_000).contains(&poll.interval_ms) {
+                return Err("ssf_poll.interval_ms: 100 to 3600000".into());
+            }
         }
         Ok(Issuer {
             trust: Trust {
@@ -286,12 +292,14 @@ impl Issuer {
             return Refresh::Fixed;
         }
         let _one_at_a_time = self.unknown_kid_fetch.lock().await;
-        let (fetched, last) = {
+        let (ended, last) = {
             let held = self.held();
-            (held.fetched, held.for_unknown_kid)
+            (held.last_ended, held.for_unknown_kid)
         };
-        if fetched.is_some_and(|at| at >= arrived) {
-            return Refresh::Fetched;
+        // A fetch begun after the token came has answered for it, either way: a failed one too
+        // (while the JWKS is unreachable a queue of tokens would otherwise take a slot each).
+        if let Some((_, ok)) = ended.filter(|(began, _)| *began >= arrived) {
+            return if ok { Refresh::Fetched } else { Refresh::NotNow };
         }
         if let Some(wait) = last.and_then(|at| UNKNOWN_KID_INTERVAL.checked_sub(at.elapsed())) {
             tokio::time::sleep(wait).await;
@@ -325,12 +333,18 @@ impl Issuer {
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
+        let mut held = self.held();
+        if held.last_ended.is_none_or(|(began, _)| began <= started) {
+            held.last_ended = Some((started, fetched.is_ok()));
+        }
         match fetched {
             Ok(keys) => {
-                let mut held = self.held();
-                held.keys = Arc::new(keys);
-                // When it began: a document fetched then may predate a key published meanwhile.
-                held.fetched = Some(started);
+                // Kept by when it began (a document fetched then may predate a key published
+                // meanwhile); an older fetch that ends last does not replace a newer set.
+                if held.fetched.is_none_or(|f| f <= started) {
+                    held.keys = Arc::new(keys);
+                    held.fetched = Some(started);
+                }
                 metrics::counter!("jwtguard_revocation_signal_jwks_fetches_total", "outcome" => "ok").increment(1);
                 true
             }

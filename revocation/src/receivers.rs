@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why a signal was not taken in.
 #[derive(Debug)]
@@ -53,9 +53,12 @@ fn count(receiver: &'static str, result: &Result<(), Problem>) {
     }
 }
 
-/// How long a signal's `jti` stays claimed while its writes are under way (each bounded by the
-/// request timeout): a delivery that could not finish leaves it for a retry after this.
-const CLAIM_SECONDS: u64 = 10;
+/// A value no other delivery's claim has (the process, a counter, the time).
+fn claim_token() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}{}-{n}-{}", crate::store::CLAIMED, std::process::id(), crate::feed::now_ms())
+}
 
 #[derive(Clone)]
 pub struct Receiver {
@@ -69,15 +72,16 @@ pub struct Receiver {
 impl Receiver {
     /// Takes in one signal of `kind` from `issuer` (already chosen by the token's `iss`),
     /// received by `receiver` (the logs' label).
+    /// `arrived`: when the signal reached us (a poll answer's SETs all arrived with it).
     pub async fn take_in(
         &self,
         kind: Kind,
         token: &str,
         issuer: &Issuer,
         receiver: &'static str,
+        arrived: Instant,
         now: u64,
     ) -> Result<(), Problem> {
-        let arrived = std::time::Instant::now();
         let mut verified = signals::verify(kind, token, &issuer.trust, &issuer.keys().await, now);
         if let Err(Refusal { unknown_key: true, .. }) = &verified {
             match issuer.refresh_for_unknown_key(arrived).await {
@@ -96,7 +100,9 @@ impl Receiver {
         // Claimed before anything is written, atomically, so that two deliveries at once write
         // once; released if the writes fail, so that a retry is taken in. A claim left by a
         // delivery that could not finish (Redis stopped mid-way) lapses after CLAIM_SECONDS.
-        match self.bounded(self.store.claim_seen(&signal.iss, &signal.jti, CLAIM_SECONDS)).await? {
+        let claim = claim_token();
+        let lapse = self.claim_seconds(signal.events.len());
+        match self.bounded(self.store.claim_seen(&signal.iss, &signal.jti, &claim, lapse)).await? {
             Claim::Claimed => {}
             Claim::Done => return Err(Problem::Duplicate),
             Claim::InProgress => {
@@ -109,7 +115,7 @@ impl Receiver {
             Err(e) => Err(e),
         };
         if let Err(e) = remembered {
-            let _ = self.bounded(self.store.forget_seen(&signal.iss, &signal.jti)).await;
+            let _ = self.bounded(self.store.forget_seen(&signal.iss, &signal.jti, &claim)).await;
             return Err(e.into());
         }
         Ok(())
@@ -150,6 +156,14 @@ impl Receiver {
         Ok(())
     }
 
+    /// How long a claim outlives its delivery's writes (the claim, one per event, the record;
+    /// each bounded by the request timeout): a delivery that could not finish leaves the signal
+    /// for a retry after this.
+    fn claim_seconds(&self, events: usize) -> u64 {
+        let writes = events as u64 + 2;
+        (self.store_timeout.as_secs() + 1).saturating_mul(writes).max(10)
+    }
+
     /// The trusted issuer the token claims to come from.
     pub fn issuer_of(&self, token: &str) -> Result<&Arc<Issuer>, Refusal> {
         let iss = signals::claimed_issuer(token)?;
@@ -175,14 +189,17 @@ impl Receiver {
 /// before included), both `Cache-Control: no-store`. 503 with `Retry-After` when it cannot be
 /// done now (Redis, the issuer's keys): the provider may send it again.
 pub async fn backchannel_logout(receiver: &Receiver, headers: &HeaderMap, body: &[u8], now: u64) -> Response {
+    let arrived = Instant::now();
     let result = async {
         if media_type(headers) != "application/x-www-form-urlencoded" {
             return Err(Problem::Refused(invalid("Content-Type must be application/x-www-form-urlencoded")));
         }
-        let mut form = crate::form::parse(body, &["logout_token"]).map_err(|e| invalid(format!("form: {e}")))?;
+        // Only logout_token is defined (§2.5); other parameters are ignored, as OAuth does
+        // (RFC 6749 §3.1): a provider that adds one must not have every logout refused.
+        let mut form = crate::form::parse_known(body, &["logout_token"]).map_err(|e| invalid(format!("form: {e}")))?;
         let token = form.remove("logout_token").ok_or_else(|| invalid("logout_token is required"))?;
         let issuer = receiver.issuer_of(&token)?;
-        receiver.take_in(Kind::LogoutToken, &token, issuer, "backchannel_logout", now).await
+        receiver.take_in(Kind::LogoutToken, &token, issuer, "backchannel_logout", arrived, now).await
     }
     .await;
     count("backchannel_logout", &result);
@@ -212,6 +229,7 @@ pub async fn backchannel_logout(receiver: &Receiver, headers: &HeaderMap, body: 
 /// `{"err", "description"}` (§2.3) otherwise. An issuer with `push_credentials` must present one
 /// (401 `authentication_failed`). 503 with `Retry-After` when it cannot be taken in now.
 pub async fn ssf_push(receiver: &Receiver, headers: &HeaderMap, body: &[u8], now: u64) -> Response {
+    let arrived = Instant::now();
     let result = async {
         if media_type(headers) != "application/secevent+jwt" {
             return Err(Problem::Refused(invalid("Content-Type must be application/secevent+jwt")));
@@ -228,7 +246,7 @@ pub async fn ssf_push(receiver: &Receiver, headers: &HeaderMap, body: &[u8], now
                 }));
             }
         }
-        receiver.take_in(Kind::SecurityEventToken, token, issuer, "ssf_push", now).await
+        receiver.take_in(Kind::SecurityEventToken, token, issuer, "ssf_push", arrived, now).await
     }
     .await;
     count("ssf_push", &result);
@@ -274,27 +292,29 @@ fn media_type(headers: &HeaderMap) -> String {
 pub async fn poll_forever(receiver: Receiver, issuer: Arc<Issuer>, config: PollConfig) {
     let mut ack: Vec<String> = Vec::new();
     let mut errors = Map::new();
-    let interval = Duration::from_millis(config.interval_ms.max(1));
+    let interval = Duration::from_millis(config.interval_ms);
     let mut pause = interval;
     loop {
         let mut request = json!({"ack": ack, "maxEvents": config.max_events, "returnImmediately": true});
         if !errors.is_empty() {
             request["setErrs"] = Value::Object(errors.clone());
         }
-        let (sets, more) = match poll_once(&config, request).await {
+        let answer = poll_once(&config, request).await;
+        let arrived = Instant::now();
+        let (sets, more) = match answer {
             Ok(answer) => answer,
             Err(error) => {
                 tracing::warn!(issuer = %issuer.trust.issuer, %error, "SSF poll failed; retrying");
                 metrics::counter!("jwtguard_revocation_ssf_polls_total", "outcome" => "error").increment(1);
+                pause = backoff(pause, interval);
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_POLL_PAUSE);
                 continue;
             }
         };
         metrics::counter!("jwtguard_revocation_ssf_polls_total", "outcome" => "ok").increment(1);
         ack.clear();
         errors.clear();
-        let (mut taken_in, delivered) = (0, sets.len());
+        let mut tally = PollTally { more, ..PollTally::default() };
         for (jti, set) in sets {
             let result = match set.as_str() {
                 None => Err(Problem::Refused(invalid("the SET is not a string"))),
@@ -304,37 +324,69 @@ pub async fn poll_forever(receiver: Receiver, issuer: Arc<Issuer>, config: PollC
                         description: "the SET's issuer is not this stream's transmitter".into(),
                         unknown_key: false,
                     })),
-                    Ok(_) => receiver.take_in(Kind::SecurityEventToken, set, &issuer, "ssf_poll", now_seconds()).await,
+                    Ok(_) => {
+                        let now = now_seconds();
+                        receiver.take_in(Kind::SecurityEventToken, set, &issuer, "ssf_poll", arrived, now).await
+                    }
                     Err(refusal) => Err(Problem::Refused(refusal)),
                 },
             };
             count("ssf_poll", &result);
             match result {
                 Ok(()) => {
-                    taken_in += 1;
+                    tally.taken_in += 1;
                     ack.push(jti);
                 }
-                Err(Problem::Duplicate) => ack.push(jti),
+                Err(Problem::Duplicate) => {
+                    tally.old += 1;
+                    ack.push(jti);
+                }
                 Err(Problem::Refused(r)) => {
+                    tally.old += 1;
                     errors.insert(jti, json!({"err": r.err, "description": r.description}));
                 }
-                Err(Problem::Unavailable(_)) => {}
+                Err(Problem::Unavailable(_)) => tally.unavailable += 1,
             }
         }
-        if taken_in > 0 && more {
-            pause = interval;
-            continue;
+        match next_pause(tally, pause, interval) {
+            None => pause = interval,
+            Some(next) => {
+                pause = next;
+                tokio::time::sleep(pause).await;
+            }
         }
-        // Acknowledgements and errors go out with the next poll, after the pause. A transmitter
-        // that sends only what we refuse or already have, or says "more" with nothing, is
-        // asked less and less often: it cannot make us spin.
-        let nothing_new = (delivered > 0 && taken_in == 0) || (delivered == 0 && more);
-        pause = if nothing_new { (pause * 2).clamp(interval, MAX_POLL_PAUSE) } else { interval };
-        tokio::time::sleep(pause).await;
     }
 }
 
-/// The longest pause between polls that fail or bring nothing new.
+/// What one poll brought.
+#[derive(Debug, Default, Clone, Copy)]
+struct PollTally {
+    taken_in: usize,
+    /// Refused, or taken in before.
+    old: usize,
+    /// Could not be taken in now (Redis, the issuer's keys): the transmitter sends them again.
+    unavailable: usize,
+    more: bool,
+}
+
+/// After a poll: `None` to ask again at once — SETs were taken in, so acknowledge them now and
+/// take the next — else how long to pause: `interval` when idle or when SETs could not be taken
+/// in now (a retry soon), doubling up to `MAX_POLL_PAUSE` (or the interval, if longer) when the
+/// transmitter sends only what we refuse or already have, or says "more" with nothing: it cannot
+/// make us spin.
+fn next_pause(t: PollTally, pause: Duration, interval: Duration) -> Option<Duration> {
+    if t.taken_in > 0 {
+        return None;
+    }
+    let nothing_new = t.unavailable == 0 && (t.old > 0 || t.more);
+    Some(if nothing_new { backoff(pause, interval) } else { interval })
+}
+
+fn backoff(pause: Duration, interval: Duration) -> Duration {
+    (pause * 2).min(MAX_POLL_PAUSE.max(interval)).max(interval)
+}
+
+/// The longest pause between polls that fail or bring nothing new (unless the interval is longer).
 const MAX_POLL_PAUSE: Duration = Duration::from_secs(60);
 
 fn now_seconds() -> u64 {
@@ -359,4 +411,27 @@ async fn poll_once(config: &PollConfig, request: Value) -> Result<(Map<String, V
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const I: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn polls_pace_themselves() {
+        let tally = |taken_in, old, unavailable, more| PollTally { taken_in, old, unavailable, more };
+        assert_eq!(next_pause(tally(1, 0, 0, false), I, I), None, "acknowledge at once");
+        assert_eq!(next_pause(tally(1, 3, 1, true), I * 8, I), None);
+        assert_eq!(next_pause(tally(0, 0, 0, false), I * 8, I), Some(I), "idle: the interval");
+        assert_eq!(next_pause(tally(0, 0, 2, false), I * 8, I), Some(I), "Redis down: retry soon");
+        assert_eq!(next_pause(tally(0, 2, 0, false), I, I), Some(I * 2), "only old SETs: back off");
+        assert_eq!(next_pause(tally(0, 0, 0, true), I * 2, I), Some(I * 4), "more with nothing");
+        assert_eq!(next_pause(tally(0, 1, 0, false), MAX_POLL_PAUSE, I), Some(MAX_POLL_PAUSE), "capped");
+        // An interval above the cap (it once made clamp panic and the poller stop for good).
+        let long = Duration::from_secs(90);
+        assert_eq!(next_pause(tally(0, 1, 0, true), long, long), Some(long));
+        assert_eq!(backoff(long, long), long);
+    }
 }

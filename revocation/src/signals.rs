@@ -141,7 +141,8 @@ pub fn verify(kind: Kind, token: &str, trust: &Trust, keys: &[Key], now: u64) ->
         return Err(invalid(format!("the event {name} must be an object")));
     }
     // Remembered as long as it could be accepted: until its iat is too old or it expires.
-    let remember_until = (iat + max_age).min(exp.unwrap_or(u64::MAX)) + skew;
+    // (The second after the last it could be accepted in: `EXAT` ends a key at that second.)
+    let remember_until = (iat + max_age).min(exp.unwrap_or(u64::MAX)) + skew + 1;
     let latest = now + skew;
     let events = match kind {
         Kind::LogoutToken => vec![logout(&claims, events, trust, iat, latest)?],
@@ -346,6 +347,19 @@ fn read_subject(subject: &Value, trust: &Trust) -> Result<Subject, Refusal> {
             };
             Ok(Subject { user, session, opaque: None })
         }
+        // RFC 9493 aliases: one subject under several identifiers; the first we can match.
+        Some("aliases") => {
+            let identifiers = object.get("identifiers").and_then(Value::as_array);
+            let identifiers = identifiers.ok_or_else(|| invalid("aliases: identifiers must be a list"))?;
+            let mut found = Subject::default();
+            for identifier in identifiers {
+                let subject = read_subject(identifier, trust)?;
+                if found.user.is_none() {
+                    found = subject;
+                }
+            }
+            Ok(found)
+        }
         Some(_) => Ok(Subject::default()),
         None => Err(invalid("the subject has no format")),
     }
@@ -411,7 +425,7 @@ mod tests {
     fn a_logout_token_by_sid_or_by_sub() {
         let signal = check_logout(&logout_token(logout_claims())).unwrap();
         assert_eq!((signal.iss.as_str(), signal.jti.as_str()), ("https://idp", "l1"));
-        assert_eq!(signal.remember_until, NOW + 120 + 60, "until it expires (before its iat is too old)");
+        assert_eq!(signal.remember_until, NOW + 120 + 60 + 1, "until it expires (before its iat is too old)");
         assert_eq!(
             signal.events,
             vec![Handled {
@@ -447,7 +461,7 @@ mod tests {
         let mut no_exp = logout_claims();
         no_exp.as_object_mut().unwrap().remove("exp");
         let signal = check_logout(&logout_token(no_exp)).unwrap();
-        assert_eq!(signal.remember_until, NOW + 300 + 60, "until its iat is too old");
+        assert_eq!(signal.remember_until, NOW + 300 + 60 + 1, "until its iat is too old");
         for typ in [json!("JWT"), json!("application/logout+jwt"), json!("Logout+JWT")] {
             let token = sign(json!({"alg": "HS256", "kid": "k1", "typ": typ}), logout_claims());
             assert!(check_logout(&token).is_ok(), "{typ}");
@@ -555,6 +569,12 @@ mod tests {
             (format!("{RISC}sessions-revoked"), complex.clone(), json!({}), subject(NOW - 3_600)),
             (format!("{RISC}credential-compromise"), iss_sub.clone(), json!({}), subject(NOW - 3_600)),
             (format!("{RISC}account-disabled"), json!({"format": "email", "email": "a@b"}), json!({}), None),
+            (
+                format!("{RISC}account-disabled"),
+                json!({"format": "aliases", "identifiers": [{"format": "email", "email": "a@b"}, iss_sub]}),
+                json!({}),
+                subject(NOW - 3_600),
+            ),
         ] {
             let signal = check_set(&set(json!({&uri: payload}), Some(sub_id.clone())))
                 .unwrap_or_else(|e| panic!("{uri}: {e:?}"));

@@ -100,8 +100,17 @@ pub struct Store {
 }
 
 /// A signal's replay record: claimed while its writes are under way, then done.
-const CLAIMED: &str = "claimed";
+/// The prefix of a claim's value (each delivery's claim is its own value).
+pub const CLAIMED: &str = "claimed:";
 const DONE: &str = "done";
+
+/// Deletes a claim only if it is still this delivery's: a late failing delivery must not erase
+/// another's claim or the record of a signal taken in.
+const FORGET_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
 
 /// What claiming a signal found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,16 +350,16 @@ impl Store {
 
     /// Claims the signal `jti` of `iss` for `seconds`, atomically (`SET NX GET`): replay
     /// protection that two deliveries at once cannot both pass.
-    pub async fn claim_seen(&self, iss: &str, jti: &str, seconds: u64) -> Result<Claim, StoreError> {
+    pub async fn claim_seen(&self, iss: &str, jti: &str, claim: &str, seconds: u64) -> Result<Claim, StoreError> {
         let key = self.keys.seen(iss, jti);
         let mut pipe = redis::pipe();
-        pipe.cmd("SET").arg(&key).arg(CLAIMED).arg("NX").arg("GET").arg("EX").arg(seconds.max(1));
+        pipe.cmd("SET").arg(&key).arg(claim).arg("NX").arg("GET").arg("EX").arg(seconds.max(1));
         let values = self.write("claim_seen", &key, pipe).await?;
         let previous: Option<String> =
             values.into_iter().next().and_then(|v| redis::from_redis_value(v).ok()).flatten();
-        Ok(match previous.as_deref() {
+        Ok(match previous {
             None => Claim::Claimed,
-            Some(CLAIMED) => Claim::InProgress,
+            Some(p) if p.starts_with(CLAIMED) => Claim::InProgress,
             Some(_) => Claim::Done,
         })
     }
@@ -364,11 +373,12 @@ impl Store {
         Ok(())
     }
 
-    /// Gives up a claim whose writes failed, so that the signal can be taken in on a retry.
-    pub async fn forget_seen(&self, iss: &str, jti: &str) -> Result<(), StoreError> {
+    /// Gives up this delivery's `claim` (and nothing else) when its writes failed, so that the
+    /// signal can be taken in on a retry.
+    pub async fn forget_seen(&self, iss: &str, jti: &str, claim: &str) -> Result<(), StoreError> {
         let key = self.keys.seen(iss, jti);
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(&key).ignore();
+        pipe.cmd("EVAL").arg(FORGET_SCRIPT).arg(1).arg(&key).arg(claim).ignore();
         self.write("forget_seen", &key, pipe).await?;
         Ok(())
     }
