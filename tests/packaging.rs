@@ -89,7 +89,8 @@ const SHAPES: [&str; 3] = ["envoy/istio/wasmplugin.yaml", "envoy/istio/gateway.y
 const SHARED: [&str; 2] = ["envoy/istio/revocation.yaml", "envoy/istio/identity-provider.yaml"];
 const SIDECAR_EGRESS: &str = "envoy/istio/optional-sidecar-egress.yaml";
 const REGISTRY_CREDENTIALS: &str = "envoy/istio/optional-registry-credentials.yaml";
-const OPTIONAL: [&str; 2] = [SIDECAR_EGRESS, REGISTRY_CREDENTIALS];
+const AUTHORIZATION_POLICY: &str = "envoy/istio/optional-authorization-policy.yaml";
+const OPTIONAL: [&str; 3] = [SIDECAR_EGRESS, REGISTRY_CREDENTIALS, AUTHORIZATION_POLICY];
 
 fn is_crd(doc: &Value) -> bool {
     let api = doc["apiVersion"].as_str().unwrap_or("");
