@@ -10,7 +10,7 @@ use crate::host_crypto::HostCrypto;
 use crate::jws;
 use crate::keys::Key;
 use crate::reason::Reason;
-use crate::revocation::{FailureMode, Identity};
+use crate::revocation::{Enforcement, Identity};
 use crate::rules;
 use crate::signature::{self, Backend};
 use crate::strict_json;
@@ -47,9 +47,12 @@ pub enum Decision {
         strip: Vec<String>,
         /// The verified tokens, for later checks such as revocation.
         tokens: Vec<Rc<Verified>>,
-        /// Check the first token's revocation status, with this failure mode; `None`: no check.
-        revocation: Option<FailureMode>,
+        /// Check the first token's revocation status, enforced (or reported) so; `None`: no check.
+        revocation: Option<Enforcement>,
     },
+    /// A report-only route would refuse the request for `reason`: count it, mark it upstream,
+    /// let it through (without waiting for keys).
+    Report { reason: Reason },
     /// A logout route with a verified token: revoke it (or, `everywhere`, its subject) and answer 204.
     Logout { token: Rc<Verified>, everywhere: bool },
     Deny {
@@ -113,8 +116,32 @@ impl Authenticator {
         host: Option<&dyn HostCrypto>,
         tally: &mut Tally,
     ) -> Decision {
-        let logout = self.logout_kind(req);
         let rule_index = self.config.rules.iter().position(|r| r.matcher.matches(req.method, req.path));
+        let report_only =
+            rule_index.is_some_and(|i| self.config.rules[i].report_only) && self.logout_kind(req).is_none();
+        match self.decide(req, rule_index, now, host, tally) {
+            Decision::Deny { reason, .. } | Decision::AwaitKeys { reason, .. } if report_only => {
+                Decision::Report { reason }
+            }
+            Decision::Allow { headers, strip, tokens, revocation } => Decision::Allow {
+                headers,
+                strip,
+                tokens,
+                revocation: revocation.map(|e| Enforcement { report_only, ..e }),
+            },
+            decision => decision,
+        }
+    }
+
+    fn decide(
+        &mut self,
+        req: &Request,
+        rule_index: Option<usize>,
+        now: u64,
+        host: Option<&dyn HostCrypto>,
+        tally: &mut Tally,
+    ) -> Decision {
+        let logout = self.logout_kind(req);
         let rule = rule_index.map(|i| &self.config.rules[i]);
         let requirement = match (rule.and_then(|r| r.requires.clone()), logout) {
             (Some(requirement), _) => requirement,
@@ -170,7 +197,9 @@ impl Authenticator {
             };
         }
         // Here a rule matched (without one only a logout route gets this far, and it returned).
-        Decision::Allow { headers, strip, tokens, revocation: rule.and_then(|r| r.revocation) }
+        let revocation =
+            rule.and_then(|r| r.revocation).map(|failure_mode| Enforcement { failure_mode, report_only: false });
+        Decision::Allow { headers, strip, tokens, revocation }
     }
 
     /// `Some(everywhere)` for a `POST` to one of the configured logout routes.
@@ -393,6 +422,8 @@ mod tests {
                 {"match": {"prefix": "/health"}, "requires": {"provider_name": "a"}, "revocation": {"disabled": true}},
                 {"match": {"prefix": "/admin"}, "requires": {"provider_name": "a"}, "revocation": {"failure_mode": "closed"},
                  "required_claims": [{"claim_name": "scope", "contains": "admin"}]},
+                {"match": {"prefix": "/trial"}, "requires": {"provider_name": "a"}, "report_only": true,
+                 "required_claims": [{"claim_name": "scope", "contains": "admin"}]},
                 {"match": {"prefix": "/api"}, "requires": {"provider_name": "a"}}
             ],
             "revocation": {"cluster": "rev", "authority": "rev", "failure_mode": "open", "revoke_credential": "w",
@@ -422,6 +453,39 @@ mod tests {
             Decision::Deny { reason, .. } => Some(*reason),
             _ => None,
         }
+    }
+
+    /// A report-only route refuses nothing: what it would refuse is a `Report` with the reason
+    /// enforcement gives, a verified token is allowed and marked so that a revocation is only
+    /// reported too; logout routes are never report-only.
+    #[test]
+    fn report_only_routes_report_what_enforcement_would_refuse() {
+        let mut auth = authenticator();
+        let admin = format!("Bearer {}", token(A, "ia", json!({"scope": "admin"})));
+        let reader = format!("Bearer {}", token(A, "ia", json!({"scope": "read"})));
+        let expired = format!("Bearer {}", token(A, "ia", json!({"exp": NOW - 3600})));
+        let forged = format!("Bearer {}", token(B, "ia", json!({})));
+        for (headers, reason) in [
+            (vec![], Reason::Missing),
+            (vec![("authorization", reader.as_str())], Reason::InsufficientScope),
+            (vec![("authorization", expired.as_str())], Reason::Expired),
+            (vec![("authorization", forged.as_str())], Reason::BadSignature),
+        ] {
+            let enforced = denied(&run(&mut auth, "GET", "/admin", &headers));
+            assert_eq!(enforced, Some(reason), "/admin {headers:?}");
+            match run(&mut auth, "GET", "/trial", &headers) {
+                Decision::Report { reason: reported } => assert_eq!(reported, reason, "{headers:?}"),
+                _ => panic!("{headers:?}: not reported"),
+            }
+        }
+        let Decision::Allow { revocation, headers, .. } = run(&mut auth, "GET", "/trial", &[("authorization", &admin)])
+        else {
+            panic!("allowed")
+        };
+        assert_eq!(headers, vec![("x-sub".to_string(), "alice".to_string())]);
+        assert_eq!(revocation, Some(Enforcement { failure_mode: FailureMode::Open, report_only: true }));
+        assert!(matches!(run(&mut auth, "POST", "/logout", &[]), Decision::Deny { reason: Reason::Missing, .. }));
+        assert!(auth.config.output_headers.contains(&crate::config::WOULD_DENY_HEADER.to_string()));
     }
 
     /// A request waits only for the providers whose keys it lacks, each with its own reason.
@@ -501,7 +565,11 @@ mod tests {
         assert_eq!(headers, vec![("x-sub".to_string(), "alice".to_string())]);
         assert_eq!(strip, vec!["authorization".to_string()], "forward: false");
         assert_eq!(tokens[0].identity.sub.as_deref(), Some("alice"));
-        assert_eq!(revocation, Some(FailureMode::Open), "the top-level failure mode");
+        assert_eq!(
+            revocation,
+            Some(Enforcement { failure_mode: FailureMode::Open, report_only: false }),
+            "the top-level failure mode"
+        );
         let Decision::Allow { revocation, .. } = run(&mut auth, "GET", "/health", &[("authorization", &bearer)]) else {
             panic!()
         };
@@ -510,7 +578,11 @@ mod tests {
         let Decision::Allow { revocation, .. } = run(&mut auth, "GET", "/admin", &[("authorization", &admin)]) else {
             panic!()
         };
-        assert_eq!(revocation, Some(FailureMode::Closed), "the rule's own");
+        assert_eq!(
+            revocation,
+            Some(Enforcement { failure_mode: FailureMode::Closed, report_only: false }),
+            "the rule's own"
+        );
         assert_eq!(
             denied(&run(&mut auth, "GET", "/admin", &[("authorization", &bearer)])),
             Some(Reason::InsufficientScope)

@@ -62,6 +62,8 @@ pub struct Revocation {
 
 /// The header that marks a request let through without a revocation answer (`failure_mode: open`).
 pub const UNCHECKED_HEADER: &str = "x-jwtguard-revocation";
+/// Set upstream on a report-only route's request that enforcement would refuse: the reason.
+pub const WOULD_DENY_HEADER: &str = "x-jwtguard-would-deny";
 
 #[derive(Debug)]
 pub struct Provider {
@@ -92,6 +94,9 @@ pub struct Rule {
     pub required_claims: Vec<ClaimRequirement>,
     /// `None`: no revocation check on this route; else the failure mode to apply.
     pub revocation: Option<FailureMode>,
+    /// Report only: what this route would refuse is counted, logged and marked upstream
+    /// (`WOULD_DENY_HEADER`), and let through.
+    pub report_only: bool,
 }
 
 /// `jwt_authn`'s `JwtRequirement`, with providers resolved to indexes.
@@ -364,6 +369,8 @@ struct RawRule {
     #[serde(default)]
     required_claims: Vec<RawClaimRequirement>,
     revocation: Option<RawRuleRevocation>,
+    #[serde(default)]
+    report_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -784,7 +791,8 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     let names = providers
         .iter()
         .flat_map(|p| p.claim_to_headers.iter().map(|c| c.header_name.clone()).chain(p.forward_payload_header.clone()))
-        .chain(revocation.as_ref().map(|_| UNCHECKED_HEADER.to_string()));
+        .chain(revocation.as_ref().map(|_| UNCHECKED_HEADER.to_string()))
+        .chain(rules.iter().any(|r| r.report_only).then(|| WOULD_DENY_HEADER.to_string()));
     for name in names {
         if !output_headers.contains(&name) {
             output_headers.push(name);
@@ -1072,7 +1080,7 @@ fn build_rule(
         Some(RawRuleRevocation { disabled: true, .. }) => None,
         Some(RawRuleRevocation { failure_mode: own, .. }) => own.map(FailureMode::from).or(failure_mode),
     };
-    Ok(Rule { matcher: Matcher { path, methods }, requires, required_claims, revocation })
+    Ok(Rule { matcher: Matcher { path, methods }, requires, required_claims, revocation, report_only: r.report_only })
 }
 
 fn build_requirement(at: &str, r: RawRequirement, providers: &[String]) -> Result<Requirement, ConfigError> {

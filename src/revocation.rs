@@ -259,17 +259,31 @@ pub enum Verdict {
     /// The stale answer was used (`failure_mode: stale`).
     AllowStale,
     Deny(Reason),
+    /// A report-only route would refuse it: count, mark, let through.
+    WouldDeny(Reason),
 }
 
-/// The verdict for an answer, or for a failure under `failure_mode` (with the stale entry, if any).
-pub fn verdict(answer: Result<Known, Failure>, failure_mode: FailureMode, stale: Option<Known>) -> Verdict {
-    match (answer, failure_mode, stale) {
+/// How a route acts on the revocation question: its failure mode, and whether it only reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enforcement {
+    pub failure_mode: FailureMode,
+    pub report_only: bool,
+}
+
+/// The verdict for an answer, or for a failure under the failure mode (with the stale entry, if
+/// any); on a report-only route a refusal is only reported.
+pub fn verdict(answer: Result<Known, Failure>, e: Enforcement, stale: Option<Known>) -> Verdict {
+    let verdict = match (answer, e.failure_mode, stale) {
         (Ok(Known::Active), _, _) => Verdict::Allow,
         (Ok(Known::Revoked | Known::NoSession), _, _) => Verdict::Deny(Reason::Revoked),
         (Err(_), FailureMode::Open, _) => Verdict::AllowUnchecked,
         (Err(_), FailureMode::Stale, Some(Known::Active)) => Verdict::AllowStale,
         (Err(_), FailureMode::Stale, Some(Known::Revoked | Known::NoSession)) => Verdict::Deny(Reason::Revoked),
         (Err(_), _, _) => Verdict::Deny(Reason::RevocationUnavailable),
+    };
+    match verdict {
+        Verdict::Deny(reason) if e.report_only => Verdict::WouldDeny(reason),
+        verdict => verdict,
     }
 }
 
@@ -472,13 +486,20 @@ mod tests {
     #[test]
     fn failure_policy() {
         use FailureMode::*;
+        let e = |failure_mode| Enforcement { failure_mode, report_only: false };
         let down = Err(Failure::Unavailable);
-        assert_eq!(verdict(Ok(Known::Active), Closed, None), Verdict::Allow);
-        assert_eq!(verdict(Ok(Known::Revoked), Open, None), Verdict::Deny(Reason::Revoked));
-        assert_eq!(verdict(down, Closed, Some(Known::Active)), Verdict::Deny(Reason::RevocationUnavailable));
-        assert_eq!(verdict(down, Open, None), Verdict::AllowUnchecked);
-        assert_eq!(verdict(down, Stale, Some(Known::Active)), Verdict::AllowStale);
-        assert_eq!(verdict(down, Stale, Some(Known::Revoked)), Verdict::Deny(Reason::Revoked));
-        assert_eq!(verdict(down, Stale, None), Verdict::Deny(Reason::RevocationUnavailable));
+        assert_eq!(verdict(Ok(Known::Active), e(Closed), None), Verdict::Allow);
+        assert_eq!(verdict(Ok(Known::Revoked), e(Open), None), Verdict::Deny(Reason::Revoked));
+        assert_eq!(verdict(down, e(Closed), Some(Known::Active)), Verdict::Deny(Reason::RevocationUnavailable));
+        assert_eq!(verdict(down, e(Open), None), Verdict::AllowUnchecked);
+        assert_eq!(verdict(down, e(Stale), Some(Known::Active)), Verdict::AllowStale);
+        assert_eq!(verdict(down, e(Stale), Some(Known::Revoked)), Verdict::Deny(Reason::Revoked));
+        assert_eq!(verdict(down, e(Stale), None), Verdict::Deny(Reason::RevocationUnavailable));
+        // Report-only: the same decisions, refusals reported instead of enforced.
+        let report = |failure_mode| Enforcement { failure_mode, report_only: true };
+        assert_eq!(verdict(Ok(Known::Revoked), report(Open), None), Verdict::WouldDeny(Reason::Revoked));
+        assert_eq!(verdict(down, report(Closed), None), Verdict::WouldDeny(Reason::RevocationUnavailable));
+        assert_eq!(verdict(down, report(Open), None), Verdict::AllowUnchecked);
+        assert_eq!(verdict(Ok(Known::Active), report(Closed), None), Verdict::Allow);
     }
 }

@@ -1,7 +1,9 @@
 //! Mesh policy on the verified identity (issue 14, the proxy-wasm build): Envoy's RBAC filter
 //! after jwtguard allows and denies on the claims jwtguard verified and copied to request
 //! headers (`claim_to_headers`), and a client can never supply those headers itself — not on a
-//! route that needs a token, not on a public one.
+//! route that needs a token, not on a public one. And the report-only rollout: on the same
+//! traffic, a report-only Envoy lets everything through while its counts, marks and reasons are
+//! exactly what an enforcing Envoy refuses.
 
 mod support;
 
@@ -13,6 +15,8 @@ use support::tokens::{now, KeyPair};
 use support::{http, scratch_dir, Reply};
 
 const ISSUER: &str = "https://issuer.test";
+/// The issuer of support::revocation's tokens.
+const ISSUER_REVOCATION: &str = support::revocation::ISSUER;
 
 /// RBAC (ALLOW): any GET; a POST only with the `orders:write` scope in the verified
 /// `x-jwt-scope` (an OAuth scope string: space-separated, matched as a whole word); DELETE only
@@ -112,4 +116,93 @@ fn rbac_after_jwtguard_decides_on_verified_claims_only() {
     let admin = s.token("admin", "");
     assert_eq!(s.call("DELETE", "/orders/7", &[("authorization", &bearer(&admin))]).status, 200);
     assert!(denied_by_rbac(&s.call("DELETE", "/orders/7", &[("authorization", &bearer(&writer))])));
+}
+
+/// The same requests to an enforcing Envoy and to one whose rules are report-only (both with
+/// the real revocation service): the second lets every request through, marks each that the
+/// first refuses with the same reason, and counts `would_deny.<reason>` exactly as the first
+/// counts `denied.<reason>`.
+#[test]
+fn report_only_lets_everything_through_and_reports_what_enforcement_refuses() {
+    use support::revocation::{envoy, plugin, token, world, WRITE};
+    let w = world("policy-report-only", &[]);
+    let scoped = json!([{"match": {"prefix": "/admin"}, "requires": {"provider_name": "main"},
+                          "required_claims": [{"claim_name": "scope", "contains": "admin"}]}]);
+    let enforcing = plugin(&w.key, json!({}), scoped.clone());
+    let mut reporting = enforcing.clone();
+    for rule in reporting["rules"].as_array_mut().unwrap() {
+        rule["report_only"] = json!(true);
+    }
+    let enforce = envoy(&w.dir, "enforce", &[("main", enforcing)], w.service.port, &w.echo);
+    let report = envoy(&w.dir, "report", &[("main", reporting)], w.service.port, &w.echo);
+
+    let stranger = KeyPair::generate(&w.dir, Algorithm::RS256, "k1");
+    let t = now();
+    let good = token(&w.key, "alice", "ok-1", t);
+    let revoked = token(&w.key, "bob", "revoked-1", t);
+    let expired =
+        w.key.sign(&json!({"iss": ISSUER_REVOCATION, "sub": "carol", "jti": "x-1", "iat": t - 900, "exp": t - 600}));
+    let forged = token(&stranger, "mallory", "f-1", t);
+    let r = ureq::post(&format!("{}/v1/revoke", w.service.url()))
+        .set("authorization", &format!("Bearer {WRITE}"))
+        .set("content-type", "application/json")
+        .send_string(&json!({"jti": "revoked-1", "exp": t + 600}).to_string());
+    assert_eq!(r.map(|r| r.status()).unwrap_or(0), 200);
+    let requests: Vec<(&str, Option<&String>)> = vec![
+        ("/api", Some(&good)),
+        ("/api", None),
+        ("/api", Some(&revoked)),
+        ("/api", Some(&expired)),
+        ("/api", Some(&forged)),
+        ("/admin", Some(&good)),
+        ("/admin", None),
+    ];
+    let send = |e: &Envoy, path: &str, t: Option<&String>| {
+        let bearer = t.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
+        http("GET", &e.url("main", path), &headers)
+    };
+    // Both have the revocation set before anything is sent (the revoked token is refused).
+    for e in [&enforce, &report] {
+        support::wait_for("the first revocation set", std::time::Duration::from_secs(10), || {
+            (send(e, "/api", Some(&good)).status == 200).then_some(())
+        });
+    }
+    let mut expected: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for (path, t) in &requests {
+        let enforced = send(&enforce, path, *t);
+        let reported = send(&report, path, *t);
+        assert_eq!(reported.status, 200, "{path} {:?}: report-only lets it through", t.map(|t| &t[..12]));
+        let mark = reported.echoed().get("x-jwtguard-would-deny").and_then(Value::as_str).map(String::from);
+        if enforced.status == 200 {
+            assert_eq!(mark, None, "{path}: allowed by enforcement, nothing to report");
+        } else {
+            let reason = reason_of(&enforced);
+            assert_eq!(mark.as_deref(), Some(reason), "{path}: the same reason");
+            *expected.entry(reason).or_default() += 1;
+        }
+    }
+    assert_eq!(expected.len(), 5, "missing, revoked, expired, bad signature, insufficient scope: {expected:?}");
+    for (reason, n) in &expected {
+        assert_eq!(enforce.counter(&format!("wasmcustom.jwtguard.denied.{reason}")), *n, "{reason}");
+        assert_eq!(report.counter(&format!("wasmcustom.jwtguard.would_deny.{reason}")), *n, "{reason}");
+        assert_eq!(report.counter(&format!("wasmcustom.jwtguard.denied.{reason}")), 0, "{reason}: nothing refused");
+    }
+    // The reason is a Prometheus label, beside the enforced ones' (the shipped stats_tags).
+    let scrape = report.prometheus();
+    assert!(scrape.contains("jwtguard_would_deny{reason=\"expired\"} 1"), "{scrape}");
+    assert!(report.log_text().contains("jwtguard: report-only: a request let through would be refused"));
+}
+
+/// The stat name of an enforced refusal, from its answer (status and RFC 6750 challenge).
+fn reason_of(reply: &Reply) -> &'static str {
+    let challenge = reply.header("www-authenticate").unwrap_or_default();
+    match (reply.status, challenge) {
+        (401, c) if !c.contains("error=") => "missing",
+        (401, c) if c.contains("token revoked") => "revoked",
+        (401, c) if c.contains("expired") => "expired",
+        (401, c) if c.contains("signature") => "bad_signature",
+        (403, _) => "insufficient_scope",
+        _ => panic!("an unexpected refusal: {reply:?}"),
+    }
 }

@@ -103,7 +103,7 @@ pub fn bootstrap(listeners: &[Listener], clusters: &[Value]) -> Value {
 pub fn stats_tags() -> Value {
     json!([
         {"tag_name": "provider", "regex": r"^wasmcustom\.jwtguard\.jwks\.((.+)\.)(?:fetch_success|fetch_failed|keys_loaded|stale|age_ms|unknown_kid_refetch|requests_waited)$"},
-        {"tag_name": "reason", "regex": r"^wasmcustom\.jwtguard\.denied(\.(.+))$"}
+        {"tag_name": "reason", "regex": r"^wasmcustom\.jwtguard\.(?:denied|would_deny)(\.(.+))$"}
     ])
 }
 

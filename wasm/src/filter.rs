@@ -152,7 +152,9 @@ impl RootContext for Root {
                 loaded_ms: Cell::new(0),
             })
             .collect();
-        let Some(metrics) = Metrics::define(config.stat_prefix.as_deref(), remote.iter().map(|r| r.name.as_str()))
+        let report_only = config.rules.iter().any(|r| r.report_only);
+        let Some(metrics) =
+            Metrics::define(config.stat_prefix.as_deref(), remote.iter().map(|r| r.name.as_str()), report_only)
         else {
             error!("jwtguard: the host refused to define stats");
             return false;
@@ -185,6 +187,7 @@ impl RootContext for Root {
             key_waiters: RefCell::new(Vec::new()),
             remote,
             keys_version: Cell::new(0),
+            report_logged_ms: Cell::new(0),
         });
         // Keys are fetched from the first tick, not here: Envoy configures a short-lived VM on
         // the main thread too, and a fetch it claimed would be lost with it.

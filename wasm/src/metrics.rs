@@ -17,6 +17,8 @@ pub const FLUSH_MS: u64 = 100;
 pub struct Metrics {
     pub allowed: u32,
     denied: Vec<(Reason, u32)>,
+    /// Report-only routes' refusals by reason (`would_deny.<reason>`); none without such routes.
+    would_deny: Vec<(Reason, u32)>,
     cache_hit: u32,
     cache_miss: u32,
     verify_host: u32,
@@ -68,14 +70,19 @@ pub struct JwksStats {
 
 impl Metrics {
     /// `stat_prefix`: names become `jwtguard.<stat_prefix>.…`.
-    pub fn define<'a>(stat_prefix: Option<&str>, remote_providers: impl Iterator<Item = &'a str>) -> Option<Metrics> {
+    pub fn define<'a>(
+        stat_prefix: Option<&str>,
+        remote_providers: impl Iterator<Item = &'a str>,
+        report_only: bool,
+    ) -> Option<Metrics> {
         let prefix = stat_prefix.map(|p| format!("{p}.")).unwrap_or_default();
         let def = |kind, name: &str| hostcalls::define_metric(kind, &format!("jwtguard.{prefix}{name}")).ok();
         let counter = |name: &str| def(MetricType::Counter, name);
-        let mut denied = Vec::new();
-        for reason in Reason::ALL {
-            denied.push((reason, counter(&format!("denied.{}", reason.name()))?));
-        }
+        let by_reason = |what: &str| -> Option<Vec<(Reason, u32)>> {
+            Reason::ALL.into_iter().map(|r| Some((r, counter(&format!("{what}.{}", r.name()))?))).collect()
+        };
+        let denied = by_reason("denied")?;
+        let would_deny = if report_only { by_reason("would_deny")? } else { Vec::new() };
         let mut jwks = Vec::new();
         for name in remote_providers {
             let stat = |what: &str| format!("jwks.{name}.{what}");
@@ -92,6 +99,7 @@ impl Metrics {
         Some(Metrics {
             allowed: counter("allowed")?,
             denied,
+            would_deny,
             cache_hit: counter("jwt_cache_hit")?,
             cache_miss: counter("jwt_cache_miss")?,
             verify_host: counter("verify.host_crypto")?,
@@ -169,7 +177,15 @@ impl Metrics {
     }
 
     pub fn denied(&self, reason: Reason) {
-        if let Some((_, id)) = self.denied.iter().find(|(r, _)| *r == reason) {
+        self.add_by_reason(&self.denied, reason);
+    }
+
+    pub fn would_deny(&self, reason: Reason) {
+        self.add_by_reason(&self.would_deny, reason);
+    }
+
+    fn add_by_reason(&self, counters: &[(Reason, u32)], reason: Reason) {
+        if let Some((_, id)) = counters.iter().find(|(r, _)| *r == reason) {
             self.add(*id, 1);
         }
     }

@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use crate::shared::{now_ms, Callout, Dispatch, Shared};
 use jwtguard::authenticator::Verified;
 use jwtguard::feed::{FeedClient, FeedConfig};
-use jwtguard::revocation::{self, Failure, FailureMode, Identity, Known, Mode, Verdict};
+use jwtguard::revocation::{self, Enforcement, Failure, Identity, Known, Mode, Verdict};
 use jwtguard::revocation_set::RevocationSet;
 use jwtguard_wire::FeedEvent;
 use log::{error, info, warn};
@@ -29,7 +29,7 @@ const EXPIRE_EVERY_MS: u64 = 10_000;
 struct SetWaiter {
     context_id: u32,
     identity: Identity,
-    failure_mode: FailureMode,
+    enforcement: Enforcement,
     deadline_ms: u64,
 }
 
@@ -77,20 +77,20 @@ impl Shared {
         context_id: u32,
         waiting: bool,
         token: &Verified,
-        failure_mode: FailureMode,
+        enforcement: Enforcement,
         now: u64,
         dispatch: Dispatch,
     ) -> (Action, Option<(u32, Callout)>) {
-        match self.set_verdict(feed, &token.identity, failure_mode, now) {
+        match self.set_verdict(feed, &token.identity, enforcement, now) {
             SetAnswer::Decided(verdict) => (self.settle(context_id, false, verdict, waiting), None),
             SetAnswer::AskService { until_exp } => {
-                self.check_status(context_id, waiting, &token.identity, failure_mode, now, dispatch, until_exp)
+                self.check_status(context_id, waiting, &token.identity, enforcement, now, dispatch, until_exp)
             }
             SetAnswer::Wait => {
                 feed.waiters.borrow_mut().push(SetWaiter {
                     context_id,
                     identity: token.identity.clone(),
-                    failure_mode,
+                    enforcement,
                     deadline_ms: now.saturating_add(feed.cfg.wait_for_set_ms),
                 });
                 (Action::Pause, None)
@@ -98,10 +98,10 @@ impl Shared {
         }
     }
 
-    fn set_verdict(&self, feed: &Feed, identity: &Identity, failure_mode: FailureMode, now: u64) -> SetAnswer {
+    fn set_verdict(&self, feed: &Feed, identity: &Identity, enforcement: Enforcement, now: u64) -> SetAnswer {
         // A revoked token is refused whatever state the set is in.
         if let Some(known) = feed.set.borrow().check(identity, now / 1000) {
-            return SetAnswer::Decided(revocation::verdict(Ok(known), failure_mode, None));
+            return SetAnswer::Decided(revocation::verdict(Ok(known), enforcement, None));
         }
         let client = feed.client.borrow();
         let usable = client.fresh(now, &feed.cfg) && !feed.set.borrow().overflowed();
@@ -128,7 +128,7 @@ impl Shared {
             && client.age_ms(now) <= feed.cfg.max_staleness_ms.saturating_add(rev.freshness.stale_ms);
         SetAnswer::Decided(revocation::verdict(
             Err(Failure::Unavailable),
-            failure_mode,
+            enforcement,
             stale_ok.then_some(Known::Active),
         ))
     }
@@ -277,9 +277,9 @@ impl Shared {
                 feed.waiters.borrow_mut().push(w);
                 continue;
             }
-            let answer = match self.set_verdict(feed, &w.identity, w.failure_mode, now) {
+            let answer = match self.set_verdict(feed, &w.identity, w.enforcement, now) {
                 SetAnswer::Wait => {
-                    SetAnswer::Decided(revocation::verdict(Err(Failure::Unavailable), w.failure_mode, None))
+                    SetAnswer::Decided(revocation::verdict(Err(Failure::Unavailable), w.enforcement, None))
                 }
                 other => other,
             };
@@ -292,7 +292,7 @@ impl Shared {
                         continue;
                     }
                     let (_, callout) =
-                        self.check_status(w.context_id, true, &w.identity, w.failure_mode, now, dispatch, until_exp);
+                        self.check_status(w.context_id, true, &w.identity, w.enforcement, now, dispatch, until_exp);
                     if let Some((token, c)) = callout {
                         record(token, w.context_id, c);
                     }

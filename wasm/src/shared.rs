@@ -14,9 +14,9 @@ use jwtguard::host_crypto::HostCrypto;
 use jwtguard::jwks::RemoteJwks;
 use jwtguard::reason::Reason;
 use jwtguard::response::{self, ResponseStyle};
-use jwtguard::revocation::{self, Entry, Failure, FailureMode, Identity, Known, Lookup, Verdict};
+use jwtguard::revocation::{self, Enforcement, Entry, Failure, Identity, Known, Lookup, Verdict};
 use jwtguard::strict_json::quote;
-use log::{debug, warn};
+use log::{debug, info, warn};
 use proxy_wasm::types::{Action, MapType, Status};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -50,7 +50,7 @@ pub enum Callout {
 /// A request waiting for the revocation answer about its token.
 pub struct Waiter {
     context_id: u32,
-    failure_mode: FailureMode,
+    enforcement: Enforcement,
     /// The cache's stale answer, for `failure_mode: stale`.
     stale: Option<Known>,
 }
@@ -103,6 +103,8 @@ pub struct Shared {
     pub remote: Vec<Remote>,
     /// Bumped whenever any remote key set changes in this VM.
     pub keys_version: Cell<u64>,
+    /// When a report-only refusal was last logged (ms).
+    pub report_logged_ms: Cell<u64>,
 }
 
 pub fn now_ms() -> u64 {
@@ -171,16 +173,24 @@ impl Shared {
                         self.deny(Reason::InvalidClaims, None);
                         (Action::Pause, None)
                     }
-                    (Some(failure_mode), Some(token)) => match &self.feed {
-                        Some(feed) => self.check_on_set(feed, context_id, waiting, token, failure_mode, now, dispatch),
+                    (Some(enforcement), Some(token)) => match &self.feed {
+                        Some(feed) => self.check_on_set(feed, context_id, waiting, token, enforcement, now, dispatch),
                         None => {
-                            self.check_status(context_id, waiting, &token.identity, failure_mode, now, dispatch, false)
+                            self.check_status(context_id, waiting, &token.identity, enforcement, now, dispatch, false)
                         }
                     },
                     _ => (self.settle(context_id, false, Verdict::Allow, waiting), None),
                 }
             }
             Decision::Logout { token, everywhere } => self.logout(&token, everywhere, dispatch),
+            Decision::Report { reason } => {
+                self.report(reason);
+                self.metrics.add(self.metrics.allowed, 1);
+                if waiting {
+                    let _ = host::resume_http_request();
+                }
+                (Action::Continue, None)
+            }
             Decision::AwaitKeys { reason, providers } => {
                 (self.park_for_keys(context_id, headers, reason, &providers, retry, now), None)
             }
@@ -293,6 +303,10 @@ impl Shared {
                 self.deny(reason, None);
                 return Action::Pause;
             }
+            Verdict::WouldDeny(reason) => {
+                self.report(reason);
+                None
+            }
         };
         if let Some((counter, value)) = mark {
             m.add(counter, 1);
@@ -303,6 +317,18 @@ impl Shared {
             let _ = host::resume_http_request();
         }
         Action::Continue
+    }
+
+    /// A report-only route would refuse the current request: counted by reason, marked upstream
+    /// with the reason, logged at most once a second per worker; the caller lets it through.
+    pub fn report(&self, reason: Reason) {
+        self.metrics.would_deny(reason);
+        let _ = host::set_map_value(MapType::HttpRequestHeaders, config::WOULD_DENY_HEADER, Some(reason.name()));
+        let now = now_ms();
+        if now >= self.report_logged_ms.get() + 1_000 {
+            self.report_logged_ms.set(now);
+            info!("jwtguard: report-only: a request let through would be refused: {}", reason.name());
+        }
     }
 
     /// Sends the denial on the current context.
@@ -322,7 +348,7 @@ impl Shared {
         context_id: u32,
         waiting: bool,
         identity: &Identity,
-        failure_mode: FailureMode,
+        enforcement: Enforcement,
         now: u64,
         dispatch: Dispatch,
         active_until_exp: bool,
@@ -337,7 +363,7 @@ impl Shared {
             Lookup::Fresh(known) => {
                 self.metrics.add(self.metrics.rev_cache_hit, 1);
                 return (
-                    self.settle(context_id, false, revocation::verdict(Ok(known), failure_mode, None), waiting),
+                    self.settle(context_id, false, revocation::verdict(Ok(known), enforcement, None), waiting),
                     None,
                 );
             }
@@ -345,7 +371,7 @@ impl Shared {
             Lookup::Miss => None,
         };
         self.metrics.add(self.metrics.rev_cache_miss, 1);
-        let waiter = Waiter { context_id, failure_mode, stale };
+        let waiter = Waiter { context_id, enforcement, stale };
         if let Some(inflight) = self.inflight.borrow_mut().get_mut(&identity.key) {
             self.metrics.add(self.metrics.coalesced, 1);
             inflight.waiters.push(waiter);
@@ -367,7 +393,7 @@ impl Shared {
             Err(status) => {
                 warn!("jwtguard: revocation callout to cluster {:?} failed: {status:?}", rev.cluster);
                 self.metrics.answer(Err(Failure::Unavailable));
-                let verdict = revocation::verdict(Err(Failure::Unavailable), failure_mode, stale);
+                let verdict = revocation::verdict(Err(Failure::Unavailable), enforcement, stale);
                 (self.settle(context_id, false, verdict, waiting), None)
             }
         }
@@ -456,7 +482,7 @@ impl Shared {
             return;
         };
         for w in inflight.waiters {
-            self.settle(w.context_id, true, revocation::verdict(answer, w.failure_mode, w.stale), true);
+            self.settle(w.context_id, true, revocation::verdict(answer, w.enforcement, w.stale), true);
         }
     }
 
