@@ -791,8 +791,8 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     let names = providers
         .iter()
         .flat_map(|p| p.claim_to_headers.iter().map(|c| c.header_name.clone()).chain(p.forward_payload_header.clone()))
-        .chain(revocation.as_ref().map(|_| UNCHECKED_HEADER.to_string()))
-        .chain(rules.iter().any(|r| r.report_only).then(|| WOULD_DENY_HEADER.to_string()));
+        // jwtguard's own marks are never a client's, whatever this configuration uses.
+        .chain([UNCHECKED_HEADER.to_string(), WOULD_DENY_HEADER.to_string()]);
     for name in names {
         if !output_headers.contains(&name) {
             output_headers.push(name);
@@ -1206,7 +1206,7 @@ pub(crate) mod tests {
             Some(&Requirement::Any(vec![Requirement::Provider(0), Requirement::Provider(1)]))
         );
         assert_eq!(c.rules[2].matcher.methods, vec!["POST"]);
-        assert_eq!(c.output_headers, vec!["x-jwt-sub", "x-jwt-payload"]);
+        assert_eq!(c.output_headers, vec!["x-jwt-sub", "x-jwt-payload", UNCHECKED_HEADER, WOULD_DENY_HEADER]);
         assert_eq!(c.providers[0].jwt_cache_size, DEFAULT_JWT_CACHE_SIZE);
         assert_eq!(c.providers[0].sources, Sources::default_bearer());
     }

@@ -270,6 +270,17 @@ pub struct Enforcement {
     pub report_only: bool,
 }
 
+impl Enforcement {
+    /// A refusal for `reason`: enforced, or on a report-only route only reported.
+    pub fn refusal(self, reason: Reason) -> Verdict {
+        if self.report_only {
+            Verdict::WouldDeny(reason)
+        } else {
+            Verdict::Deny(reason)
+        }
+    }
+}
+
 /// The verdict for an answer, or for a failure under the failure mode (with the stale entry, if
 /// any); on a report-only route a refusal is only reported.
 pub fn verdict(answer: Result<Known, Failure>, e: Enforcement, stale: Option<Known>) -> Verdict {
@@ -282,7 +293,7 @@ pub fn verdict(answer: Result<Known, Failure>, e: Enforcement, stale: Option<Kno
         (Err(_), _, _) => Verdict::Deny(Reason::RevocationUnavailable),
     };
     match verdict {
-        Verdict::Deny(reason) if e.report_only => Verdict::WouldDeny(reason),
+        Verdict::Deny(reason) => e.refusal(reason),
         verdict => verdict,
     }
 }

@@ -162,12 +162,23 @@ fn report_only_lets_everything_through_and_reports_what_enforcement_refuses() {
         let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
         http("GET", &e.url("main", path), &headers)
     };
-    // Both have the revocation set before anything is sent (the revoked token is refused).
+    // Both hold the revocation set, with the revocation in it, before the comparison: the
+    // enforcing Envoy refuses the revoked token, the reporting one marks it so (before its set
+    // is in, it would mark revocation_unavailable instead).
+    let ready = |e: &Envoy| {
+        let r = send(e, "/api", Some(&revoked));
+        let mark = r.echoed_or_none("x-jwtguard-would-deny");
+        r.status == 401 || mark.as_deref() == Some("revoked")
+    };
     for e in [&enforce, &report] {
-        support::wait_for("the first revocation set", std::time::Duration::from_secs(10), || {
-            (send(e, "/api", Some(&good)).status == 200).then_some(())
-        });
+        support::wait_for("the revocation set", std::time::Duration::from_secs(10), || ready(e).then_some(()));
     }
+    // Counts from here on (the readiness polls above counted too).
+    let reasons = ["missing", "revoked", "expired", "bad_signature", "insufficient_scope"];
+    let counts = |e: &Envoy, stat: &str| -> Vec<u64> {
+        reasons.iter().map(|r| e.counter(&format!("wasmcustom.jwtguard.{stat}.{r}"))).collect()
+    };
+    let (denied_before, reported_before) = (counts(&enforce, "denied"), counts(&report, "would_deny"));
     let mut expected: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
     for (path, t) in &requests {
         let enforced = send(&enforce, path, *t);
@@ -183,14 +194,31 @@ fn report_only_lets_everything_through_and_reports_what_enforcement_refuses() {
         }
     }
     assert_eq!(expected.len(), 5, "missing, revoked, expired, bad signature, insufficient scope: {expected:?}");
-    for (reason, n) in &expected {
-        assert_eq!(enforce.counter(&format!("wasmcustom.jwtguard.denied.{reason}")), *n, "{reason}");
-        assert_eq!(report.counter(&format!("wasmcustom.jwtguard.would_deny.{reason}")), *n, "{reason}");
-        assert_eq!(report.counter(&format!("wasmcustom.jwtguard.denied.{reason}")), 0, "{reason}: nothing refused");
+    let delta =
+        |after: Vec<u64>, before: &[u64]| -> Vec<u64> { after.iter().zip(before).map(|(a, b)| a - b).collect() };
+    let wanted: Vec<u64> = reasons.iter().map(|r| expected.get(r).copied().unwrap_or(0)).collect();
+    assert_eq!(delta(counts(&enforce, "denied"), &denied_before), wanted, "enforced, by reason {reasons:?}");
+    assert_eq!(delta(counts(&report, "would_deny"), &reported_before), wanted, "reported, by reason {reasons:?}");
+    assert_eq!(counts(&report, "denied"), vec![0; reasons.len()], "the report-only Envoy refused nothing");
+    // A client cannot mark its own request (or unmark a refused one): its copy is removed — on
+    // the enforcing Envoy too, which has no report-only rule.
+    for e in [&enforce, &report] {
+        let r = http(
+            "GET",
+            &e.url("main", "/api"),
+            &[("authorization", &format!("Bearer {good}")), ("x-jwtguard-would-deny", "none")],
+        );
+        assert_eq!((r.status, r.echoed().get("x-jwtguard-would-deny")), (200, None), "{r:?}");
     }
+    let good_bearer = format!("Bearer {good}");
+    let forged_mark = [("authorization", good_bearer.as_str()), ("x-jwtguard-would-deny", "none")];
+    let r = http("GET", &report.url("main", "/api"), &forged_mark);
+    assert_eq!((r.status, r.echoed().get("x-jwtguard-would-deny")), (200, None), "{r:?}");
+    let r = http("GET", &report.url("main", "/api"), &[("x-jwtguard-would-deny", "none")]);
+    assert_eq!(r.echoed()["x-jwtguard-would-deny"], "missing", "replaced by the true reason");
     // The reason is a Prometheus label, beside the enforced ones' (the shipped stats_tags).
     let scrape = report.prometheus();
-    assert!(scrape.contains("jwtguard_would_deny{reason=\"expired\"} 1"), "{scrape}");
+    assert!(scrape.contains("jwtguard_would_deny{reason=\"expired\"} 1\n"), "{scrape}");
     assert!(report.log_text().contains("jwtguard: report-only: a request let through would be refused"));
 }
 
@@ -204,5 +232,17 @@ fn reason_of(reply: &Reply) -> &'static str {
         (401, c) if c.contains("signature") => "bad_signature",
         (403, _) => "insufficient_scope",
         _ => panic!("an unexpected refusal: {reply:?}"),
+    }
+}
+
+trait Echoed {
+    /// A header the echo upstream saw, if the reply is the upstream's.
+    fn echoed_or_none(&self, name: &str) -> Option<String>;
+}
+
+impl Echoed for Reply {
+    fn echoed_or_none(&self, name: &str) -> Option<String> {
+        let v: Value = serde_json::from_str(&self.body).ok()?;
+        v["headers"][name].as_str().map(String::from)
     }
 }

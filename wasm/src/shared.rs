@@ -169,9 +169,8 @@ impl Shared {
                 }
                 match (revocation, tokens.first()) {
                     // A token the service could not store could never be revoked.
-                    (Some(_), Some(token)) if !token.identity.revocable() => {
-                        self.deny(Reason::InvalidClaims, None);
-                        (Action::Pause, None)
+                    (Some(enforcement), Some(token)) if !token.identity.revocable() => {
+                        (self.settle(context_id, false, enforcement.refusal(Reason::InvalidClaims), waiting), None)
                     }
                     (Some(enforcement), Some(token)) => match &self.feed {
                         Some(feed) => self.check_on_set(feed, context_id, waiting, token, enforcement, now, dispatch),
@@ -304,6 +303,9 @@ impl Shared {
                 return Action::Pause;
             }
             Verdict::WouldDeny(reason) => {
+                if reason == Reason::RevocationUnavailable {
+                    m.add(m.failure_closed, 1);
+                }
                 self.report(reason);
                 None
             }
