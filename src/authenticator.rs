@@ -424,6 +424,7 @@ mod tests {
                  "required_claims": [{"claim_name": "scope", "contains": "admin"}]},
                 {"match": {"prefix": "/trial"}, "requires": {"provider_name": "a"}, "report_only": true,
                  "required_claims": [{"claim_name": "scope", "contains": "admin"}]},
+
                 {"match": {"prefix": "/api"}, "requires": {"provider_name": "a"}}
             ],
             "revocation": {"cluster": "rev", "authority": "rev", "failure_mode": "open", "revoke_credential": "w",
@@ -484,7 +485,16 @@ mod tests {
         };
         assert_eq!(headers, vec![("x-sub".to_string(), "alice".to_string())]);
         assert_eq!(revocation, Some(Enforcement { failure_mode: FailureMode::Open, report_only: true }));
-        assert!(matches!(run(&mut auth, "POST", "/logout", &[]), Decision::Deny { reason: Reason::Missing, .. }));
+        // A logout route under a report-only rule (here a catch-all one) still needs its token.
+        let config = json!({
+            "providers": {"a": {"issuer": "ia", "hmac_secrets": [{"secret": A}]}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "a"}, "report_only": true}],
+            "revocation": {"cluster": "rev", "authority": "rev", "revoke_credential": "w", "logout_path": "/logout"}
+        });
+        let mut all_report_only = Authenticator::new(Config::parse(config.to_string().as_bytes()).unwrap());
+        assert!(matches!(run(&mut all_report_only, "GET", "/x", &[]), Decision::Report { reason: Reason::Missing }));
+        let logout = run(&mut all_report_only, "POST", "/logout", &[]);
+        assert!(matches!(logout, Decision::Deny { reason: Reason::Missing, .. }), "a logout is never only reported");
         assert!(auth.config.output_headers.contains(&crate::config::WOULD_DENY_HEADER.to_string()));
     }
 
