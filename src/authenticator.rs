@@ -117,9 +117,9 @@ impl Authenticator {
         tally: &mut Tally,
     ) -> Decision {
         let rule_index = self.config.rules.iter().position(|r| r.matcher.matches(req.method, req.path));
-        let report_only =
-            rule_index.is_some_and(|i| self.config.rules[i].report_only) && self.logout_kind(req).is_none();
-        match self.decide(req, rule_index, now, host, tally) {
+        let logout = self.logout_kind(req);
+        let report_only = rule_index.is_some_and(|i| self.config.rules[i].report_only) && logout.is_none();
+        match self.decide(req, rule_index, logout, now, host, tally) {
             Decision::Deny { reason, .. } | Decision::AwaitKeys { reason, .. } if report_only => {
                 Decision::Report { reason }
             }
@@ -137,11 +137,11 @@ impl Authenticator {
         &mut self,
         req: &Request,
         rule_index: Option<usize>,
+        logout: Option<bool>,
         now: u64,
         host: Option<&dyn HostCrypto>,
         tally: &mut Tally,
     ) -> Decision {
-        let logout = self.logout_kind(req);
         let rule = rule_index.map(|i| &self.config.rules[i]);
         let requirement = match (rule.and_then(|r| r.requires.clone()), logout) {
             (Some(requirement), _) => requirement,

@@ -1207,6 +1207,13 @@ pub(crate) mod tests {
         );
         assert_eq!(c.rules[2].matcher.methods, vec!["POST"]);
         assert_eq!(c.output_headers, vec!["x-jwt-sub", "x-jwt-payload", UNCHECKED_HEADER, WOULD_DENY_HEADER]);
+        // Each name once, however many providers write it.
+        let twice = with_provider(
+            r#", "claim_to_headers": [{"header_name": "X-Sub", "claim_name": "sub"}, {"header_name": "x-sub", "claim_name": "email"}]"#,
+            "",
+        );
+        let c = Config::parse(twice.as_bytes()).unwrap();
+        assert_eq!(c.output_headers, vec!["x-sub", UNCHECKED_HEADER, WOULD_DENY_HEADER]);
         assert_eq!(c.providers[0].jwt_cache_size, DEFAULT_JWT_CACHE_SIZE);
         assert_eq!(c.providers[0].sources, Sources::default_bearer());
     }

@@ -832,6 +832,23 @@ fn an_unreachable_key_set_leaves_signals_for_a_retry() {
     wait_for("a few polls", Duration::from_secs(10), || (idp.polls() >= polls + 3).then_some(()));
     assert_eq!((idp.pending(), idp.acknowledged().len(), idp.set_errors().len()), (1, 0, 0), "kept by the transmitter");
     assert_eq!(redis.cli(&["XLEN", FEED_KEY]), "0");
+
+    // Signals arriving together while the key set is unreachable are answered by the one fetch
+    // that failed after they came, not by one fetch each, 2 s apart (a queue would grow without
+    // bound): six at once all have their 503 well within two such slots.
+    let started = Instant::now();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let token = idp.logout_token(AUD, Some("alice"), Some(&format!("queued-{i}")));
+                let svc = &svc;
+                scope.spawn(move || logout(svc, &token).status)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("delivery")).collect()
+    });
+    assert_eq!(statuses, vec![503; 6]);
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?} for six signals", started.elapsed());
 }
 
 /// A remote key set as providers publish it — a signing key beside an encryption key, a key of
