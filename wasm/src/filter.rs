@@ -199,7 +199,7 @@ impl RootContext for Root {
         let Some(shared) = self.shared.clone() else { return };
         shared.metrics.flush(now_ms());
         if let Some(rev) = &shared.revocation {
-            let deadline = now_ms().saturating_sub(rev.timeout_ms + 500);
+            let deadline = now_ms().saturating_sub(rev.timeout_ms.saturating_add(500));
             let lost: Vec<String> = shared
                 .inflight
                 .borrow()
@@ -253,9 +253,13 @@ impl Context for Filter {
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        // One host call for all headers: cheaper than one per header we look at.
-        let headers = host::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        // One host call for all headers: cheaper than one per header we look at. Without them
+        // nothing can be judged (no path, no token): refuse rather than let it pass unchecked.
         let shared = self.shared.clone();
+        let Ok(headers) = host::get_map(MapType::HttpRequestHeaders) else {
+            shared.deny(jwtguard::reason::Reason::Malformed, None);
+            return Action::Pause;
+        };
         let (action, callout) = shared
             .handle(self.context_id, false, headers, None, &|c, h, b, t| self.dispatch_http_call(c, h, b, vec![], t));
         self.callout = callout.map(|(_, c)| c);

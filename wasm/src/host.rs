@@ -3,7 +3,8 @@
 //! request from any client) — and a panic takes down the VM with every request on it. Here a
 //! failed call is an `Err` (or `None`), and header maps are read as bytes (`header_map`).
 //! Only `dispatch_http_call` stays the SDK's (it registers the callout for its answer's
-//! routing), and `define_metric`, at configuration only.
+//! routing), `define_metric` (at configuration only) and the `log` facade (Envoy's log call
+//! returns Ok for every level we use).
 
 use jwtguard::header_map;
 use jwtguard::host_crypto::{self, HostCrypto};

@@ -231,7 +231,7 @@ impl Shared {
                 for &i in &remotes {
                     self.metrics.add(self.metrics.jwks[i].requests_waited, 1);
                 }
-                (now, now + wait, remotes)
+                (now, now.saturating_add(wait), remotes)
             }
             Some(r) => {
                 let remotes: Vec<usize> = providers
@@ -302,10 +302,8 @@ impl Shared {
                 self.deny(reason, None);
                 return Action::Pause;
             }
+            // Counted in would_deny.<reason> only: failure_mode.closed counts requests refused.
             Verdict::WouldDeny(reason) => {
-                if reason == Reason::RevocationUnavailable {
-                    m.add(m.failure_closed, 1);
-                }
                 self.report(reason);
                 None
             }
