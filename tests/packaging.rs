@@ -845,7 +845,12 @@ fn the_compose_healthchecks_probe_the_real_programs() {
     assert!(http_ok(upstream.port, &probe("upstream").1));
     assert!(http_ok(envoy.admin, &probe("envoy").1));
     assert!(!http_ok(revocation.port, "/no-such-path"), "a 404 passed");
-    assert!(!http_ok(jwtguard_demo::redis::free_port(), "/"), "a closed port passed");
+    // A server that closes every connection unanswered (held by the test: a free port could be
+    // taken meanwhile by another test's server).
+    let closing = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closing.local_addr().expect("port").port();
+    std::thread::spawn(move || closing.incoming().for_each(drop));
+    assert!(!http_ok(port, "/"), "a connection closed unanswered passed");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -817,7 +817,11 @@ fn an_unreachable_key_set_leaves_signals_for_a_retry() {
     let dir = scratch_dir("revocation", "signals-no-keys");
     let redis = RedisServer::start(&dir, &[]);
     let idp = start_idp(&dir, "idp");
-    let closed = format!("http://127.0.0.1:{}/jwks", free_port());
+    // A port held by this test, whose every connection is closed unanswered: a free port could
+    // be taken meanwhile by another test's server (one of them once served a key set here).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed = format!("http://127.0.0.1:{}/jwks", listener.local_addr().expect("port").port());
+    std::thread::spawn(move || listener.incoming().for_each(drop));
     let bearer = format!("Bearer {}", idp::POLL_CREDENTIAL);
     let poll = json!({"ssf_poll": {"endpoint": idp.poll_uri(), "authorization": bearer, "interval_ms": 100},
                       "remote_jwks": {"uri": closed, "timeout_ms": 500}});
