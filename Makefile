@@ -4,8 +4,11 @@
 # --low-memory-unused and a second -Oz: Rust's wasm32 layout puts the 1 MiB stack first, growing
 # down towards 0, so the low 1 KiB is touched only by a stack about to overflow.
 WASM := target/jwtguard.wasm
+# The end-to-end suites that run Envoy with the filter: `make test` runs them against both builds.
+E2E := --test filter_e2e --test revocation_e2e --test jwks_e2e --test feed_e2e --test policy_e2e \
+	--test signals_e2e --test monitoring --test demo
 
-.PHONY: deps wasm build demo test lint bench fuzz oci
+.PHONY: deps wasm module build demo test lint bench fuzz oci
 
 deps:
 	scripts/deps.sh
@@ -15,7 +18,11 @@ wasm: deps
 	wasm-opt -Oz --low-memory-unused -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 		--enable-mutable-globals target/wasm32-wasip1/release/jwtguard_wasm.wasm -o $(WASM)
 
-build: wasm
+# The Envoy 1.40 dynamic module: target/module/libjwtguard_module.so (profile `module`).
+module: deps
+	cargo build --profile module -p jwtguard-module
+
+build: wasm module
 	cargo build --release -p jwtguard-demo -p jwtguard-revocation
 
 demo: build
@@ -26,9 +33,12 @@ lint: deps
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p jwtguard-wasm --target wasm32-wasip1 --release -- -D warnings
 
+# Everything with the wasm build, then the end-to-end suites with the dynamic module; a failure
+# in the first does not hide the second's.
 test: build lint
 	cargo build -p jwtguard-revocation
-	cargo test --workspace --no-fail-fast
+	cargo test --workspace --no-fail-fast; status=$$?; \
+		JWTGUARD_BUILD=module cargo test --no-fail-fast $(E2E) && exit $$status
 
 bench: build
 	target/release/jwtguard-bench filter

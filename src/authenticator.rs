@@ -26,6 +26,8 @@ pub struct Verified {
     pub lifetime: Lifetime,
     /// Claim and payload headers for the upstream, computed once per token.
     pub headers: Vec<(String, String)>,
+    /// Which provider verified it (its index in `Config::providers`).
+    pub provider: usize,
 }
 
 /// The request as the filter sees it.
@@ -317,7 +319,7 @@ impl Run<'_, '_> {
         if provider.jwt_cache_size > 0 {
             self.tally.cache_misses += 1;
         }
-        match verify_token(provider, &self.auth.keys[i], &token, self.now, self.host, self.tally) {
+        match verify_token(provider, i, &self.auth.keys[i], &token, self.now, self.host, self.tally) {
             Ok(v) => {
                 let v = Rc::new(v);
                 if let Some(exp) = v.lifetime.exp {
@@ -334,6 +336,7 @@ impl Run<'_, '_> {
 /// provider's keys now (its local keys and, with remote JWKS, the last good fetched set).
 pub fn verify_token(
     provider: &Provider,
+    index: usize,
     keys: &[Key],
     token: &str,
     now: u64,
@@ -360,7 +363,7 @@ pub fn verify_token(
     let lifetime = claims::check(&claims, jws.typ.as_deref(), &provider.policy, now)?;
     let headers = upstream_headers(provider, &claims, jws.payload_b64);
     let identity = Identity::from_claims(&claims);
-    Ok(Verified { claims, identity, lifetime, headers })
+    Ok(Verified { claims, identity, lifetime, headers, provider: index })
 }
 
 fn upstream_headers(provider: &Provider, claims: &Map<String, Value>, payload_b64: &str) -> Vec<(String, String)> {

@@ -73,6 +73,10 @@ pub struct Provider {
     pub sources: Sources,
     pub forward: bool,
     pub forward_payload_header: Option<String>,
+    /// `jwt_authn`'s: the verified payload as dynamic metadata under this key of the
+    /// `envoy.filters.http.jwt_authn` namespace (`metadata.rs`). Only a build whose host can
+    /// write dynamic metadata (the dynamic module) takes it.
+    pub payload_in_metadata: Option<String>,
     pub claim_to_headers: Vec<ClaimToHeader>,
     pub jwt_cache_size: usize,
     pub remote_jwks: Option<RemoteJwks>,
@@ -261,6 +265,7 @@ struct RawProvider {
     #[serde(default)]
     forward: bool,
     forward_payload_header: Option<String>,
+    payload_in_metadata: Option<String>,
     #[serde(default)]
     claim_to_headers: Vec<RawClaimToHeader>,
     #[serde(default = "default_skew")]
@@ -541,6 +546,22 @@ pub const ALL_ALGORITHMS: &[Algorithm] = &[
 ];
 
 impl Config {
+    /// What the filter runs with, for its start-up log line.
+    pub fn summary(&self) -> String {
+        let providers: Vec<String> = self
+            .providers
+            .iter()
+            .map(|p| match &p.remote_jwks {
+                Some(r) => format!("{} (remote JWKS {}{} via {})", p.name, r.authority, r.path, r.cluster),
+                None => format!("{} ({} keys)", p.name, p.keys.len()),
+            })
+            .collect();
+        let revocation = self.revocation.as_ref().map_or("off".to_string(), |r| {
+            format!("cluster {}, cache {} ms, failure_mode {:?}", r.cluster, r.freshness.ttl_ms, r.failure_mode)
+        });
+        format!("providers {}; {} rules; revocation: {revocation}", providers.join(", "), self.rules.len())
+    }
+
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
             let message = e.to_string();
@@ -963,6 +984,9 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
         Some(h) => Some(header_name(h).map_err(|m| err(at("forward_payload_header"), m))?),
         None => None,
     };
+    if p.payload_in_metadata.as_deref() == Some("") {
+        return Err(err(at("payload_in_metadata"), "must not be empty"));
+    }
     let mut claim_to_headers = Vec::new();
     for (i, c) in p.claim_to_headers.iter().enumerate() {
         claim_to_headers.push(ClaimToHeader {
@@ -986,6 +1010,7 @@ fn build_provider(name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
         sources,
         forward: p.forward,
         forward_payload_header,
+        payload_in_metadata: p.payload_in_metadata,
         claim_to_headers,
         jwt_cache_size: p.jwt_cache_config.map_or(DEFAULT_JWT_CACHE_SIZE, |c| c.jwt_cache_size as usize),
         remote_jwks,

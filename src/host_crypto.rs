@@ -15,21 +15,17 @@ pub const FUNCTION: &str = "verify_signature";
 
 /// A known-answer test run once at start: the host must accept this RS256 signature and refuse
 /// it for other text. Only then is it trusted; otherwise every verification stays in wasm.
-/// (A public key and a signature made for this purpose; the private key was not kept.)
-const SELF_TEST_KEY: &str = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAx0LzBoDGG1oTxOQswPLjVLCYYe7MQm5rDtVGXERctkHZbL8JI/jS/CtaT0jw/WUCZd6ly0Z83JI20SOoJsvkarkGrac92Z7CQrG92VTnF28sSh70764gIFsKgB45H/CPmRTEgY9e8z85TlCpLVp4VuvqU9BhmMk2uKEPhfG3TX3u/lWPzczW5OA2sLmjftYog0WMuRP9WpqiZIUw0MCA1UpwiuADiCl1CIpj9010NHSmlYQE094wK9AFwweqVI8k/YJUEsd86oatXTYIZ/EeRe74mTMH/vNMufv2zph2LDYgd5wNfwYbE/T6v8Ls3CuR7ZCaqzbm0YoxZPQMxvqgrwIDAQAB";
-const SELF_TEST_SIGNATURE: &str = "Aj9V5DhDGQF9NKfBOGfDql5d84FduXsz8EBR7HEO+3UyxVkOjxLDR6J6ASfSAvbUoBUWoMQ5UXh95vEmf5TIAPkoQsJiI3KuAYMDhuBF62Bi/6t3c/qcsSUJmKlZ/hZ5mgEnMpYLzJPUNVa/Kk49gG6+uxuKL8ERdmgf2VYwe6CP4rXfnSGMVLqXZdxoTMXNMXRpSf3qSauWYn9tUHALAOPV/lelXGZqKyxPCWCGfuQSXWVZ34HkRms0/s4I6JaAulBa1SryIFBnyrCakQt1bSkYMX+jy1/K4OSAomjVygZPrL96gDo0lAkjeu6dleGD5PhUYVmsVtg4IJLcF4Q88A==";
+/// (A public key, DER SPKI, and a signature made for this purpose; the private key was not
+/// kept. Binary files rather than base64 text: the wasm build is size-bound.)
+const SELF_TEST_KEY: &[u8] = include_bytes!("host_crypto/self_test_key.der");
+const SELF_TEST_SIGNATURE: &[u8] = include_bytes!("host_crypto/self_test_signature.bin");
 const SELF_TEST_TEXT: &[u8] = b"jwtguard host crypto self-test";
 
 /// Whether `host` verifies RS256 correctly: a good signature passes and a bad one fails.
 pub fn self_test(host: &dyn HostCrypto) -> bool {
-    use base64::engine::general_purpose::STANDARD;
-    use base64::Engine;
-    let (Ok(key), Ok(signature)) = (STANDARD.decode(SELF_TEST_KEY), STANDARD.decode(SELF_TEST_SIGNATURE)) else {
-        return false;
-    };
-    let key = encode_key(&key);
-    let good = encode_arguments(&key, "sha256", &signature, SELF_TEST_TEXT);
-    let bad = encode_arguments(&key, "sha256", &signature, b"something else");
+    let key = encode_key(SELF_TEST_KEY);
+    let good = encode_arguments(&key, "sha256", SELF_TEST_SIGNATURE, SELF_TEST_TEXT);
+    let bad = encode_arguments(&key, "sha256", SELF_TEST_SIGNATURE, b"something else");
     host.verify_signature(&good) == Some(true) && host.verify_signature(&bad) == Some(false)
 }
 
@@ -77,6 +73,52 @@ fn read_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
     None
 }
 
+/// `VerifySignatureArguments` decoded, borrowing from the encoded bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arguments<'a> {
+    pub hash: &'a [u8],
+    pub public_key: &'a [u8],
+    pub signature: &'a [u8],
+    pub text: &'a [u8],
+}
+
+/// Decodes `VerifySignatureArguments`, for a native stand-in for Envoy's function. Strict: a
+/// known field that repeats or is not length-delimited, a group, field number 0, or a length past
+/// the end gives `None`; unknown fields are skipped and an absent field is empty (proto3).
+pub fn decode_arguments(bytes: &[u8]) -> Option<Arguments<'_>> {
+    let mut fields: [Option<&[u8]>; 4] = [None; 4];
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let tag = read_varint(bytes, &mut pos)?;
+        let (field, wire_type) = (tag >> 3, tag & 7);
+        if field == 0 || field > u64::from(u32::MAX >> 3) {
+            return None;
+        }
+        let known = (1..=4).contains(&field);
+        match wire_type {
+            2 => {
+                let len = usize::try_from(read_varint(bytes, &mut pos)?).ok()?;
+                let value = bytes.get(pos..pos.checked_add(len)?)?;
+                pos += len;
+                if known && fields[field as usize - 1].replace(value).is_some() {
+                    return None;
+                }
+            }
+            _ if known => return None,
+            0 => {
+                read_varint(bytes, &mut pos)?;
+            }
+            1 | 5 => {
+                let width = if wire_type == 1 { 8 } else { 4 };
+                pos = pos.checked_add(width).filter(|end| *end <= bytes.len())?;
+            }
+            _ => return None,
+        }
+    }
+    let [hash, public_key, signature, text] = fields.map(Option::unwrap_or_default);
+    Some(Arguments { hash, public_key, signature, text })
+}
+
 /// Reads `VerifySignatureResult.result`; absent means false (proto3 default). `None` if the
 /// bytes do not parse, which the caller treats as the host being unusable for this call.
 pub fn decode_result(bytes: &[u8]) -> Option<bool> {
@@ -116,18 +158,11 @@ mod tests {
     impl HostCrypto for SoftHost {
         fn verify_signature(&self, args: &[u8]) -> Option<bool> {
             use rsa::pkcs8::DecodePublicKey;
-            let mut fields = std::collections::HashMap::new();
-            let mut pos = 0;
-            while pos < args.len() {
-                let tag = read_varint(args, &mut pos)?;
-                let len = read_varint(args, &mut pos)? as usize;
-                fields.insert(tag >> 3, args.get(pos..pos + len)?.to_vec());
-                pos += len;
-            }
-            let key = rsa::RsaPublicKey::from_public_key_der(&fields[&2]).ok()?;
-            assert_eq!(fields[&1], b"sha256");
-            let digest = <sha2::Sha256 as sha2::Digest>::digest(&fields[&4]);
-            Some(key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, &fields[&3]).is_ok())
+            let args = decode_arguments(args)?;
+            let key = rsa::RsaPublicKey::from_public_key_der(args.public_key).ok()?;
+            assert_eq!(args.hash, b"sha256");
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(args.text);
+            Some(key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, args.signature).is_ok())
         }
     }
 
@@ -156,5 +191,83 @@ mod tests {
         assert_eq!(decode_result(&[0x08]), None, "truncated varint");
         assert_eq!(decode_result(&[0x0d, 0, 0, 0, 0]), None, "fixed32 is not in this message");
         assert_eq!(decode_result(&[0xff; 12]), None);
+    }
+
+    fn arguments<'a>(hash: &'a [u8], public_key: &'a [u8], signature: &'a [u8], text: &'a [u8]) -> Arguments<'a> {
+        Arguments { hash, public_key, signature, text }
+    }
+
+    #[test]
+    fn arguments_round_trip() {
+        let args = encode_arguments(&encode_key(&[0x30; 300]), "sha384", &[7; 256], b"a.b");
+        assert_eq!(decode_arguments(&args), Some(arguments(b"sha384", &[0x30; 300], &[7; 256], b"a.b")));
+        let empty = Some(arguments(b"", b"", b"", b""));
+        assert_eq!(decode_arguments(&encode_arguments(&encode_key(b""), "", b"", b"")), empty);
+        assert_eq!(decode_arguments(&[]), empty, "absent fields are empty (proto3)");
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped() {
+        let mut args = vec![0x28, 0x96, 0x01]; // field 5, varint 150
+        args.extend([0x31, 1, 2, 3, 4, 5, 6, 7, 8]); // field 6, fixed64
+        args.extend([0x3d, 1, 2, 3, 4]); // field 7, fixed32
+        args.extend([0x42, 2, b'x', b'y']); // field 8, bytes
+        args.extend([0xf8, 0xff, 0xff, 0xff, 0x0f, 0]); // field 2^29 - 1 (the largest), varint 0
+        args.extend(encode_arguments(&encode_key(b"k"), "sha256", b"s", b"t"));
+        assert_eq!(decode_arguments(&args), Some(arguments(b"sha256", b"k", b"s", b"t")));
+    }
+
+    #[test]
+    fn malformed_arguments_are_refused() {
+        let good = encode_arguments(&encode_key(b"k"), "sha256", b"s", b"t");
+        let cases: &[(&[u8], &str)] = &[
+            (&[0x12, 0x05, b'k'], "length past the end"),
+            (&[0x12], "no length"),
+            (&[0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], "length 2^64 - 1"),
+            (&[0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], "an 11-byte varint"),
+            (&[0x08, 0x01], "a known field as a varint"),
+            (&[0x0d, 0, 0, 0, 0], "a known field as fixed32"),
+            (&[0x2b], "start group"),
+            (&[0x2c], "end group"),
+            (&[0x2e], "wire type 6"),
+            (&[0x02, 0], "field 0"),
+            (&[0x80, 0x80, 0x80, 0x80, 0x10, 0], "field 2^29"),
+            (&[0x29, 1, 2, 3], "fixed64 past the end"),
+            (&[0x2d, 1, 2, 3], "fixed32 past the end"),
+        ];
+        for (bytes, why) in cases {
+            assert_eq!(decode_arguments(bytes), None, "{why}");
+        }
+        let twice = [&good[..], &encode_key(b"other")].concat();
+        assert_eq!(decode_arguments(&twice), None, "public_key twice");
+        for cut in 0..good.len() {
+            assert_ne!(decode_arguments(&good[..cut]), decode_arguments(&good), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn hostile_arguments_never_panic() {
+        // Every single-byte change of a valid message, then pseudo-random bytes (xorshift).
+        let good = encode_arguments(&encode_key(&[0x30; 130]), "sha256", &[1; 20], b"t");
+        for i in 0..good.len() {
+            for b in 0..=255 {
+                let mut bytes = good.clone();
+                bytes[i] = b;
+                let _ = decode_arguments(&bytes);
+            }
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            let bytes: Vec<u8> = (0..state % 48)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let _ = decode_arguments(&bytes);
+            state = state.wrapping_add(1);
+        }
     }
 }

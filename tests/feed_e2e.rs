@@ -12,14 +12,14 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
-use support::envoy::Envoy;
+use support::envoy::{stat, Build, Envoy};
 use support::revocation::{
     assert_revoked, envoy, envoy_with_workers, get, plugin, post, service_args, token, world, WRITE,
 };
 use support::tokens::{now, KeyPair};
 use support::{scratch_dir, wait_for};
 
-const EVENTS: &str = "wasmcustom.jwtguard.revocation.feed.events";
+const EVENTS: &str = "revocation.feed.events";
 
 /// POSTs `body` to the service's `path` with the write credential; the status code.
 fn write(service: &Service, path: &str, body: Value) -> u16 {
@@ -47,8 +47,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// From the service's acknowledgement to the event applied on every worker of both Envoys (each
-/// worker counts the events it applies, at once), then refused there: p50 and p99 over 100
+/// From the service's acknowledgement to the event applied to every set of both Envoys (one per
+/// worker in wasm, one per process in the module; each counts the events it applies, at once),
+/// then refused there: p50 and p99 over 100
 /// revocations by jti and 100 subject cutoffs. No status callout is made meanwhile.
 #[test]
 fn revocations_reach_every_worker_of_two_envoys_within_milliseconds() {
@@ -73,7 +74,7 @@ fn revocations_reach_every_worker_of_two_envoys_within_milliseconds() {
         for i in 0..100 {
             let (sub, jti) = (format!("{kind}-user-{i}"), format!("{kind}-{i}"));
             let t = token(&w.key, &sub, &jti, now() - 5);
-            let before: Vec<u64> = envoys.iter().map(|e| e.stat_now(EVENTS)).collect();
+            let before: Vec<u64> = envoys.iter().map(|e| e.stat_now(&stat(EVENTS))).collect();
             let status = match kind {
                 "jti" => write(&w.service, "/v1/revoke", json!({"jti": jti, "exp": now() + 600})),
                 _ => write(&w.service, "/v1/revoke-subject", json!({"sub": sub})),
@@ -81,7 +82,8 @@ fn revocations_reach_every_worker_of_two_envoys_within_milliseconds() {
             assert_eq!(status, 200);
             let acked = Instant::now();
             let applied = wait_for("every worker to apply the event", Duration::from_secs(5), || {
-                let done = envoys.iter().zip(&before).all(|(e, b)| e.stat_now(EVENTS) >= b + WORKERS);
+                let copies = Build::current().feed_copies(WORKERS as u32);
+                let done = envoys.iter().zip(&before).all(|(e, b)| e.stat_now(&stat(EVENTS)) >= b + copies);
                 done.then(|| acked.elapsed())
             });
             latencies.push(applied);
@@ -99,7 +101,7 @@ fn revocations_reach_every_worker_of_two_envoys_within_milliseconds() {
     }
     for e in &envoys {
         for outcome in ["ok", "revoked", "unavailable", "timeout"] {
-            assert_eq!(e.counter(&format!("wasmcustom.jwtguard.revocation.check.{outcome}")), 0, "a status callout");
+            assert_eq!(e.counter(&stat(&format!("revocation.check.{outcome}"))), 0, "a status callout");
         }
         assert_eq!(get(e, "main", &probe).status, 200);
     }
@@ -269,7 +271,7 @@ fn allowlist_sessions_are_looked_up_once_and_end_through_the_feed() {
     for _ in 0..20 {
         assert_eq!(get(&e, "main", &t).status, 200);
     }
-    assert_eq!(e.counter("wasmcustom.jwtguard.revocation.check.ok"), 1, "one lookup for a registered session");
+    assert_eq!(e.counter(&stat("revocation.check.ok")), 1, "one lookup for a registered session");
     assert_revoked(&get(&e, "main", &unknown));
     let ended = ureq::delete(&format!("{}/v1/sessions/i1", w.service.url()))
         .set("authorization", &format!("Bearer {WRITE}"))
@@ -312,7 +314,7 @@ fn at_max_entries_the_failure_mode_decides() {
         assert_revoked(&get(&e, "main", t));
     }
     wait_for("the overflow gauge", Duration::from_secs(3), || {
-        (e.stat_now("wasmcustom.jwtguard.revocation.feed.overflowed") == 1).then_some(())
+        (e.stat_now(&stat("revocation.feed.overflowed")) == 1).then_some(())
     });
 }
 
@@ -383,7 +385,7 @@ fn an_overflowed_set_recovers_by_replaying_the_feed() {
     for _ in 0..5 {
         assert_revoked(&get(&e, "main", &kept_out));
     }
-    assert_eq!(e.stat_now("wasmcustom.jwtguard.revocation.feed.overflowed"), 0);
+    assert_eq!(e.stat_now(&stat("revocation.feed.overflowed")), 0);
 }
 
 /// `failure_mode: stale` with the feed: once the service is gone, a token never seen active is

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::echo::Echo;
-use support::envoy::{bootstrap, jwtguard_filter, static_cluster, Envoy, Listener};
+use support::envoy::{bootstrap, jwtguard_filter, stat, static_cluster, Envoy, Listener};
 use support::tokens::{now, KeyPair};
 use support::{http, scratch_dir, wait_for, Reply};
 
@@ -164,8 +164,8 @@ fn a_rotated_key_is_accepted_without_restarting_envoy() {
     let rotated = get(&e, &token(&k2));
     assert_eq!(rotated.status, 200, "the new kid triggered a refetch and the request waited for it: {rotated:?}");
     assert_eq!(get(&e, &token(&k1)).status, 200, "the old key works while still published");
-    assert!(e.counter("wasmcustom.jwtguard.jwks.idp.unknown_kid_refetch") >= 1);
-    assert!(e.counter("wasmcustom.jwtguard.jwks.idp.fetch_success") >= 2);
+    assert!(e.counter(&stat("jwks.idp.unknown_kid_refetch")) >= 1);
+    assert!(e.counter(&stat("jwks.idp.fetch_success")) >= 2);
 }
 
 #[test]
@@ -186,7 +186,7 @@ fn identity_provider_down_at_start_gives_503_then_success_never_401() {
     });
     assert!(seen.iter().all(|s| *s == 503 || *s == 200), "no 401 storm: {seen:?}");
     eprintln!("provider back: tokens accepted after {:?} (backoff from failed_refetch_seconds 1)", up.elapsed());
-    assert!(e.counter("wasmcustom.jwtguard.jwks.idp.fetch_failed") >= 1);
+    assert!(e.counter(&stat("jwks.idp.fetch_failed")) >= 1);
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn a_request_arriving_before_the_first_keys_waits_for_them() {
     let url = e.url("main", "/api");
     let waiting = std::thread::spawn(move || http("GET", &url, &[("authorization", &format!("Bearer {t}"))]));
     wait_for("the request to be parked", Duration::from_secs(5), || {
-        (e.counter("wasmcustom.jwtguard.jwks.idp.requests_waited") >= 1).then_some(())
+        (e.counter(&stat("jwks.idp.requests_waited")) >= 1).then_some(())
     });
     server.set(jwks(&[&k1]));
     let r = waiting.join().unwrap();
@@ -220,7 +220,7 @@ fn after_a_good_fetch_an_outage_is_served_stale_then_fails_closed() {
     server.set(Mode::Down);
     // Past cache_duration: refreshes fail, the last good keys are still served.
     wait_for("the key set to go stale", Duration::from_secs(6), || {
-        (e.stat_now("wasmcustom.jwtguard.jwks.idp.stale") == 1).then_some(())
+        (e.stat_now(&stat("jwks.idp.stale")) == 1).then_some(())
     });
     assert_eq!(get(&e, &t).status, 200, "stale keys still serve");
     let closed = wait_for("the stale period to end", Duration::from_secs(10), || {
@@ -232,7 +232,7 @@ fn after_a_good_fetch_an_outage_is_served_stale_then_fails_closed() {
     eprintln!("stale keys served until {after:?} after the last good fetch (cache 2 s + stale 3 s)");
     assert!(after >= Duration::from_secs(4), "stopped serving too early: {after:?}");
     assert_eq!(closed.header("retry-after"), Some("1"));
-    assert!(e.counter("wasmcustom.jwtguard.jwks.idp.fetch_failed") >= 1);
+    assert!(e.counter(&stat("jwks.idp.fetch_failed")) >= 1);
 }
 
 #[test]
@@ -281,7 +281,7 @@ fn hostile_documents_never_replace_the_good_key_set() {
     ];
     let mut last_ask: Option<Instant> = None;
     for (i, doc) in hostile.iter().enumerate() {
-        let failed = e.counter("wasmcustom.jwtguard.jwks.idp.fetch_failed");
+        let failed = e.counter(&stat("jwks.idp.fetch_failed"));
         server.set(Mode::Serve(doc.clone()));
         // One unknown-kid refetch per unknown_kid_min_interval_seconds (1 s here).
         if let Some(t) = last_ask {
@@ -294,7 +294,7 @@ fn hostile_documents_never_replace_the_good_key_set() {
         let r = get(&e, &token(&k2));
         assert_eq!(r.status, 401, "document {i} must not install k2: {r:?}");
         wait_for("the hostile fetch to be refused", Duration::from_secs(5), || {
-            (e.counter("wasmcustom.jwtguard.jwks.idp.fetch_failed") > failed).then_some(())
+            (e.counter(&stat("jwks.idp.fetch_failed")) > failed).then_some(())
         });
         assert_eq!(get(&e, &good).status, 200, "document {i} replaced the good key set");
     }
@@ -376,10 +376,10 @@ fn a_fetched_key_set_never_yields_a_secret() {
     wait_for("the unknown-kid interval (1 s)", Duration::from_secs(3), || {
         (asked.elapsed() >= Duration::from_millis(1050)).then_some(())
     });
-    let failed = e.counter("wasmcustom.jwtguard.jwks.idp.fetch_failed");
+    let failed = e.counter(&stat("jwks.idp.fetch_failed"));
     assert_eq!(get(&e, &hs).status, 401, "its unknown kid asks for a refetch, which brings the secret alone");
     wait_for("the secret-only document to be refused", Duration::from_secs(5), || {
-        (e.counter("wasmcustom.jwtguard.jwks.idp.fetch_failed") > failed).then_some(())
+        (e.counter(&stat("jwks.idp.fetch_failed")) > failed).then_some(())
     });
     assert_eq!(get(&e, &token(&k1)).status, 200, "the public keys stay");
 }
@@ -432,7 +432,7 @@ fn unknown_kids_at_one_provider_never_touch_another() {
     eprintln!("50 unknown kids at a: {a_extra} fetches at a, {b_extra} at b");
     assert!(a_extra <= 1, "{a_extra} fetches at a");
     assert_eq!(b_extra, 0, "b's JWKS fetched for a's unknown kids");
-    assert_eq!(e.counter("wasmcustom.jwtguard.jwks.b.unknown_kid_refetch"), 0);
+    assert_eq!(e.counter(&stat("jwks.b.unknown_kid_refetch")), 0);
     // b rotates: its first token with the new kid gets its refetch (b's allowance is unused).
     sb.set(jwks(&[&kb1, &kb2]));
     assert_eq!(get(&e, &token_for(&kb2, ISSUER_B)).status, 200, "b's new key refused without a fetch");
@@ -493,18 +493,16 @@ fn gauges_are_per_provider_and_stay_true_after_expiry() {
     );
     first_keys(&e, &token(&ka));
     first_keys(&e, &token_for(&kb, ISSUER_B));
-    assert!(e.stat_now("wasmcustom.jwtguard.jwks.a.keys_loaded") >= 1);
+    assert!(e.stat_now(&stat("jwks.a.keys_loaded")) >= 1);
     sb.set(Mode::Down);
-    wait_for("b to go stale", Duration::from_secs(6), || {
-        (e.stat_now("wasmcustom.jwtguard.jwks.b.stale") == 1).then_some(())
-    });
-    assert_eq!(e.stat_now("wasmcustom.jwtguard.jwks.a.stale"), 0, "a is healthy");
+    wait_for("b to go stale", Duration::from_secs(6), || (e.stat_now(&stat("jwks.b.stale")) == 1).then_some(()));
+    assert_eq!(e.stat_now(&stat("jwks.a.stale")), 0, "a is healthy");
     wait_for("b's keys to expire", Duration::from_secs(8), || {
         (get(&e, &token_for(&kb, ISSUER_B)).status == 503).then_some(())
     });
-    assert_eq!(e.stat_now("wasmcustom.jwtguard.jwks.b.stale"), 1, "stale must not clear when the 503s begin");
-    assert_eq!(e.stat_now("wasmcustom.jwtguard.jwks.b.keys_loaded"), 0);
-    assert_eq!(e.stat_now("wasmcustom.jwtguard.jwks.a.stale"), 0);
+    assert_eq!(e.stat_now(&stat("jwks.b.stale")), 1, "stale must not clear when the 503s begin");
+    assert_eq!(e.stat_now(&stat("jwks.b.keys_loaded")), 0);
+    assert_eq!(e.stat_now(&stat("jwks.a.stale")), 0);
     assert_eq!(get(&e, &token(&ka)).status, 200);
     // The alerts of docs/operations.md, on the Prometheus series Envoy serves.
     let prom = e.prometheus();

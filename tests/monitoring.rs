@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::echo::{self, Echo};
-use support::envoy::{bootstrap, jwtguard_filter, static_cluster, Envoy, Listener};
+use support::envoy::{bootstrap, jwtguard_filter, stat, static_cluster, Envoy, Listener};
 use support::monitoring::{exposition, query, yaml_documents};
 use support::revocation::{assert_revoked, get, plugin, post, service_args, token, STATUS, WRITE};
 use support::tokens::{now, KeyPair};
@@ -175,7 +175,7 @@ fn every_metric_and_label_the_alerts_and_the_dashboard_use_is_exported() {
     assert_eq!(post(&envoy, "main", "/logout", &t).status, 204);
     assert_revoked(&get(&envoy, "main", &t));
     let age = wait_for("the key set's age gauge", Duration::from_secs(5), || {
-        Some(envoy.stat_now("wasmcustom.jwtguard.jwks.main.age_ms")).filter(|&age| age > 0)
+        Some(envoy.stat_now(&stat("jwks.main.age_ms"))).filter(|&age| age > 0)
     });
     assert!(age <= started.elapsed().as_millis() as u64, "age {age} ms: older than this Envoy");
 

@@ -10,7 +10,7 @@ mod support;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use support::echo::Echo;
-use support::envoy::{bootstrap, jwtguard_filter, static_cluster, Envoy, Listener};
+use support::envoy::{bootstrap, jwtguard_filter, stat, static_cluster, Build, Envoy, Listener};
 use support::tokens::{now, KeyPair};
 use support::{http, scratch_dir, Reply};
 
@@ -175,8 +175,8 @@ fn report_only_lets_everything_through_and_reports_what_enforcement_refuses() {
     }
     // Counts from here on (the readiness polls above counted too).
     let reasons = ["missing", "revoked", "expired", "bad_signature", "insufficient_scope"];
-    let counts = |e: &Envoy, stat: &str| -> Vec<u64> {
-        reasons.iter().map(|r| e.counter(&format!("wasmcustom.jwtguard.{stat}.{r}"))).collect()
+    let counts = |e: &Envoy, kind: &str| -> Vec<u64> {
+        reasons.iter().map(|r| e.counter(&stat(&format!("{kind}.{r}")))).collect()
     };
     let (denied_before, reported_before) = (counts(&enforce, "denied"), counts(&report, "would_deny"));
     let mut expected: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
@@ -245,4 +245,87 @@ impl Echoed for Reply {
         let v: Value = serde_json::from_str(&self.body).ok()?;
         v["headers"][name].as_str().map(String::from)
     }
+}
+
+/// The dynamic-module build writes the verified payload where `jwt_authn` writes it
+/// (`payload_in_metadata`), so one RBAC policy on that metadata decides the same behind
+/// jwtguard as behind Envoy's own `jwt_authn`; the proxy-wasm build cannot write dynamic
+/// metadata and refuses the field at start, naming it.
+#[test]
+fn rbac_on_jwt_authn_metadata_works_unchanged_behind_the_module() {
+    let dir = scratch_dir("policy-metadata");
+    let key = KeyPair::generate(&dir, Algorithm::RS256, "k1");
+    let echo = Echo::start("127.0.0.1:0").expect("echo upstream");
+    let jwks = json!({"keys": [key.jwk()]}).to_string();
+    let plugin = json!({"providers": {"idp": {"issuer": ISSUER, "local_jwks": {"inline_string": jwks},
+                                               "payload_in_metadata": "jwt_payload"}},
+                        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]});
+    let clusters = [static_cluster("upstream", echo.port)];
+    if Build::current() == Build::Wasm {
+        let listeners = [Listener::to_cluster("main", vec![jwtguard_filter("md", &plugin)], "upstream")];
+        let log = Envoy::try_start(&dir, &bootstrap(&listeners, &clusters)).err().expect("the wasm build took it");
+        let line = "jwtguard: providers.idp.payload_in_metadata: proxy-wasm cannot write dynamic metadata";
+        assert!(log.contains(line), "no `{line}` in Envoy's log:\n{log}");
+        return;
+    }
+    // POST only with the orders:write scope (a whole word of the scope string), DELETE only for
+    // the subject admin, reading the payload jwt_authn would have written; `roles` is an array
+    // (a ListValue).
+    let payload = |claim: &str, matcher: Value| {
+        json!({"sourced_metadata": {"metadata_source": "DYNAMIC", "metadata_matcher": {
+            "filter": "envoy.filters.http.jwt_authn", "path": [{"key": "jwt_payload"}, {"key": claim}], "value": matcher}}})
+    };
+    let method = |m: &str| json!({"header": {"name": ":method", "string_match": {"exact": m}}});
+    let rbac = json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": {
+                "read": {"permissions": [method("GET")], "principals": [{"any": true}]},
+                "write-orders": {"permissions": [method("POST")],
+                    "principals": [payload("scope", json!({"string_match": {"safe_regex": {"regex": "(.* )?orders:write( .*)?"}}}))]},
+                "admin-deletes": {"permissions": [method("DELETE")],
+                    "principals": [payload("sub", json!({"string_match": {"exact": "admin"}}))]},
+                "auditors-put": {"permissions": [method("PUT")],
+                    "principals": [payload("roles", json!({"list_match": {"one_of": {"string_match": {"exact": "auditor"}}}}))]}
+            }}}
+    });
+    let native = json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"idp": {"issuer": ISSUER, "local_jwks": {"inline_string": jwks}, "payload_in_metadata": "jwt_payload"}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]}
+    });
+    let listeners = [
+        Listener::to_cluster("jwtguard", vec![jwtguard_filter("md", &plugin), rbac.clone()], "upstream"),
+        Listener::to_cluster("jwt_authn", vec![native, rbac], "upstream"),
+    ];
+    let envoy = Envoy::start(&dir, &bootstrap(&listeners, &clusters));
+    let token = |sub: &str, scope: &str, roles: Value| {
+        format!(
+            "Bearer {}",
+            key.sign(&json!({"iss": ISSUER, "sub": sub, "scope": scope, "roles": roles, "exp": now() + 600}))
+        )
+    };
+    let writer = token("alice", "orders:read orders:write", json!(["auditor"]));
+    let reader = token("bob", "orders:read", json!(["viewer"]));
+    let lookalike = token("eve", "orders:writer xorders:write", json!(["auditors"]));
+    let admin = token("admin", "", json!([]));
+    let cases = [
+        ("GET", &reader, 200),
+        ("POST", &writer, 200),
+        ("POST", &reader, 403),
+        ("POST", &lookalike, 403),
+        ("DELETE", &admin, 200),
+        ("DELETE", &writer, 403),
+        ("PUT", &writer, 200),
+        ("PUT", &lookalike, 403),
+    ];
+    for listener in ["jwtguard", "jwt_authn"] {
+        for (method, bearer, status) in &cases {
+            let reply = http(method, &envoy.url(listener, "/orders"), &[("authorization", bearer)]);
+            assert_eq!(reply.status, *status, "{listener}: {method} {bearer}: {reply:?}");
+        }
+    }
+    // A client cannot send metadata: without a token there is none, and jwtguard answers first.
+    assert_eq!(http("POST", &envoy.url("jwtguard", "/orders"), &[]).status, 401);
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::echo::Echo;
+use support::envoy::stat;
 use support::revocation::{self, assert_revoked, envoy, get, post, service_args, token, world, TTL_MS, WRITE};
 use support::tokens::{now, KeyPair};
 use support::{http, scratch_dir, wait_for};
@@ -36,8 +37,8 @@ fn logout_at_the_proxy_is_refused_here_at_once_and_on_another_envoy_within_the_b
     let ok = get(&b, "main", &t);
     assert_eq!((ok.status, ok.echoed()["x-jwt-sub"].clone()), (200, json!("alice")));
     assert_eq!(get(&b, "main", &t).status, 200);
-    assert!(b.counter("wasmcustom.jwtguard.revocation.check.ok") >= 1);
-    assert!(b.counter("wasmcustom.jwtguard.revocation.cache_hit") >= 1, "second request answered from the cache");
+    assert!(b.counter(&stat("revocation.check.ok")) >= 1);
+    assert!(b.counter(&stat("revocation.cache_hit")) >= 1, "second request answered from the cache");
 
     assert_eq!(http("POST", &a.url("main", "/logout"), &[]).status, 401, "logout needs a token");
     let logout = post(&a, "main", "/logout", &t);
@@ -50,8 +51,8 @@ fn logout_at_the_proxy_is_refused_here_at_once_and_on_another_envoy_within_the_b
     eprintln!("second Envoy refused the revoked token after {refused_after:?} (cache_ttl_ms {TTL_MS})");
     assert!(refused_after <= Duration::from_millis(TTL_MS + 500), "took {refused_after:?}");
     assert_revoked(&get(&b, "main", &t));
-    assert_eq!(a.counter("wasmcustom.jwtguard.logout.ok"), 1);
-    assert!(a.counter("wasmcustom.jwtguard.denied.revoked") >= 1);
+    assert_eq!(a.counter(&stat("logout.ok")), 1);
+    assert!(a.counter(&stat("denied.revoked")) >= 1);
 }
 
 #[test]
@@ -182,11 +183,11 @@ fn service_down_closed_open_and_stale_behave_as_configured_and_never_hang() {
     });
     assert_eq!(closed.header("retry-after"), Some("1"), "{closed:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
-    let open_before = e.counter("wasmcustom.jwtguard.revocation.failure_mode.open");
+    let open_before = e.counter(&stat("revocation.failure_mode.open"));
     let open = get(&e, "open", &t);
     assert_eq!(open.status, 200, "{open:?}");
     assert_eq!(open.echoed()["x-jwtguard-revocation"], "unchecked", "marked upstream");
-    assert!(e.counter("wasmcustom.jwtguard.revocation.failure_mode.open") > open_before);
+    assert!(e.counter(&stat("revocation.failure_mode.open")) > open_before);
     assert_eq!(
         http("GET", &e.url("open", "/admin"), &[("authorization", &format!("Bearer {t}"))]).status,
         503,
@@ -209,7 +210,7 @@ fn service_down_closed_open_and_stale_behave_as_configured_and_never_hang() {
         &[("authorization", &format!("Bearer {t}")), ("x-jwtguard-revocation", "x")],
     );
     assert!(spoof.echoed().get("x-jwtguard-revocation").is_none());
-    assert!(e.counter("wasmcustom.jwtguard.revocation.check.unavailable") >= 1);
+    assert!(e.counter(&stat("revocation.check.unavailable")) >= 1);
 }
 
 #[test]
@@ -219,16 +220,16 @@ fn timeouts_garbage_and_errors_from_the_service_count_as_unavailable() {
     let echo = Echo::start("127.0.0.1:0").unwrap();
     let t = token(&key, "frank", "f1", now());
     let cases = [
-        ("silent", fake_service(None, Duration::ZERO).0, "wasmcustom.jwtguard.revocation.check.timeout"),
+        ("silent", fake_service(None, Duration::ZERO).0, "revocation.check.timeout"),
         (
             "garbage",
             fake_service(Some(http_response("200 OK", "<html>hi</html>")), Duration::ZERO).0,
-            "wasmcustom.jwtguard.revocation.check.unavailable",
+            "revocation.check.unavailable",
         ),
         (
             "error",
             fake_service(Some(http_response("500 Internal Server Error", r#"{"active":true}"#)), Duration::ZERO).0,
-            "wasmcustom.jwtguard.revocation.check.unavailable",
+            "revocation.check.unavailable",
         ),
     ];
     for (name, port, counter) in cases {
@@ -238,7 +239,7 @@ fn timeouts_garbage_and_errors_from_the_service_count_as_unavailable() {
         let took = started.elapsed();
         assert_eq!((r.status, r.header("retry-after")), (503, Some("1")), "{name}: {r:?}");
         assert!(took < Duration::from_millis(200 + 400), "{name}: answered after {took:?} (timeout_ms 200)");
-        assert_eq!(e.counter(counter), 1, "{name}");
+        assert_eq!(e.counter(&stat(counter)), 1, "{name}");
     }
 }
 
@@ -260,7 +261,7 @@ fn concurrent_requests_with_one_token_share_one_callout() {
     let statuses: Vec<u16> = threads.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one callout for all");
-    assert!(e.counter("wasmcustom.jwtguard.revocation.coalesced") >= 1);
+    assert!(e.counter(&stat("revocation.coalesced")) >= 1);
 }
 
 #[test]

@@ -12,28 +12,126 @@ pub fn envoy_binary() -> PathBuf {
     std::env::var_os("JWTGUARD_ENVOY").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
 }
 
-pub fn wasm_file() -> PathBuf {
-    let path = std::env::var_os("JWTGUARD_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/jwtguard.wasm"));
-    assert!(path.exists(), "{} is missing: build it with `make wasm`", path.display());
-    path
+/// Which build of the filter Envoy loads, chosen by `JWTGUARD_BUILD`: `wasm` (the default) or
+/// `module`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// The proxy-wasm filter, target/jwtguard.wasm.
+    Wasm,
+    /// The Envoy dynamic module, target/module/libjwtguard_module.so.
+    Module,
 }
 
-/// The `envoy.filters.http.wasm` entry that loads jwtguard with `plugin_config`.
-pub fn jwtguard_filter(vm_id: &str, plugin_config: &Value) -> Value {
-    json!({
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "jwtguard",
-                "root_id": "jwtguard",
-                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config.to_string()},
-                "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": wasm_file()}}}
-            }
+impl Build {
+    /// The build `JWTGUARD_BUILD` names. Any other value panics: a typo must not quietly test
+    /// the other build.
+    pub fn current() -> Build {
+        let Some(value) = std::env::var_os("JWTGUARD_BUILD") else { return Build::Wasm };
+        match value.to_str() {
+            Some("wasm") => Build::Wasm,
+            Some("module") => Build::Module,
+            _ => panic!("JWTGUARD_BUILD={value:?}: expected `wasm` (the default) or `module`"),
         }
-    })
+    }
+
+    /// Where Envoy puts the filter's own stats: proxy-wasm's custom namespace, or the dynamic
+    /// modules' default `metrics_namespace`.
+    fn stat_namespace(self) -> &'static str {
+        match self {
+            Build::Wasm => "wasmcustom",
+            Build::Module => "dynamicmodulescustom",
+        }
+    }
+
+    /// How many revocation sets an Envoy with `workers` workers holds, each applying every feed
+    /// event once: one per wasm VM (worker), one per process for the module.
+    pub fn feed_copies(self, workers: u32) -> u64 {
+        match self {
+            Build::Wasm => u64::from(workers),
+            Build::Module => 1,
+        }
+    }
+
+    /// The `/stats` name of the filter's stat `name` (`allowed`, `jwks.idp.stale`...).
+    pub fn stat(self, name: &str) -> String {
+        format!("{}.jwtguard.{name}", self.stat_namespace())
+    }
+
+    /// The `stats_config.stats_tags` that turn the provider and the denial reason in jwtguard's
+    /// stat names into Prometheus labels (`jwtguard_jwks_stale{provider="idp"}`,
+    /// `jwtguard_denied{reason="expired"}`); the wasm build's are those of envoy/envoy.yaml and
+    /// docs/operations.md.
+    pub fn stats_tags(self) -> Value {
+        let ns = self.stat_namespace();
+        json!([
+            {"tag_name": "provider", "regex": format!(r"^{ns}\.jwtguard\.jwks\.((.+)\.)(?:fetch_success|fetch_failed|keys_loaded|stale|age_ms|unknown_kid_refetch|requests_waited)$")},
+            {"tag_name": "reason", "regex": format!(r"^{ns}\.jwtguard\.(?:denied|would_deny)(\.(.+))$")}
+        ])
+    }
+
+    /// The HTTP filter entry that loads this build with `plugin_config`. `vm_id` names the wasm
+    /// VM (plugins with the same one share it); the module has no VM (Envoy loads the `.so` once
+    /// per process), so it ignores `vm_id`.
+    pub fn filter(self, vm_id: &str, plugin_config: &Value) -> Value {
+        // Both builds read the same JSON, as a StringValue (which reaches the module unwrapped).
+        let config =
+            json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config.to_string()});
+        match self {
+            Build::Wasm => json!({
+                "name": "envoy.filters.http.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": "jwtguard",
+                        "root_id": "jwtguard",
+                        "configuration": config,
+                        "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": wasm_file()}}}
+                    }
+                }
+            }),
+            // do_not_close (RTLD_NODELETE): the module's threads may outlive a configuration.
+            Build::Module => json!({
+                "name": "envoy.filters.http.dynamic_modules",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                    "dynamic_module_config": {"module": {"local": {"filename": module_file()}}, "do_not_close": true},
+                    "filter_name": "jwtguard",
+                    "filter_config": config
+                }
+            }),
+        }
+    }
+}
+
+/// The current build's `/stats` name of the filter's stat `name`: `stat("allowed")` is
+/// `wasmcustom.jwtguard.allowed` for the wasm build.
+pub fn stat(name: &str) -> String {
+    Build::current().stat(name)
+}
+
+/// The file `var` names, else `default` under the repository, as an absolute path (so the
+/// envoy.json a test leaves behind also runs by hand elsewhere); panics naming the make target
+/// that builds it.
+fn built_file(var: &str, default: &str, make_target: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| repo_root().join(default));
+    assert!(path.exists(), "{} is missing: build it with `make {make_target}`", path.display());
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+/// The wasm build: target/jwtguard.wasm, or the file `JWTGUARD_WASM` names.
+pub fn wasm_file() -> PathBuf {
+    built_file("JWTGUARD_WASM", "target/jwtguard.wasm", "wasm")
+}
+
+/// The module build: target/module/libjwtguard_module.so, or the file `JWTGUARD_MODULE` names.
+pub fn module_file() -> PathBuf {
+    built_file("JWTGUARD_MODULE", "target/module/libjwtguard_module.so", "module")
+}
+
+/// The current build's filter entry that loads jwtguard with `plugin_config` (see
+/// `Build::filter`: `vm_id` only means something to the wasm build).
+pub fn jwtguard_filter(vm_id: &str, plugin_config: &Value) -> Value {
+    Build::current().filter(vm_id, plugin_config)
 }
 
 /// One listener: its HTTP filters (the router is appended) and where its routes go.
@@ -90,21 +188,24 @@ pub fn bootstrap(listeners: &[Listener], clusters: &[Value]) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut config = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "stats_config": {"stats_tags": stats_tags()},
         "static_resources": {"listeners": listeners, "clusters": clusters}
-    })
+    });
+    if Build::current() == Build::Module {
+        // Prometheus then names the module's stats as the wasm build's (`jwtguard_allowed`, not
+        // `envoy_dynamicmodulescustom_jwtguard_allowed`); off by default in Envoy 1.40.
+        config["layered_runtime"] = json!({"layers": [{"name": "static", "static_layer": {
+            "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix": true
+        }}]});
+    }
+    config
 }
 
-/// The `stats_config.stats_tags` that turn the provider and the denial reason in jwtguard's stat
-/// names into Prometheus labels (`jwtguard_jwks_stale{provider="idp"}`,
-/// `jwtguard_denied{reason="expired"}`); the same as envoy/envoy.yaml and docs/operations.md.
+/// The current build's `stats_tags` (see `Build::stats_tags`).
 pub fn stats_tags() -> Value {
-    json!([
-        {"tag_name": "provider", "regex": r"^wasmcustom\.jwtguard\.jwks\.((.+)\.)(?:fetch_success|fetch_failed|keys_loaded|stale|age_ms|unknown_kid_refetch|requests_waited)$"},
-        {"tag_name": "reason", "regex": r"^wasmcustom\.jwtguard\.(?:denied|would_deny)(\.(.+))$"}
-    ])
+    Build::current().stats_tags()
 }
 
 pub struct Envoy {
@@ -132,7 +233,8 @@ impl Envoy {
         Self::try_start_with(dir, config, 1)
     }
 
-    /// Starts Envoy with `concurrency` workers; the log's wasm component is at debug.
+    /// Starts Envoy with `concurrency` workers; the log components of both builds (`wasm`,
+    /// `dynamic_modules`) are at debug.
     pub fn try_start_with(dir: &Path, config: &Value, concurrency: u32) -> Result<Envoy, String> {
         let config_path = dir.join("envoy.json");
         let admin_path = dir.join("admin.txt");
@@ -144,7 +246,13 @@ impl Envoy {
             .arg(&config_path)
             .arg("--concurrency")
             .arg(concurrency.to_string())
-            .args(["--disable-hot-restart", "--component-log-level", "wasm:debug", "--file-flush-interval-msec", "50"])
+            .args([
+                "--disable-hot-restart",
+                "--component-log-level",
+                "wasm:debug,dynamic_modules:debug",
+                "--file-flush-interval-msec",
+                "50",
+            ])
             .arg("--admin-address-path")
             .arg(&admin_path)
             .arg("--log-path")

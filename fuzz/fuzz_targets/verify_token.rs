@@ -27,6 +27,6 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for provider in &config().providers {
-        let _ = verify_token(provider, &provider.keys, token, 1_700_000_000, None, &mut Tally::default());
+        let _ = verify_token(provider, 0, &provider.keys, token, 1_700_000_000, None, &mut Tally::default());
     }
 });

@@ -6,10 +6,11 @@
 //! routing), `define_metric` (at configuration only) and the `log` facade (Envoy's log call
 //! returns Ok for every level we use).
 
+use jwtguard::engine::{self, MetricKind};
 use jwtguard::header_map;
 use jwtguard::host_crypto::{self, HostCrypto};
-use proxy_wasm::types::{BufferType, Bytes, MapType, Status};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use proxy_wasm::types::{BufferType, Bytes, MapType, MetricType, Status};
+use std::time::Duration;
 
 #[link(wasm_import_module = "env")]
 #[allow(clashing_extern_declarations)]
@@ -93,9 +94,85 @@ impl HostCrypto for EnvoyCrypto {
     }
 }
 
+/// The engine's host: this VM's Envoy.
+pub struct WasmHost {
+    /// Envoy's `verify_signature`, when it passed the self-test.
+    pub crypto: Option<EnvoyCrypto>,
+}
+
+impl engine::Host for WasmHost {
+    fn now_ms(&self) -> u64 {
+        let mut nanos = 0u64;
+        // SAFETY: an out-pointer to a local.
+        match unsafe { proxy_get_current_time_nanoseconds(&mut nanos) } {
+            OK => nanos / 1_000_000,
+            _ => 0,
+        }
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> bool {
+        set_effective_context(context_id)
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        let _ = set_map_value(MapType::HttpRequestHeaders, name, value);
+    }
+
+    fn send_response(&self, status: u32, headers: &[(&str, &str)], body: Option<&[u8]>) {
+        let _ = send_http_response(status, headers, body);
+    }
+
+    fn resume_request(&self) {
+        let _ = resume_http_request();
+    }
+
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        set_shared_data(key, value, cas).is_ok()
+    }
+
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
+        let kind = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        proxy_wasm::hostcalls::define_metric(kind, name).ok()
+    }
+
+    fn increment_metric(&self, id: u32, by: u64) {
+        // SAFETY: plain integer arguments.
+        let _ = unsafe { proxy_increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX)) };
+    }
+
+    fn record_metric(&self, id: u32, value: u64) {
+        // SAFETY: plain integer arguments.
+        let _ = unsafe { proxy_record_metric(id, value) };
+    }
+
+    fn counter_flush_ms(&self) -> u64 {
+        engine::FLUSH_MS
+    }
+
+    fn crypto(&self) -> Option<&dyn HostCrypto> {
+        self.crypto.as_ref().map(|c| c as &dyn HostCrypto)
+    }
+
+    fn writes_dynamic_metadata(&self) -> bool {
+        false
+    }
+
+    fn set_payload_metadata(&self, _: &str, _: &jwtguard::metadata::Payload) {}
+
+    fn wake_parked(&self) {}
+}
+
 /// Makes `context_id` the context later host calls act on; `false` if it no longer exists
 /// (its client went away while it waited).
-pub fn set_effective_context(context_id: u32) -> bool {
+fn set_effective_context(context_id: u32) -> bool {
     // SAFETY: a plain integer argument.
     unsafe { proxy_set_effective_context(context_id) == 0 }
 }
@@ -143,7 +220,7 @@ pub fn get_map_value_bytes(map: MapType, key: &str) -> Result<Option<Bytes>, Sta
 }
 
 /// Sets (replaces) or, with `None`, removes a header.
-pub fn set_map_value(map: MapType, key: &str, value: Option<&str>) -> Result<(), Status> {
+fn set_map_value(map: MapType, key: &str, value: Option<&str>) -> Result<(), Status> {
     // SAFETY: live buffers with their lengths.
     let code = unsafe {
         match value {
@@ -158,8 +235,8 @@ pub fn set_map_value(map: MapType, key: &str, value: Option<&str>) -> Result<(),
     }
 }
 
-pub fn send_http_response(status_code: u32, headers: Vec<(&str, &str)>, body: Option<&[u8]>) -> Result<(), Status> {
-    let headers = header_map::encode(&headers);
+fn send_http_response(status_code: u32, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<(), Status> {
+    let headers = header_map::encode(headers);
     let body = body.unwrap_or_default();
     // SAFETY: live buffers with their lengths; no details; -1: not gRPC.
     let code = unsafe {
@@ -182,7 +259,7 @@ pub fn send_http_response(status_code: u32, headers: Vec<(&str, &str)>, body: Op
 }
 
 /// Resumes the current request (stream type 0: the HTTP request).
-pub fn resume_http_request() -> Result<(), Status> {
+fn resume_http_request() -> Result<(), Status> {
     // SAFETY: a plain integer argument.
     match unsafe { proxy_continue_stream(0) } {
         OK => Ok(()),
@@ -191,7 +268,7 @@ pub fn resume_http_request() -> Result<(), Status> {
 }
 
 /// A shared-data value and its CAS; `(None, None)` when the key has none.
-pub fn get_shared_data(key: &str) -> Result<(Option<Bytes>, Option<u32>), Status> {
+fn get_shared_data(key: &str) -> Result<(Option<Bytes>, Option<u32>), Status> {
     let (mut data, mut size, mut cas) = (std::ptr::null_mut(), 0, 0u32);
     // SAFETY: `key` is a live buffer; out-pointers to locals.
     match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) } {
@@ -202,8 +279,7 @@ pub fn get_shared_data(key: &str) -> Result<(Option<Bytes>, Option<u32>), Status
 }
 
 /// Sets a shared-data value; with `cas`, only if it is still that version (`CasMismatch`).
-pub fn set_shared_data(key: &str, value: Option<&[u8]>, cas: Option<u32>) -> Result<(), Status> {
-    let value = value.unwrap_or_default();
+fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
     // SAFETY: live buffers with their lengths.
     let code = unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0)) };
     if code == OK {
@@ -220,31 +296,6 @@ pub fn get_buffer(buffer: BufferType, start: usize, max: usize) -> Result<Option
         OK if data.is_null() => Ok(None),
         OK => Ok(Some(take(data, size))),
         NOT_FOUND => Ok(None),
-        code => Err(status(code)),
-    }
-}
-
-pub fn increment_metric(metric_id: u32, offset: i64) -> Result<(), Status> {
-    // SAFETY: plain integer arguments.
-    match unsafe { proxy_increment_metric(metric_id, offset) } {
-        OK => Ok(()),
-        code => Err(status(code)),
-    }
-}
-
-pub fn record_metric(metric_id: u32, value: u64) -> Result<(), Status> {
-    // SAFETY: plain integer arguments.
-    match unsafe { proxy_record_metric(metric_id, value) } {
-        OK => Ok(()),
-        code => Err(status(code)),
-    }
-}
-
-pub fn get_current_time() -> Result<SystemTime, Status> {
-    let mut nanos = 0u64;
-    // SAFETY: an out-pointer to a local.
-    match unsafe { proxy_get_current_time_nanoseconds(&mut nanos) } {
-        OK => Ok(UNIX_EPOCH + Duration::from_nanos(nanos)),
         code => Err(status(code)),
     }
 }

@@ -1,5 +1,6 @@
 //! The filter benchmark: one Envoy (`--concurrency 1`), one listener per variant, each ending in
-//! the same `direct_response`, so differences are the auth filters' cost. wrk on loopback; the
+//! the same `direct_response`, so differences are the auth filters' cost. Every jwtguard variant
+//! runs in both builds side by side: the proxy-wasm filter and the dynamic module. wrk on loopback; the
 //! variants interleaved over several rounds; medians. The steadiest figure on a small noisy
 //! machine is Envoy's CPU time per request (from /proc), so that is the headline, always as a
 //! ratio to the no-auth baseline and to Envoy's native `jwt_authn` measured in the same run.
@@ -10,7 +11,7 @@
 //! See bench/README.md.
 
 use jsonwebtoken::{Algorithm, EncodingKey};
-use jwtguard_demo::envoy::{bootstrap, jwtguard_filter, wasm_file, Envoy, Listener, Target};
+use jwtguard_demo::envoy::{bootstrap, module_file, wasm_file, Build, Envoy, Listener, Target};
 use jwtguard_demo::redis::RedisServer;
 use jwtguard_demo::service::Service;
 use jwtguard_demo::tokens::{now, sign_raw, KeyPair};
@@ -27,6 +28,8 @@ const FEED_VARIANT: &str = "rev_feed";
 
 struct Variant {
     name: String,
+    /// The native `jwt_authn` variant it is compared with.
+    native: Option<String>,
     listener: Listener,
     token: Option<String>,
     /// A wrk script that sends many different tokens (the token above is one of them).
@@ -136,36 +139,44 @@ fn filter(seconds: u32, rounds: usize) {
     ];
 
     let floor = json!({"providers": jwtguard_config(&public_jwks, true)["providers"], "rules": []});
-    let mut variants = vec![
-        Variant {
-            name: "no auth (baseline)".into(),
-            listener: listener("baseline", vec![]),
-            token: None,
-            script: None,
-        },
-        Variant {
-            name: "jwtguard, no rule matches (wasm floor)".into(),
-            listener: listener("floor", vec![jwtguard_filter("floor", &floor)]),
+    let mut variants = vec![Variant {
+        name: "no auth (baseline)".into(),
+        native: None,
+        listener: listener("baseline", vec![]),
+        token: None,
+        script: None,
+    }];
+    for build in BUILDS {
+        let id = format!("floor_{}", label(build));
+        variants.push(Variant {
+            name: format!("jwtguard {}, no rule matches (the build's floor)", label(build)),
+            native: None,
+            listener: listener(&id, vec![build.filter(&id, &floor)]),
             token: Some(tokens[0].1.clone()),
             script: None,
-        },
-    ];
+        });
+    }
     for (alg, token, jwks) in &tokens {
         for (cached, suffix) in [(false, "no cache"), (true, "cache")] {
-            let id = format!("native_{alg}_{}", if cached { "cache" } else { "nocache" });
+            let kind = if cached { "cache" } else { "nocache" };
+            let native = format!("native jwt_authn {alg}, {suffix}");
             variants.push(Variant {
-                name: format!("native jwt_authn {alg}, {suffix}"),
-                listener: listener(&id, vec![native_filter(jwks, cached)]),
+                name: native.clone(),
+                native: None,
+                listener: listener(&format!("native_{alg}_{kind}"), vec![native_filter(jwks, cached)]),
                 token: Some(token.clone()),
                 script: None,
             });
-            let id = format!("jwtguard_{alg}_{}", if cached { "cache" } else { "nocache" });
-            variants.push(Variant {
-                name: format!("jwtguard {alg}, {suffix}"),
-                listener: listener(&id, vec![jwtguard_filter(&id, &jwtguard_config(jwks, cached))]),
-                token: Some(token.clone()),
-                script: None,
-            });
+            for build in BUILDS {
+                let id = format!("jwtguard_{}_{alg}_{kind}", label(build));
+                variants.push(Variant {
+                    name: format!("jwtguard {} {alg}, {suffix}", label(build)),
+                    native: Some(native.clone()),
+                    listener: listener(&id, vec![build.filter(&id, &jwtguard_config(jwks, cached))]),
+                    token: Some(token.clone()),
+                    script: None,
+                });
+            }
         }
     }
     // Revocation: the real service and Redis behind the `revocation` cluster.
@@ -188,36 +199,40 @@ fn filter(seconds: u32, rounds: usize) {
     std::fs::write(&script, wrk_script(&many)).expect("write wrk script");
     let mut many_tokens = jwtguard_config(&public_jwks, true);
     many_tokens["providers"]["bench"]["jwt_cache_config"]["jwt_cache_size"] = json!(4096);
-    for (id, name, config, token, script) in [
-        (
-            "rev_warm",
-            "jwtguard RS256, cache + revocation status callouts (warm)",
-            with_revocation("status", 600_000, 100),
-            tokens[0].1.clone(),
-            None,
-        ),
-        ("many_norev", "jwtguard RS256, cache, 2000 tokens", many_tokens, many[0].clone(), Some(script.clone())),
-        (
-            FEED_VARIANT,
-            "jwtguard RS256, cache + revocation feed, 2000 tokens",
-            with_revocation("feed", 1_000, 4096),
-            many[0].clone(),
-            Some(script.clone()),
-        ),
-        (
-            "rev_cold",
-            "jwtguard RS256, cache + revocation status callouts (every request a miss), 2000 tokens",
-            with_revocation("status", 0, 4096),
-            many[0].clone(),
-            Some(script.clone()),
-        ),
-    ] {
-        variants.push(Variant {
-            name: name.into(),
-            listener: listener(id, vec![jwtguard_filter(id, &config)]),
-            token: Some(token),
-            script,
-        });
+    for build in BUILDS {
+        for (id, name, config, token, script) in [
+            (
+                "rev_warm",
+                "RS256, cache + revocation status callouts (warm)",
+                with_revocation("status", 600_000, 100),
+                tokens[0].1.clone(),
+                None,
+            ),
+            ("many_norev", "RS256, cache, 2000 tokens", many_tokens.clone(), many[0].clone(), Some(script.clone())),
+            (
+                FEED_VARIANT,
+                "RS256, cache + revocation feed, 2000 tokens",
+                with_revocation("feed", 1_000, 4096),
+                many[0].clone(),
+                Some(script.clone()),
+            ),
+            (
+                "rev_cold",
+                "RS256, cache + revocation status callouts (every request a miss), 2000 tokens",
+                with_revocation("status", 0, 4096),
+                many[0].clone(),
+                Some(script.clone()),
+            ),
+        ] {
+            let id = format!("{id}_{}", label(build));
+            variants.push(Variant {
+                name: format!("jwtguard {} {name}", label(build)),
+                native: None,
+                listener: listener(&id, vec![build.filter(&id, &config)]),
+                token: Some(token),
+                script,
+            });
+        }
     }
     let listeners: Vec<Listener> = variants
         .iter()
@@ -230,9 +245,11 @@ fn filter(seconds: u32, rounds: usize) {
     let clusters = [jwtguard_demo::envoy::static_cluster("revocation", service.port)];
     let envoy = Envoy::try_start_with(&dir, &bootstrap(&listeners, &clusters), 1)
         .unwrap_or_else(|log| panic!("envoy did not start:\n{log}"));
-    let wasm_vms = 2 * (variants.len() - 1 - 6); // every jwtguard listener: main thread + one worker
-    wait_for("every jwtguard VM", Duration::from_secs(30), || {
-        (envoy.log_text().matches("jwtguard: providers").count() >= wasm_vms).then_some(())
+    // Every jwtguard listener logs its configuration: a wasm one from the main thread's VM and
+    // the worker's, a module one once.
+    let per_build = variants.iter().filter(|v| v.name.starts_with("jwtguard wasm")).count();
+    wait_for("every jwtguard configuration", Duration::from_secs(30), || {
+        (envoy.log_text().matches("jwtguard: providers").count() >= 3 * per_build).then_some(())
     });
 
     for v in &variants {
@@ -246,24 +263,24 @@ fn filter(seconds: u32, rounds: usize) {
         run_wrk(&envoy, &url, v, 2); // warm-up: fills the caches
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
-    // Status callouts made while the feed variant ran (only it takes traffic then): the proof
+    // Status callouts made while a feed variant ran (only it takes traffic then): the proof
     // that the feed answers revocation with no callout per request.
-    let callouts = |e: &Envoy| {
+    let callouts = |e: &Envoy, build: Build| {
         ["ok", "revoked", "unavailable", "timeout"]
             .iter()
-            .map(|o| e.counter(&format!("wasmcustom.jwtguard.revocation.check.{o}")))
+            .map(|o| e.counter(&build.stat(&format!("revocation.check.{o}"))))
             .sum::<u64>()
     };
-    let (mut feed_requests, mut feed_callouts) = (0.0, 0);
+    let mut feed = BUILDS.map(|_| (0.0, 0));
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}");
         for (i, v) in variants.iter().enumerate() {
-            let feed = v.listener.name == FEED_VARIANT;
-            let before = if feed { callouts(&envoy) } else { 0 };
+            let build = BUILDS.iter().position(|&b| v.listener.name == format!("{FEED_VARIANT}_{}", label(b)));
+            let before = build.map_or(0, |b| callouts(&envoy, BUILDS[b]));
             let sample = run_wrk(&envoy, &envoy.url(&v.listener.name, "/"), v, seconds);
-            if feed {
-                feed_callouts += callouts(&envoy) - before;
-                feed_requests += sample.rps * f64::from(seconds);
+            if let Some(b) = build {
+                feed[b].1 += callouts(&envoy, BUILDS[b]) - before;
+                feed[b].0 += sample.rps * f64::from(seconds);
             }
             samples[i].push(sample);
         }
@@ -272,23 +289,33 @@ fn filter(seconds: u32, rounds: usize) {
     drop(envoy);
     drop(service);
     report(&variants, &samples, seconds, rounds);
-    let (rss_plain, rss_one) = rss_with_and_without_filter(&dir, &public_jwks);
+    let rss = rss_with_and_without_filter(&dir, &public_jwks);
     println!();
     let cpu_of = |name: &str| {
         let i = variants.iter().position(|v| v.listener.name == name).expect("variant");
         median(samples[i].iter().map(|s| s.cpu_us_per_req).collect())
     };
+    for (b, build) in BUILDS.iter().enumerate() {
+        let (requests, made) = feed[b];
+        let l = label(*build);
+        println!(
+            "- Revocation feed, 2000 tokens, {l}: {:+.1} µs/req of Envoy CPU over the same tokens without revocation; \
+             status callouts meanwhile: {made} for {requests:.0} requests",
+            cpu_of(&format!("{FEED_VARIANT}_{l}")) - cpu_of(&format!("many_norev_{l}"))
+        );
+    }
+    let size = |p: PathBuf| format!("{} bytes ({})", std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0), p.display());
+    println!("- `.wasm` size: {}; module: {}", size(wasm_file()), size(module_file()));
     println!(
-        "- Revocation feed, 2000 tokens: {:+.1} µs/req of Envoy CPU over the same tokens without revocation; \
-         status callouts meanwhile: {feed_callouts} for {feed_requests:.0} requests",
-        cpu_of(FEED_VARIANT) - cpu_of("many_norev")
+        "- Envoy RSS, idle, `--concurrency 1`: no filter {} MiB; one jwtguard listener: wasm {} MiB, module {} MiB; \
+         this run's {} listeners ({} with jwtguard) {} MiB",
+        rss.0 / 1024,
+        rss.1 / 1024,
+        rss.2 / 1024,
+        variants.len(),
+        2 * per_build,
+        rss_all / 1024
     );
-    println!(
-        "- `.wasm` size: {} bytes ({})",
-        std::fs::metadata(wasm_file()).map(|m| m.len()).unwrap_or(0),
-        wasm_file().display()
-    );
-    println!("- Envoy RSS, idle, `--concurrency 1`: no filter {} MiB; one jwtguard listener {} MiB; this run's {} listeners ({} with jwtguard) {} MiB", rss_plain / 1024, rss_one / 1024, variants.len(), wasm_vms / 2, rss_all / 1024);
 }
 
 fn listener(name: &str, filters: Vec<Value>) -> Listener {
@@ -406,10 +433,10 @@ fn report(variants: &[Variant], samples: &[Vec<Sample>], seconds: u32, rounds: u
     for (i, v) in variants.iter().enumerate() {
         let cpu = med(i, |s| s.cpu_us_per_req);
         let overhead = cpu - base_cpu;
-        let native_overhead = variants
-            .iter()
-            .position(|n| n.name == v.name.replace("jwtguard", "native jwt_authn"))
-            .filter(|&n| n != i)
+        let native_overhead = v
+            .native
+            .as_ref()
+            .and_then(|native| variants.iter().position(|n| &n.name == native))
             .map(|n| med(n, |s| s.cpu_us_per_req) - base_cpu);
         let vs_native = native_overhead.map_or("".to_string(), |n| format!("{:.2}", overhead / n));
         println!(
@@ -425,14 +452,25 @@ fn report(variants: &[Variant], samples: &[Vec<Sample>], seconds: u32, rounds: u
     }
 }
 
-fn rss_with_and_without_filter(dir: &std::path::Path, jwks: &str) -> (u64, u64) {
+/// Idle RSS (KiB) of an Envoy without a filter, with one wasm listener, with one module listener.
+fn rss_with_and_without_filter(dir: &std::path::Path, jwks: &str) -> (u64, u64, u64) {
     let mut rss = Vec::new();
-    for filters in [vec![], vec![jwtguard_filter("rss", &jwtguard_config(jwks, true))]] {
+    let config = jwtguard_config(jwks, true);
+    for filters in [vec![], vec![Build::Wasm.filter("rss", &config)], vec![Build::Module.filter("rss", &config)]] {
         let sub = dir.join(format!("rss{}", rss.len()));
         std::fs::create_dir_all(&sub).expect("dir");
         let envoy = Envoy::try_start_with(&sub, &bootstrap(&[listener("l", filters)], &[]), 1).expect("envoy");
         let _ = ureq::get(&envoy.url("l", "/")).call();
         rss.push(rss_kib(envoy.pid()));
     }
-    (rss[0], rss[1])
+    (rss[0], rss[1], rss[2])
+}
+
+const BUILDS: [Build; 2] = [Build::Wasm, Build::Module];
+
+fn label(build: Build) -> &'static str {
+    match build {
+        Build::Wasm => "wasm",
+        Build::Module => "module",
+    }
 }

@@ -1,11 +1,9 @@
-//! Remote JWKS in the VM: load the newest good key set from Envoy's shared data, start a fetch
-//! when one is due (one per Envoy, claimed by compare-and-swap), and take in what comes back.
-//! The schedule and the checks are in `jwks.rs`; this is the part that touches the host.
+//! Remote JWKS in an engine: load the newest good key set from the host's shared data, start a
+//! fetch when one is due (one per Envoy, claimed by compare-and-swap), and take in what comes
+//! back. The schedule and the checks are in `jwks.rs`; this is the part that touches the host.
 
-use crate::host;
-use crate::metrics::Metrics;
-use crate::shared::{now_ms, Callout, Dispatch, Remote, Shared};
-use jwtguard::jwks::{self, FetchState, Freshness};
+use super::{Callout, Dispatch, Engine, Remote};
+use crate::jwks::{self, FetchState, Freshness};
 use log::{error, info, warn};
 use std::time::Duration;
 
@@ -13,36 +11,36 @@ fn key(r: &Remote, what: &str) -> String {
     format!("{}.{what}", r.shared_key)
 }
 
-impl Shared {
+impl Engine {
     pub fn read_state(&self, r: &Remote) -> FetchState {
-        let (bytes, _) = host::get_shared_data(&key(r, "state")).unwrap_or((None, None));
+        let (bytes, _) = self.host.shared_data(&key(r, "state"));
         bytes.and_then(|b| FetchState::decode(&b)).unwrap_or_default()
     }
 
     /// Read-modify-write of the shared schedule, retried on a concurrent change.
     fn update_state(&self, r: &Remote, change: impl Fn(&FetchState) -> Option<FetchState>) -> Option<FetchState> {
         for _ in 0..8 {
-            let (bytes, cas) = host::get_shared_data(&key(r, "state")).unwrap_or((None, None));
+            let (bytes, cas) = self.host.shared_data(&key(r, "state"));
             let current = bytes.and_then(|b| FetchState::decode(&b)).unwrap_or_default();
             let next = change(&current)?;
-            if host::set_shared_data(&key(r, "state"), Some(&next.encode()), cas).is_ok() {
+            if self.host.set_shared_data(&key(r, "state"), &next.encode(), cas) {
                 return Some(next);
             }
         }
         None
     }
 
-    /// Loads the newest good key set into this VM; drops keys past their stale period.
+    /// Loads the newest good key set into this engine; drops keys past their stale period.
     pub fn sync_keys(&self) {
-        let now = now_ms();
+        let now = self.now_ms();
         for r in &self.remote {
             let state = self.read_state(r);
             let freshness = jwks::freshness(state.fetched_ms, now, &r.cfg);
             // Stale stays 1 once the keys expire: refreshes have been failing all along.
             let stale = matches!(freshness, Freshness::Stale | Freshness::Expired);
-            Metrics::set(self.metrics.jwks[r.index].stale, u64::from(stale));
+            self.set_metric(self.metrics.jwks[r.index].stale, u64::from(stale));
             let age = if state.fetched_ms == 0 { 0 } else { now.saturating_sub(state.fetched_ms) };
-            Metrics::set(self.metrics.jwks[r.index].age_ms, age);
+            self.set_metric(self.metrics.jwks[r.index].age_ms, age);
             match freshness {
                 Freshness::None => {}
                 Freshness::Expired => {
@@ -52,7 +50,7 @@ impl Shared {
                     }
                 }
                 Freshness::Fresh | Freshness::Stale if state.fetched_ms != r.loaded_ms.get() => {
-                    let (doc, _) = host::get_shared_data(&key(r, "doc")).unwrap_or((None, None));
+                    let (doc, _) = self.host.shared_data(&key(r, "doc"));
                     match doc.map(|d| jwks::accept_document(&d, &r.algorithms, &r.cfg, &self.local_keys(r))) {
                         Some(Ok((keys, _))) => self.install(r, keys, state.fetched_ms),
                         Some(Err(e)) => warn!("jwtguard: provider {}: stored JWKS unusable: {e}", r.name),
@@ -65,13 +63,13 @@ impl Shared {
     }
 
     /// The provider's configured keys, which a fetched set joins.
-    fn local_keys(&self, r: &Remote) -> Vec<jwtguard::keys::Key> {
+    fn local_keys(&self, r: &Remote) -> Vec<crate::keys::Key> {
         let auth = self.auth.try_borrow();
         auth.ok().and_then(|a| a.config.providers.get(r.provider).map(|p| p.keys.clone())).unwrap_or_default()
     }
 
-    fn install(&self, r: &Remote, keys: Vec<jwtguard::keys::Key>, fetched_ms: u64) {
-        Metrics::set(self.metrics.jwks[r.index].keys_loaded, keys.len() as u64);
+    fn install(&self, r: &Remote, keys: Vec<crate::keys::Key>, fetched_ms: u64) {
+        self.set_metric(self.metrics.jwks[r.index].keys_loaded, keys.len() as u64);
         if let Ok(mut auth) = self.auth.try_borrow_mut() {
             auth.set_remote_keys(r.provider, keys);
             r.loaded_ms.set(fetched_ms);
@@ -81,7 +79,7 @@ impl Shared {
 
     /// Starts every fetch that is due and not in flight anywhere in this Envoy.
     pub fn start_due_fetches(&self, dispatch: Dispatch) -> Vec<(u32, Callout)> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut started = Vec::new();
         for (i, r) in self.remote.iter().enumerate() {
             if self.update_state(r, |s| s.claim(now, &r.cfg)).is_some() {
@@ -94,7 +92,7 @@ impl Shared {
     fn dispatch_fetch(&self, i: usize, dispatch: Dispatch) -> Option<(u32, Callout)> {
         let r = &self.remote[i];
         let discovered = if r.cfg.oidc_discovery {
-            let (uri, _) = host::get_shared_data(&key(r, "uri")).unwrap_or((None, None));
+            let (uri, _) = self.host.shared_data(&key(r, "uri"));
             uri.and_then(|u| String::from_utf8(u).ok())
                 .and_then(|u| u.split_once('|').map(|(a, p)| (a.to_string(), p.to_string())))
         } else {
@@ -116,8 +114,8 @@ impl Shared {
         ];
         match dispatch(cluster, headers, None, Duration::from_millis(r.cfg.timeout_ms)) {
             Ok(token) => Some((token, callout)),
-            Err(status) => {
-                self.fetch_failed(i, &format!("callout to cluster {cluster:?} refused: {status:?}"));
+            Err(why) => {
+                self.fetch_failed(i, &format!("callout to cluster {cluster:?} refused: {why}"));
                 None
             }
         }
@@ -156,8 +154,8 @@ impl Shared {
                         for s in skipped {
                             warn!("jwtguard: provider {}: skipped a JWKS key: {s}", r.name);
                         }
-                        let now = now_ms();
-                        let _ = host::set_shared_data(&key(r, "doc"), Some(body), None);
+                        let now = self.now_ms();
+                        self.host.set_shared_data(&key(r, "doc"), body, None);
                         self.update_state(r, |s| Some(s.succeeded(now)));
                         self.metrics.add(self.metrics.jwks[i].fetch_success, 1);
                         info!("jwtguard: provider {}: loaded {} keys from the JWKS", r.name, keys.len());
@@ -175,8 +173,7 @@ impl Shared {
                 };
                 match found {
                     Ok((authority, path)) => {
-                        let _ =
-                            host::set_shared_data(&key(r, "uri"), Some(format!("{authority}|{path}").as_bytes()), None);
+                        self.host.set_shared_data(&key(r, "uri"), format!("{authority}|{path}").as_bytes(), None);
                         self.dispatch_fetch(i, dispatch)
                     }
                     Err(e) => {
@@ -191,7 +188,7 @@ impl Shared {
 
     fn fetch_failed(&self, i: usize, why: &str) {
         let r = &self.remote[i];
-        let now = now_ms();
+        let now = self.now_ms();
         let state = self.update_state(r, |s| Some(s.failed(now, &r.cfg))).unwrap_or_default();
         self.metrics.add(self.metrics.jwks[i].fetch_failed, 1);
         let keeping = match jwks::freshness(state.fetched_ms, now, &r.cfg) {

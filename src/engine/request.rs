@@ -1,29 +1,20 @@
-//! What a VM's root context and its HTTP contexts share, and what either can do with a request:
-//! authenticate it, allow or deny it, check its token's revocation status, or park it until keys
-//! arrive. Requests parked here are finished later from another context (the one that got the
-//! answer), so every action takes the context it is for.
+//! What the engine does with one request: authenticate it, allow or deny it, check its token's
+//! revocation status, or park it until keys arrive. Requests parked here are finished later from
+//! another context (the one that got the answer), so every action takes the context it is for.
 
-use crate::host::{self, EnvoyCrypto};
-use crate::metrics::Metrics;
-use crate::poll::Feed;
+use super::{Action, Dispatch, Engine, Record};
+use crate::authenticator::{Decision, Request, Tally, Verified};
+use crate::config;
+use crate::extract::RequestHeaders;
+use crate::jwks::RemoteJwks;
+use crate::reason::Reason;
+use crate::response;
+use crate::revocation::{self, Enforcement, Entry, Failure, Identity, Known, Lookup, Verdict};
+use crate::strict_json::quote;
 use jsonwebtoken::Algorithm;
-use jwtguard::authenticator::{Authenticator, Decision, Request, Tally, Verified};
-use jwtguard::config;
-use jwtguard::extract::RequestHeaders;
-use jwtguard::host_crypto::HostCrypto;
-use jwtguard::jwks::RemoteJwks;
-use jwtguard::reason::Reason;
-use jwtguard::response::{self, ResponseStyle};
-use jwtguard::revocation::{self, Enforcement, Entry, Failure, Identity, Known, Lookup, Verdict};
-use jwtguard::strict_json::quote;
 use log::{debug, info, warn};
-use proxy_wasm::types::{Action, MapType, Status};
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::time::{Duration, UNIX_EPOCH};
-
-/// Sends an HTTP callout from whichever context calls; its answer comes back to that context.
-pub type Dispatch<'a> = &'a dyn Fn(&str, Vec<(&str, &str)>, Option<&[u8]>, Duration) -> Result<u32, Status>;
+use std::cell::Cell;
+use std::time::Duration;
 
 /// A callout in flight, and what its answer is for.
 pub enum Callout {
@@ -68,15 +59,15 @@ pub struct KeyWaiter {
     /// When it parked, and until when it may wait (its own providers' longest `wait_for_keys_ms`).
     pub parked_ms: u64,
     pub deadline_ms: u64,
-    /// The providers (indexes into `Shared::remote`) whose keys it waits for.
+    /// The providers (indexes into `Engine::remote`) whose keys it waits for.
     pub remotes: Vec<usize>,
     /// The key-set version it last saw.
     pub keys_version: u64,
 }
 
-/// A provider with a remote JWKS, and what this VM has loaded of it.
+/// A provider with a remote JWKS, and what this engine has loaded of it.
 pub struct Remote {
-    /// Its place in `Shared::remote` (and in the per-provider stats).
+    /// Its place in `Engine::remote` (and in the per-provider stats).
     pub index: usize,
     pub provider: usize,
     pub name: String,
@@ -84,31 +75,8 @@ pub struct Remote {
     pub shared_key: String,
     pub cfg: RemoteJwks,
     pub algorithms: Vec<Algorithm>,
-    /// `fetched_ms` of the key set loaded into this VM; 0 for none.
+    /// `fetched_ms` of the key set loaded into this engine; 0 for none.
     pub loaded_ms: Cell<u64>,
-}
-
-pub struct Shared {
-    pub auth: RefCell<Authenticator>,
-    pub style: ResponseStyle,
-    pub metrics: Metrics,
-    pub host: Option<EnvoyCrypto>,
-    pub revocation: Option<config::Revocation>,
-    /// The revocation feed and set, with `revocation.source: feed`.
-    pub feed: Option<Feed>,
-    /// This plugin's part of Envoy's shared data (`Config::namespace`).
-    pub namespace: String,
-    pub inflight: RefCell<HashMap<String, Inflight>>,
-    pub key_waiters: RefCell<Vec<KeyWaiter>>,
-    pub remote: Vec<Remote>,
-    /// Bumped whenever any remote key set changes in this VM.
-    pub keys_version: Cell<u64>,
-    /// When a report-only refusal was last logged (ms).
-    pub report_logged_ms: Cell<u64>,
-}
-
-pub fn now_ms() -> u64 {
-    host::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How `handle` was reached: first time for the request, or retried after parking.
@@ -118,7 +86,7 @@ pub struct Retry {
     pub deadline_ms: u64,
 }
 
-impl Shared {
+impl Engine {
     /// Authenticates the request and carries out the decision. `waiting`: the request is parked
     /// and `context_id` must be made current first. Returns the action for the current callback
     /// and any callout started, which the caller records so its answer finds its way back.
@@ -130,7 +98,7 @@ impl Shared {
         retry: Option<Retry>,
         dispatch: Dispatch,
     ) -> (Action, Option<(u32, Callout)>) {
-        if waiting && !host::set_effective_context(context_id) {
+        if waiting && !self.host.set_effective_context(context_id) {
             return (Action::Pause, None); // the client went away
         }
         let Ok(mut auth) = self.auth.try_borrow_mut() else {
@@ -140,32 +108,36 @@ impl Shared {
         // A client must never be able to send what looks like a verified claim.
         for name in &auth.config.output_headers {
             if headers.iter().any(|(k, _)| k == name) {
-                let _ = host::set_map_value(MapType::HttpRequestHeaders, name, None);
+                self.host.set_request_header(name, None);
             }
         }
         let pseudo = |name: &str| headers.values(name).first().copied().unwrap_or("");
         let (method, path) = (pseudo(":method"), pseudo(":path"));
-        let now = now_ms();
+        let now = self.now_ms();
         let request = Request { method, path, headers: &headers };
         let mut tally = Tally::default();
-        let crypto = self.host.as_ref().map(|h| h as &dyn HostCrypto);
-        let decision = auth.authenticate(&request, now / 1000, crypto, &mut tally);
+        let decision = auth.authenticate(&request, now / 1000, self.host.crypto(), &mut tally);
         drop(auth);
         self.metrics.record(&tally);
-        self.metrics.flush_if_due(now);
+        self.metrics.flush_if_due(self.host.as_ref(), now);
         match decision {
             Decision::Pass => {
                 if waiting {
-                    let _ = host::resume_http_request();
+                    self.host.resume_request();
                 }
                 (Action::Continue, None)
             }
             Decision::Allow { headers: add, strip, tokens, revocation } => {
                 for name in strip {
-                    let _ = host::set_map_value(MapType::HttpRequestHeaders, &name, None);
+                    self.host.set_request_header(&name, None);
                 }
                 for (name, value) in add {
-                    let _ = host::set_map_value(MapType::HttpRequestHeaders, &name, Some(&value));
+                    self.host.set_request_header(&name, Some(&value));
+                }
+                for token in &tokens {
+                    if let Some(Some(key)) = self.metadata_keys.get(token.provider) {
+                        self.host.set_payload_metadata(key, &token.claims);
+                    }
                 }
                 match (revocation, tokens.first()) {
                     // A token the service could not store could never be revoked.
@@ -186,7 +158,7 @@ impl Shared {
                 self.report(reason);
                 self.metrics.add(self.metrics.allowed, 1);
                 if waiting {
-                    let _ = host::resume_http_request();
+                    self.host.resume_request();
                 }
                 (Action::Continue, None)
             }
@@ -265,8 +237,8 @@ impl Shared {
 
     /// Retries parked requests whose keys changed, whose deadline passed, or whose providers'
     /// refetch ended (in any worker: the schedule is in shared data).
-    pub fn retry_key_waiters(&self, dispatch: Dispatch, record: &mut dyn FnMut(u32, u32, Callout)) {
-        let now = now_ms();
+    pub fn retry_key_waiters(&self, dispatch: Dispatch, record: Record) {
+        let now = self.now_ms();
         let version = self.keys_version.get();
         let waiters = std::mem::take(&mut *self.key_waiters.borrow_mut());
         let states: Vec<_> = self.remote.iter().map(|r| self.read_state(r)).collect();
@@ -287,7 +259,7 @@ impl Shared {
     /// Finishes a request whose revocation question is settled; the returned action is for
     /// the current callback when the request is the current one.
     pub fn settle(&self, context_id: u32, set_context: bool, verdict: Verdict, resume: bool) -> Action {
-        if set_context && !host::set_effective_context(context_id) {
+        if set_context && !self.host.set_effective_context(context_id) {
             return Action::Pause;
         }
         let m = &self.metrics;
@@ -310,11 +282,11 @@ impl Shared {
         };
         if let Some((counter, value)) = mark {
             m.add(counter, 1);
-            let _ = host::set_map_value(MapType::HttpRequestHeaders, config::UNCHECKED_HEADER, Some(value));
+            self.host.set_request_header(config::UNCHECKED_HEADER, Some(value));
         }
         m.add(m.allowed, 1);
         if resume {
-            let _ = host::resume_http_request();
+            self.host.resume_request();
         }
         Action::Continue
     }
@@ -323,8 +295,8 @@ impl Shared {
     /// with the reason, logged at most once a second per worker; the caller lets it through.
     pub fn report(&self, reason: Reason) {
         self.metrics.would_deny(reason);
-        let _ = host::set_map_value(MapType::HttpRequestHeaders, config::WOULD_DENY_HEADER, Some(reason.name()));
-        let now = now_ms();
+        self.host.set_request_header(config::WOULD_DENY_HEADER, Some(reason.name()));
+        let now = self.now_ms();
         if now >= self.report_logged_ms.get() + 1_000 {
             self.report_logged_ms.set(now);
             info!("jwtguard: report-only: a request let through would be refused: {}", reason.name());
@@ -335,8 +307,8 @@ impl Shared {
     pub fn deny(&self, reason: Reason, scope: Option<&str>) {
         self.metrics.denied(reason);
         let r = response::denial(&self.style, reason, scope);
-        let headers = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let _ = host::send_http_response(r.status, headers, Some(r.body.as_bytes()));
+        let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.host.send_response(r.status, &headers, Some(r.body.as_bytes()));
     }
 
     /// The shared cache first; on a miss, join or start the single status callout for this token.
@@ -356,8 +328,7 @@ impl Shared {
         let Some(rev) = &self.revocation else {
             return (self.settle(context_id, false, Verdict::Allow, waiting), None);
         };
-        let (cached, _) =
-            host::get_shared_data(&identity.slot_key(&self.namespace, rev.cache_max_entries)).unwrap_or((None, None));
+        let (cached, _) = self.host.shared_data(&identity.slot_key(&self.namespace, rev.cache_max_entries));
         let entry = cached.and_then(|bytes| Entry::decode(&bytes));
         let stale = match revocation::lookup(entry.as_ref(), identity, now, rev.freshness, active_until_exp) {
             Lookup::Fresh(known) => {
@@ -378,20 +349,15 @@ impl Shared {
             return (Action::Pause, None);
         }
         let path = revocation::status_path(&rev.path, identity, rev.mode);
-        let authorization = rev.credential.as_ref().map(|c| format!("Bearer {c}"));
-        let mut headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", rev.authority.as_str())];
-        if let Some(a) = &authorization {
-            headers.push(("authorization", a.as_str()));
-        }
-        match dispatch(&rev.cluster, headers, None, Duration::from_millis(rev.timeout_ms)) {
+        match get_from_service(rev, &path, rev.timeout_ms, dispatch) {
             Ok(token) => {
                 self.inflight
                     .borrow_mut()
                     .insert(identity.key.clone(), Inflight { started_ms: now, waiters: vec![waiter] });
                 (Action::Pause, Some((token, Callout::Status { identity: identity.clone(), started_ms: now })))
             }
-            Err(status) => {
-                warn!("jwtguard: revocation callout to cluster {:?} failed: {status:?}", rev.cluster);
+            Err(why) => {
+                warn!("jwtguard: revocation callout to cluster {:?} failed: {why}", rev.cluster);
                 self.metrics.answer(Err(Failure::Unavailable));
                 let verdict = revocation::verdict(Err(Failure::Unavailable), enforcement, stale);
                 (self.settle(context_id, false, verdict, waiting), None)
@@ -407,7 +373,7 @@ impl Shared {
         let id = &token.identity;
         let (path, body) = if everywhere {
             let Some(sub) = id.sub.clone() else {
-                return (bad_logout("the token has no sub"), None);
+                return (self.bad_logout("the token has no sub"), None);
             };
             // jwtguard_wire::RevokeSubjectRequest, by hand (serde's serializer costs wasm).
             let body = match &id.iss {
@@ -417,7 +383,7 @@ impl Shared {
             (&rev.revoke_subject_path, body)
         } else {
             let (Some(jti), Some(exp)) = (id.jti.clone(), id.exp) else {
-                return (bad_logout("the token has no jti and exp; use the log-out-everywhere route"), None);
+                return (self.bad_logout("the token has no jti and exp; use the log-out-everywhere route"), None);
             };
             // jwtguard_wire::RevokeRequest's {jti, exp}, by hand.
             (&rev.revoke_path, format!(r#"{{"jti":{},"exp":{exp}}}"#, quote(&jti)))
@@ -445,7 +411,7 @@ impl Shared {
         let Some(rev) = &self.revocation else { return };
         match callout {
             Callout::Status { identity, started_ms } => {
-                Metrics::set(self.metrics.callout_ms, now_ms().saturating_sub(started_ms));
+                self.set_metric(self.metrics.callout_ms, self.now_ms().saturating_sub(started_ms));
                 let answer = revocation::read_answer(status, body);
                 self.metrics.answer(answer);
                 if let Ok(known) = answer {
@@ -454,7 +420,7 @@ impl Shared {
                 self.finish_inflight(&identity.key, answer);
             }
             Callout::Logout { identity, everywhere } => {
-                if !host::set_effective_context(context_id) {
+                if !self.host.set_effective_context(context_id) {
                     return;
                 }
                 if status == Some(200) {
@@ -465,7 +431,7 @@ impl Shared {
                         self.mark_logged_out(feed, &identity, everywhere);
                     }
                     self.metrics.add(self.metrics.logout_ok, 1);
-                    let _ = host::send_http_response(204, vec![("cache-control", "no-store")], None);
+                    self.host.send_response(204, &[("cache-control", "no-store")], None);
                 } else {
                     warn!("jwtguard: logout failed: revocation service answered {status:?}");
                     self.metrics.add(self.metrics.logout_failed, 1);
@@ -488,17 +454,28 @@ impl Shared {
 
     fn remember(&self, rev: &config::Revocation, identity: &Identity, known: Known) {
         let entry =
-            Entry { known, fetched_ms: now_ms(), exp: identity.exp.unwrap_or(0), identity: identity.key.clone() };
-        let _ = host::set_shared_data(
-            &identity.slot_key(&self.namespace, rev.cache_max_entries),
-            Some(&entry.encode()),
-            None,
-        );
+            Entry { known, fetched_ms: self.now_ms(), exp: identity.exp.unwrap_or(0), identity: identity.key.clone() };
+        self.host.set_shared_data(&identity.slot_key(&self.namespace, rev.cache_max_entries), &entry.encode(), None);
+    }
+
+    fn bad_logout(&self, description: &str) -> Action {
+        let body = format!(r#"{{"error":"invalid_request","error_description":{}}}"#, quote(description));
+        self.host.send_response(400, &[("content-type", "application/json")], Some(body.as_bytes()));
+        Action::Pause
     }
 }
 
-fn bad_logout(description: &str) -> Action {
-    let body = format!(r#"{{"error":"invalid_request","error_description":{}}}"#, quote(description));
-    let _ = host::send_http_response(400, vec![("content-type", "application/json")], Some(body.as_bytes()));
-    Action::Pause
+/// A GET to the revocation service, with the service credential when one is configured.
+pub(super) fn get_from_service(
+    rev: &config::Revocation,
+    path: &str,
+    timeout_ms: u64,
+    dispatch: Dispatch,
+) -> Result<u32, String> {
+    let authorization = rev.credential.as_ref().map(|c| format!("Bearer {c}"));
+    let mut headers = vec![(":method", "GET"), (":path", path), (":authority", rev.authority.as_str())];
+    if let Some(a) = &authorization {
+        headers.push(("authorization", a.as_str()));
+    }
+    dispatch(&rev.cluster, headers, None, Duration::from_millis(timeout_ms))
 }

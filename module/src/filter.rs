@@ -1,0 +1,565 @@
+//! The filter behind the hooks: the core's `engine` on Envoy's dynamic-module ABI.
+//!
+//! Threads. Envoy runs a stream's hooks on its worker and the configuration's hooks on the main
+//! thread. Each thread gets its own `Engine` per configuration (as each wasm VM has one): the
+//! workers' serve requests; the main thread's does the background work (key fetches, the feed's
+//! long-poll), because only the main thread can send a callout that belongs to no stream. What
+//! the engines share goes through `SHARED_DATA` (key sets, revocation answers: proxy-wasm's
+//! shared data, in process) and the `Feed`, one per configuration.
+//!
+//! Time. HTTP filters have no timer in Envoy 1.40, so a thread of ours (`Ticker`) asks Envoy to
+//! run the main engine's tick on the main thread, and a worker's tick on one of its parked
+//! streams (a stream waiting for keys, the revocation set or an answer); the main engine wakes
+//! the parked streams at once when keys or the feed arrive.
+
+use crate::abi;
+use crate::crypto::NativeCrypto;
+use crate::host::{self, Scheduler, Stream};
+use jwtguard::config::Config;
+use jwtguard::engine::{self, Action, Callout, Engine, Feed, MetricKind};
+use jwtguard::host_crypto::{self, HostCrypto};
+use jwtguard::metadata;
+use log::error;
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A shared-data value and its compare-and-swap version.
+type Versioned = (Vec<u8>, u32);
+
+/// proxy-wasm's shared data, for the whole process, by key.
+static SHARED_DATA: LazyLock<Mutex<HashMap<String, Versioned>>> = LazyLock::new(Default::default);
+
+/// Context ids of streams, unique in the process (the engine names requests by them).
+static NEXT_CONTEXT: AtomicU32 = AtomicU32::new(1);
+
+/// A lock is poisoned only by a panic while it is held, and a panic aborts the release build;
+/// in test builds the data is taken as it is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A stat the main engine defined: its kind and Envoy's id.
+#[derive(Clone, Debug)]
+struct Metric {
+    name: String,
+    kind: MetricKind,
+    id: usize,
+}
+
+/// Envoy's filter configuration, kept for the main thread's engine.
+#[derive(Clone, Copy)]
+struct EnvoyConfig(host::Config);
+// SAFETY: only the main thread's engine uses it (callouts, schedulers and stats outside a
+// stream), and only while the configuration lives; workers carry it without touching it.
+unsafe impl Send for EnvoyConfig {}
+unsafe impl Sync for EnvoyConfig {}
+
+/// Streams parked on each worker, by context id: the ticker and the main engine reach a
+/// worker's engine through one of them.
+#[derive(Default)]
+struct Parked(Mutex<Vec<HashMap<u32, Scheduler>>>);
+
+impl Parked {
+    /// Runs the `scheduled` hook of one parked stream on every worker that has one.
+    fn wake(&self) {
+        for worker in lock(&self.0).iter() {
+            if let Some(scheduler) = worker.values().next() {
+                scheduler.commit(0);
+            }
+        }
+    }
+
+    fn insert(&self, worker: u32, context_id: u32, scheduler: Scheduler) {
+        let mut workers = lock(&self.0);
+        let index = worker as usize;
+        if workers.len() <= index {
+            workers.resize_with(index + 1, HashMap::new);
+        }
+        workers[index].insert(context_id, scheduler);
+    }
+
+    fn remove(&self, worker: u32, context_id: u32) {
+        // The scheduler is deleted under the lock, so no commit races its deletion.
+        if let Some(parked) = lock(&self.0).get_mut(worker as usize) {
+            parked.remove(&context_id);
+        }
+    }
+}
+
+/// What every thread's engine of one configuration shares.
+struct Shared {
+    json: Vec<u8>,
+    envoy: EnvoyConfig,
+    metrics: Vec<Metric>,
+    feed: Option<Arc<Feed>>,
+    parked: Parked,
+    /// Whether native crypto passed the main thread's self-test.
+    crypto: bool,
+}
+
+/// One thread's state for one configuration: what the engine's host reads and writes.
+struct HostState {
+    /// Set once the main engine has defined the stats (at once on workers).
+    shared: OnceCell<Arc<Shared>>,
+    envoy: EnvoyConfig,
+    /// The main thread's: it defines the stats and sends callouts that belong to no stream.
+    main: bool,
+    /// The stats: defined by the main engine, looked up by name by the others.
+    metrics: RefCell<Vec<Metric>>,
+    /// The request the engine's calls act on (context id and stream), and this thread's live
+    /// streams.
+    current: Cell<Option<(u32, Stream)>>,
+    streams: RefCell<HashMap<u32, Stream>>,
+    /// The request that got the last local reply: a paused request that did not is waiting.
+    answered: Cell<u32>,
+    /// Native RS*/ES* verification, once it passed the self-test (RustCrypto otherwise).
+    crypto: Option<NativeCrypto>,
+    /// Callouts in flight: Envoy's (context id, callout id) → our token → (request, why).
+    tokens: RefCell<HashMap<(u32, u64), u32>>,
+    callouts: RefCell<HashMap<u32, (u32, Callout)>>,
+    next_token: Cell<u32>,
+}
+
+impl HostState {
+    fn new(envoy: EnvoyConfig, shared: Option<Arc<Shared>>) -> HostState {
+        HostState {
+            metrics: RefCell::new(shared.as_ref().map(|s| s.metrics.clone()).unwrap_or_default()),
+            main: shared.is_none(),
+            crypto: shared.as_ref().map_or_else(native_crypto, |s| s.crypto.then_some(NativeCrypto)),
+            shared: shared.map(OnceCell::from).unwrap_or_default(),
+            envoy,
+            current: Cell::new(None),
+            streams: RefCell::new(HashMap::new()),
+            answered: Cell::new(0),
+            tokens: RefCell::new(HashMap::new()),
+            callouts: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+        }
+    }
+
+    /// Sends a callout from the current request's stream; on the main thread, from the
+    /// configuration. Its answer comes to that stream's (or the configuration's) hook.
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: Vec<(&str, &str)>,
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let body = body.unwrap_or_default();
+        let (context_id, sent) = match self.current.get() {
+            Some((context_id, stream)) => (context_id, stream.callout(cluster, &headers, body, timeout_ms)),
+            None if self.main => (0, self.envoy.0.callout(cluster, &headers, body, timeout_ms)),
+            None => return Err("the request is gone".into()),
+        };
+        let id = sent.map_err(|code| format!("Envoy refused the callout (code {code})"))?;
+        let token = self.next_token.get();
+        self.next_token.set(token.wrapping_add(1).max(1));
+        self.tokens.borrow_mut().insert((context_id, id), token);
+        Ok(token)
+    }
+
+    fn record(&self, token: u32, context_id: u32, callout: Callout) {
+        self.callouts.borrow_mut().insert(token, (context_id, callout));
+    }
+
+    /// The callout an answer from `context_id`'s stream (0: the configuration) with Envoy's `id` is for.
+    fn take_callout(&self, context_id: u32, id: u64) -> Option<(u32, Callout)> {
+        let token = self.tokens.borrow_mut().remove(&(context_id, id))?;
+        self.callouts.borrow_mut().remove(&token)
+    }
+
+    fn metric(&self, id: u32) -> Option<(MetricKind, usize)> {
+        self.metrics.borrow().get(id as usize).map(|m| (m.kind, m.id))
+    }
+}
+
+/// The engine's host on one thread.
+struct ModuleHost(Rc<HostState>);
+
+impl engine::Host for ModuleHost {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> bool {
+        let stream = self.0.streams.borrow().get(&context_id).copied();
+        self.0.current.set(stream.map(|s| (context_id, s)));
+        stream.is_some()
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        if let Some((_, stream)) = self.0.current.get() {
+            stream.set_header(name, value);
+        }
+    }
+
+    fn send_response(&self, status: u32, headers: &[(&str, &str)], body: Option<&[u8]>) {
+        if let Some((context_id, stream)) = self.0.current.get() {
+            self.0.answered.set(context_id);
+            stream.send_response(status, headers, body.unwrap_or_default(), "jwtguard");
+        }
+    }
+
+    fn resume_request(&self) {
+        if let Some((_, stream)) = self.0.current.get() {
+            stream.continue_decoding();
+        }
+    }
+
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match lock(&SHARED_DATA).get(key) {
+            Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let mut data = lock(&SHARED_DATA);
+        let version = data.get(key).map_or(0, |(_, v)| *v);
+        if cas.is_some_and(|c| c != version) {
+            return false;
+        }
+        data.insert(key.to_string(), (value.to_vec(), version.wrapping_add(1).max(1)));
+        true
+    }
+
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
+        let mut metrics = self.0.metrics.borrow_mut();
+        if !self.0.main {
+            return metrics.iter().position(|m| m.name == name && m.kind == kind).map(|i| i as u32);
+        }
+        let envoy = self.0.envoy.0;
+        let id = match kind {
+            MetricKind::Counter => envoy.define_counter(name, &[]).map(|c| c.0),
+            MetricKind::Gauge => envoy.define_gauge(name, &[]).map(|g| g.0),
+            MetricKind::Histogram => envoy.define_histogram(name, &[]).map(|h| h.0),
+        };
+        match id {
+            Ok(id) => {
+                metrics.push(Metric { name: name.to_string(), kind, id });
+                u32::try_from(metrics.len() - 1).ok()
+            }
+            Err(code) => {
+                error!("jwtguard: Envoy refused to define the stat {name} (code {code})");
+                None
+            }
+        }
+    }
+
+    fn increment_metric(&self, id: u32, by: u64) {
+        let Some((_, id)) = self.0.metric(id) else { return };
+        match self.0.current.get() {
+            Some((_, stream)) => stream.increment(host::Counter(id), &[], by),
+            None => self.0.envoy.0.increment(host::Counter(id), &[], by),
+        };
+    }
+
+    fn record_metric(&self, id: u32, value: u64) {
+        let Some((kind, id)) = self.0.metric(id) else { return };
+        // The one histogram (revocation.callout_ms) is recorded on the stream it timed.
+        match (kind, self.0.current.get()) {
+            (MetricKind::Histogram, Some((_, stream))) => stream.record(host::Histogram(id), &[], value),
+            (MetricKind::Histogram, None) => false,
+            (_, Some((_, stream))) => stream.set_gauge(host::Gauge(id), &[], value),
+            (_, None) => self.0.envoy.0.set_gauge(host::Gauge(id), &[], value),
+        };
+    }
+
+    /// A native call costs nanoseconds: counts go to Envoy at once.
+    fn counter_flush_ms(&self) -> u64 {
+        0
+    }
+
+    fn crypto(&self) -> Option<&dyn HostCrypto> {
+        self.0.crypto.as_ref().map(|c| c as &dyn HostCrypto)
+    }
+
+    fn writes_dynamic_metadata(&self) -> bool {
+        true
+    }
+
+    fn set_payload_metadata(&self, key: &str, payload: &jwtguard::metadata::Payload) {
+        if let Some((_, stream)) = self.0.current.get() {
+            stream.set_metadata_struct(metadata::JWT_AUTHN_NAMESPACE, &metadata::payload_struct(key, payload));
+        }
+    }
+
+    fn wake_parked(&self) {
+        if let Some(shared) = self.0.shared.get() {
+            shared.parked.wake();
+        }
+    }
+}
+
+/// One thread's engine for one configuration, and its host's state.
+struct Local {
+    engine: Engine,
+    state: Rc<HostState>,
+}
+
+impl Local {
+    fn new(config: Config, envoy: EnvoyConfig, shared: Option<Arc<Shared>>) -> Result<Local, String> {
+        let background = shared.is_none();
+        let feed = shared.as_ref().and_then(|s| s.feed.clone());
+        let state = Rc::new(HostState::new(envoy, shared));
+        let engine = Engine::new(config, Box::new(ModuleHost(state.clone())), background, feed)?;
+        Ok(Local { engine, state })
+    }
+
+    /// Makes `context_id`'s stream the current one (0: none, the main thread); false if gone.
+    fn enter(&self, context_id: u32) -> Option<Stream> {
+        let stream = self.state.streams.borrow().get(&context_id).copied();
+        self.state.current.set(stream.map(|s| (context_id, s)));
+        stream
+    }
+
+    /// Runs the engine's tick; counts go to Envoy before the hook returns.
+    fn tick(&self) {
+        let state = &self.state;
+        let dispatch = |c: &str, h: Vec<(&str, &str)>, b: Option<&[u8]>, t| state.dispatch(c, h, b, t);
+        self.engine.tick(&dispatch, &mut |token, ctx, callout| state.record(token, ctx, callout));
+        self.engine.flush_stats();
+    }
+
+    /// An answer to a callout sent from `context_id`'s stream (0: the configuration).
+    fn on_callout_done(&self, context_id: u32, id: u64, status: Option<u16>, body: Option<&[u8]>) {
+        let state = &self.state;
+        let Some((request, callout)) = state.take_callout(context_id, id) else { return };
+        let dispatch = |c: &str, h: Vec<(&str, &str)>, b: Option<&[u8]>, t| state.dispatch(c, h, b, t);
+        self.engine.on_callout(callout, request, status, body, &dispatch, &mut |token, ctx, callout| {
+            state.record(token, ctx, callout)
+        });
+        self.engine.flush_stats();
+    }
+}
+
+/// Native crypto if it verifies the known answer right (as Envoy's is checked in wasm).
+fn native_crypto() -> Option<NativeCrypto> {
+    let passed = host_crypto::self_test(&NativeCrypto);
+    if !passed {
+        log::warn!("jwtguard: native crypto failed its self-test; RS*/ES* verify in RustCrypto (slower)");
+    }
+    passed.then_some(NativeCrypto)
+}
+
+thread_local! {
+    /// This thread's engines, one per live configuration.
+    static LOCALS: RefCell<Vec<(std::sync::Weak<Shared>, Rc<Local>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's engine for `shared`, made on first use (dropping those of configurations gone).
+fn local_for(shared: &Arc<Shared>) -> Option<Rc<Local>> {
+    LOCALS.with(|locals| {
+        let mut locals = locals.borrow_mut();
+        if let Some((_, local)) = locals.iter().find(|(s, _)| s.as_ptr() == Arc::as_ptr(shared)) {
+            return Some(local.clone());
+        }
+        locals.retain(|(s, _)| s.strong_count() > 0);
+        // The main thread parsed the same bytes before; it cannot fail here.
+        let config = Config::parse(&shared.json).ok()?;
+        let local = Rc::new(Local::new(config, shared.envoy, Some(shared.clone())).ok()?);
+        locals.push((Arc::downgrade(shared), local.clone()));
+        Some(local)
+    })
+}
+
+/// One `filter_config` of the `envoy.filters.http.dynamic_modules` filter.
+pub struct FilterConfig {
+    shared: Arc<Shared>,
+    /// The main thread's engine (background work); only touched on the main thread.
+    main: Rc<Local>,
+    ticker: Option<Ticker>,
+}
+
+// SAFETY: `main` is used only in the configuration's hooks, which Envoy runs on the main thread;
+// workers use `shared`, which is `Sync`.
+unsafe impl Send for FilterConfig {}
+unsafe impl Sync for FilterConfig {}
+
+impl FilterConfig {
+    /// Parses `json`, the same configuration as the wasm build's plugin configuration. `None`
+    /// (Envoy then refuses the configuration) after logging why.
+    pub fn new(envoy: host::Config, json: &[u8]) -> Option<FilterConfig> {
+        let config = match Config::parse(json) {
+            Ok(config) => config,
+            Err(e) => {
+                error!("jwtguard: {e}");
+                return None;
+            }
+        };
+        log::info!("jwtguard: {}", config.summary());
+        let envoy = EnvoyConfig(envoy);
+        let main = match Local::new(config, envoy, None) {
+            Ok(main) => main,
+            Err(e) => {
+                error!("jwtguard: {e}");
+                return None;
+            }
+        };
+        let shared = Arc::new(Shared {
+            json: json.to_vec(),
+            envoy,
+            metrics: main.state.metrics.borrow().clone(),
+            feed: main.engine.feed.clone(),
+            parked: Parked::default(),
+            crypto: main.state.crypto.is_some(),
+        });
+        let _ = main.state.shared.set(shared.clone());
+        // `envoy --mode validate` loads the configuration only: no thread, no callout.
+        let ticker =
+            (!host::is_validation_mode()).then(|| Ticker::start(&shared, envoy.0.scheduler(), main.engine.tick_ms()));
+        let main = Rc::new(main);
+        Some(FilterConfig { shared, main, ticker })
+    }
+
+    /// The filter of the stream `stream`, which lives until the filter is destroyed.
+    pub fn new_filter(&self, stream: Stream) -> Option<Filter> {
+        let local = local_for(&self.shared)?;
+        let context_id = NEXT_CONTEXT.fetch_add(1, Relaxed).max(1);
+        local.state.streams.borrow_mut().insert(context_id, stream);
+        Some(Filter { local, context_id, worker: stream.worker_index(), parked: Cell::new(false) })
+    }
+
+    /// The ticker's turn on the main thread.
+    pub fn on_scheduled(&self) {
+        self.main.enter(0);
+        self.main.tick();
+    }
+
+    pub fn on_callout_done(&self, id: u64, status: Option<u16>, body: Option<&[u8]>) {
+        self.main.enter(0);
+        self.main.on_callout_done(0, id, status, body);
+    }
+}
+
+impl Drop for FilterConfig {
+    fn drop(&mut self) {
+        // The ticker stops before the schedulers it commits to are deleted.
+        if let Some(ticker) = self.ticker.take() {
+            ticker.stop();
+        }
+        lock(&self.shared.parked.0).clear();
+    }
+}
+
+/// One HTTP stream.
+pub struct Filter {
+    local: Rc<Local>,
+    context_id: u32,
+    worker: u32,
+    /// Whether this stream is in `Shared::parked`.
+    parked: Cell<bool>,
+}
+
+impl Filter {
+    fn shared(&self) -> Option<&Arc<Shared>> {
+        self.local.state.shared.get()
+    }
+
+    pub fn on_request_headers(&self, end_of_stream: bool) -> abi::HeadersStatus {
+        let Some(stream) = self.local.enter(self.context_id) else { return abi::HEADERS_STOP_ITERATION };
+        let state = &self.local.state;
+        let dispatch = |c: &str, h: Vec<(&str, &str)>, b: Option<&[u8]>, t| state.dispatch(c, h, b, t);
+        let engine = &self.local.engine;
+        engine.sync_keys_if_due();
+        state.answered.set(0);
+        let (action, callout) = engine.handle(self.context_id, false, stream.headers(), None, &dispatch);
+        if let Some((token, callout)) = callout {
+            state.record(token, self.context_id, callout);
+        }
+        engine.flush_stats();
+        match action {
+            Action::Continue => abi::HEADERS_CONTINUE,
+            Action::Pause if state.answered.get() == self.context_id => abi::HEADERS_STOP_ITERATION,
+            Action::Pause => {
+                // A request with a body must be held whole: with plain StopIteration Envoy
+                // forwards the body (and with it the request) before the answer comes.
+                self.park(stream);
+                if end_of_stream {
+                    abi::HEADERS_STOP_ITERATION
+                } else {
+                    abi::HEADERS_STOP_ALL_ITERATION_AND_BUFFER
+                }
+            }
+        }
+    }
+
+    /// Makes the waiting stream reachable by the ticker and by wakes.
+    fn park(&self, stream: Stream) {
+        if let Some(shared) = self.shared() {
+            if !self.parked.replace(true) {
+                shared.parked.insert(self.worker, self.context_id, stream.scheduler());
+            }
+        }
+    }
+
+    /// The answer to a callout this stream sent. `status` is `None` when the callout failed.
+    pub fn on_callout_done(&self, id: u64, status: Option<u16>, body: Option<&[u8]>) {
+        if self.local.enter(self.context_id).is_some() {
+            self.local.on_callout_done(self.context_id, id, status, body);
+        }
+    }
+
+    /// The ticker's or a wake's turn on this worker.
+    pub fn on_scheduled(&self) {
+        if self.local.enter(self.context_id).is_some() {
+            self.local.tick();
+        }
+    }
+}
+
+impl Drop for Filter {
+    fn drop(&mut self) {
+        let state = &self.local.state;
+        state.streams.borrow_mut().remove(&self.context_id);
+        state.tokens.borrow_mut().retain(|(context_id, _), _| *context_id != self.context_id);
+        if state.current.get().is_some_and(|(id, _)| id == self.context_id) {
+            state.current.set(None);
+        }
+        if self.parked.get() {
+            if let Some(shared) = self.shared() {
+                shared.parked.remove(self.worker, self.context_id);
+            }
+        }
+    }
+}
+
+/// A thread that runs the engines' ticks: the main engine's through the configuration's
+/// scheduler, each worker's through one of its parked streams.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    /// Gives the configuration's scheduler back, to be deleted on the main thread.
+    thread: JoinHandle<Scheduler>,
+}
+
+impl Ticker {
+    fn start(shared: &Arc<Shared>, main: Scheduler, period_ms: u64) -> Ticker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, shared) = (stop.clone(), shared.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Relaxed) {
+                std::thread::park_timeout(Duration::from_millis(period_ms));
+                if flag.load(Relaxed) {
+                    break;
+                }
+                main.commit(0);
+                shared.parked.wake();
+            }
+            main
+        });
+        Ticker { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Relaxed);
+        self.thread.thread().unpark();
+        drop(self.thread.join());
+    }
+}

@@ -1,0 +1,250 @@
+//! The engine against a recording host: what reaches each request (headers, responses,
+//! resumes), the callouts it sends and the stats it counts, without Envoy.
+
+use super::*;
+use crate::config::Config;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use jwtguard_demo::tokens::sign_raw;
+use serde_json::json;
+use std::collections::HashSet;
+use std::rc::Rc;
+
+const SECRET: &str = "secret-of-the-test-provider-32-bytes-at-least";
+
+/// What the host was asked to do, by request (context id).
+#[derive(Default)]
+struct Log {
+    now_ms: u64,
+    current: u32,
+    /// Requests still there; one that is not has lost its client.
+    live: HashSet<u32>,
+    headers: HashMap<u32, Vec<(String, Option<String>)>>,
+    responses: HashMap<u32, u32>,
+    resumed: Vec<u32>,
+    /// (token, cluster, :path) of each callout sent.
+    callouts: Vec<(u32, String, String)>,
+    shared: HashMap<String, (Vec<u8>, u32)>,
+    metric_names: Vec<String>,
+    counts: HashMap<String, u64>,
+    wakes: u32,
+    /// Payloads published as dynamic metadata: (request, key, payload).
+    metadata: Vec<(u32, String, crate::metadata::Payload)>,
+    /// Callouts the engine recorded and that were not answered yet: (token, request, why).
+    pending: Vec<(u32, u32, Callout)>,
+}
+
+#[derive(Clone, Default)]
+struct FakeHost(Rc<RefCell<Log>>);
+
+impl Host for FakeHost {
+    fn now_ms(&self) -> u64 {
+        self.0.borrow().now_ms
+    }
+    fn set_effective_context(&self, context_id: u32) -> bool {
+        let mut log = self.0.borrow_mut();
+        log.current = context_id;
+        log.live.contains(&context_id)
+    }
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        let mut log = self.0.borrow_mut();
+        let current = log.current;
+        log.headers.entry(current).or_default().push((name.to_string(), value.map(str::to_string)));
+    }
+    fn send_response(&self, status: u32, _headers: &[(&str, &str)], _body: Option<&[u8]>) {
+        let mut log = self.0.borrow_mut();
+        let current = log.current;
+        log.responses.insert(current, status);
+    }
+    fn resume_request(&self) {
+        let mut log = self.0.borrow_mut();
+        let current = log.current;
+        log.resumed.push(current);
+    }
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.0.borrow().shared.get(key).map_or((None, None), |(v, cas)| (Some(v.clone()), Some(*cas)))
+    }
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let mut log = self.0.borrow_mut();
+        let version = log.shared.get(key).map_or(0, |(_, v)| *v);
+        if cas.is_some_and(|c| c != version) {
+            return false;
+        }
+        log.shared.insert(key.to_string(), (value.to_vec(), version + 1));
+        true
+    }
+    fn define_metric(&self, _kind: MetricKind, name: &str) -> Option<u32> {
+        let mut log = self.0.borrow_mut();
+        log.metric_names.push(name.to_string());
+        Some(log.metric_names.len() as u32 - 1)
+    }
+    fn increment_metric(&self, id: u32, by: u64) {
+        let mut log = self.0.borrow_mut();
+        let name = log.metric_names[id as usize].clone();
+        *log.counts.entry(name).or_default() += by;
+    }
+    fn record_metric(&self, _id: u32, _value: u64) {}
+    fn counter_flush_ms(&self) -> u64 {
+        0
+    }
+    fn crypto(&self) -> Option<&dyn HostCrypto> {
+        None
+    }
+    fn writes_dynamic_metadata(&self) -> bool {
+        true
+    }
+    fn set_payload_metadata(&self, key: &str, payload: &crate::metadata::Payload) {
+        let mut log = self.0.borrow_mut();
+        let current = log.current;
+        log.metadata.push((current, key.to_string(), payload.clone()));
+    }
+    fn wake_parked(&self) {
+        self.0.borrow_mut().wakes += 1;
+    }
+}
+
+impl FakeHost {
+    fn log(&self) -> std::cell::RefMut<'_, Log> {
+        self.0.borrow_mut()
+    }
+    fn count(&self, name: &str) -> u64 {
+        self.0.borrow().counts.get(&format!("jwtguard.{name}")).copied().unwrap_or(0)
+    }
+}
+
+fn engine(revocation: serde_json::Value, host: &FakeHost, background: bool, feed: Option<Arc<Feed>>) -> Engine {
+    let config = json!({
+        "providers": {"p": {"issuer": "iss", "hmac_secrets": [{"secret": SECRET}],
+                            "claim_to_headers": [{"header_name": "x-jwt-sub", "claim_name": "sub"}]}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}],
+        "revocation": revocation,
+    });
+    let mut config = config;
+    if config["revocation"].is_null() {
+        config.as_object_mut().unwrap().remove("revocation");
+    }
+    let config = Config::parse(config.to_string().as_bytes()).unwrap();
+    host.log().now_ms = 1_700_000_000_000;
+    Engine::new(config, Box::new(host.clone()), background, feed).unwrap()
+}
+
+fn token(jti: &str) -> String {
+    let claims = json!({"iss": "iss", "sub": "alice", "jti": jti, "exp": 1_700_000_600});
+    sign_raw(r#"{"alg":"HS256"}"#, &claims.to_string(), &EncodingKey::from_secret(SECRET.as_bytes()), Algorithm::HS256)
+}
+
+/// Starts request `id` carrying `token` (none: no credentials).
+fn request(engine: &Engine, host: &FakeHost, id: u32, token: Option<&str>) -> Action {
+    host.log().live.insert(id);
+    host.log().current = id;
+    let mut headers = vec![(":method".to_string(), "GET".to_string()), (":path".to_string(), "/api".to_string())];
+    if let Some(t) = token {
+        headers.push(("authorization".to_string(), format!("Bearer {t}")));
+    }
+    let (action, callout) = engine.handle(id, false, headers, None, &|c, h, _, _| dispatch(host, c, &h));
+    if let Some((t, c)) = callout {
+        host.log().pending.push((t, id, c));
+    }
+    action
+}
+
+fn dispatch(host: &FakeHost, cluster: &str, headers: &[(&str, &str)]) -> Result<u32, String> {
+    let path = headers.iter().find(|(k, _)| *k == ":path").map_or("", |(_, v)| v).to_string();
+    let mut log = host.log();
+    let token = log.callouts.len() as u32 + 1;
+    log.callouts.push((token, cluster.to_string(), path));
+    Ok(token)
+}
+
+/// Answers every callout started so far with `status` and `body`.
+fn answer_all(engine: &Engine, host: &FakeHost, status: u16, body: &str) {
+    let pending = std::mem::take(&mut host.log().pending);
+    for (_, request, callout) in pending {
+        let mut started = Vec::new();
+        engine.on_callout(
+            callout,
+            request,
+            Some(status),
+            Some(body.as_bytes()),
+            &|c, h, _, _| dispatch(host, c, &h),
+            &mut |t, r, c| started.push((t, r, c)),
+        );
+        host.log().pending.extend(started);
+    }
+}
+
+const STATUS_REVOCATION: &str = r#"{"cluster": "rev", "authority": "rev", "failure_mode": "open", "source": "status"}"#;
+
+#[test]
+fn a_valid_token_goes_on_with_its_claim_headers_and_a_missing_one_is_refused() {
+    let host = FakeHost::default();
+    let engine = engine(serde_json::Value::Null, &host, true, None);
+    assert_eq!(request(&engine, &host, 1, Some(&token("a"))), Action::Continue);
+    assert!(host.log().headers[&1].contains(&("x-jwt-sub".into(), Some("alice".into()))));
+    assert_eq!(request(&engine, &host, 2, None), Action::Pause);
+    assert_eq!(host.log().responses[&2], 401);
+    engine.flush_stats();
+    assert_eq!((host.count("allowed"), host.count("denied.missing")), (1, 1));
+}
+
+#[test]
+fn requests_with_one_token_share_one_status_callout_and_a_gone_client_is_skipped() {
+    let host = FakeHost::default();
+    let engine = engine(serde_json::from_str(STATUS_REVOCATION).unwrap(), &host, true, None);
+    let t = token("shared");
+    for id in 1..=3 {
+        assert_eq!(request(&engine, &host, id, Some(&t)), Action::Pause);
+    }
+    assert_eq!(host.log().callouts.len(), 1, "one callout for three requests");
+    engine.flush_stats();
+    assert_eq!(host.count("revocation.coalesced"), 2);
+    host.log().live.remove(&2);
+    answer_all(&engine, &host, 200, r#"{"active": true}"#);
+    assert_eq!(host.log().resumed, vec![1, 3], "the request whose client left is not resumed");
+    // The answer is cached: the next request with the token asks nobody.
+    assert_eq!(request(&engine, &host, 4, Some(&t)), Action::Continue);
+    assert_eq!(host.log().callouts.len(), 1);
+}
+
+#[test]
+fn a_lost_status_callout_ends_in_the_failure_mode_at_the_next_tick() {
+    let host = FakeHost::default();
+    let engine = engine(serde_json::from_str(STATUS_REVOCATION).unwrap(), &host, true, None);
+    assert_eq!(request(&engine, &host, 1, Some(&token("lost"))), Action::Pause);
+    host.log().pending.clear(); // its answer never comes
+    let timeout = engine.revocation.as_ref().unwrap().timeout_ms;
+    host.log().now_ms += timeout + 501;
+    engine.tick(&|c, h, _, _| dispatch(&host, c, &h), &mut |_, _, _| {});
+    let log = host.log();
+    assert_eq!(log.resumed, vec![1]);
+    assert!(log.headers[&1].contains(&(config::UNCHECKED_HEADER.into(), Some("unchecked".into()))));
+    drop(log);
+    engine.flush_stats();
+    assert_eq!(host.count("revocation.check.timeout"), 1);
+}
+
+/// A dynamic module's engines share one feed: the main thread's polls it, a worker's requests
+/// wait for its first complete set and go on at the worker's next tick, without a poll of
+/// their own.
+#[test]
+fn a_worker_waiting_for_a_shared_feed_goes_on_once_the_background_engine_completes_it() {
+    let revocation = json!({"cluster": "rev", "authority": "rev", "failure_mode": "closed", "source": "feed",
+                            "feed": {"wait_for_set_ms": 5000}});
+    let (main_host, worker_host) = (FakeHost::default(), FakeHost::default());
+    let main = engine(revocation.clone(), &main_host, true, None);
+    let worker = engine(revocation, &worker_host, false, main.feed.clone());
+    assert_eq!(request(&worker, &worker_host, 7, Some(&token("w"))), Action::Pause, "no set yet: it waits");
+    worker.tick(&|c, h, _, _| dispatch(&worker_host, c, &h), &mut |_, _, _| {});
+    assert!(worker_host.log().callouts.is_empty(), "a worker never polls");
+    assert!(worker_host.log().resumed.is_empty());
+
+    let mut started = Vec::new();
+    main.tick(&|c, h, _, _| dispatch(&main_host, c, &h), &mut |t, r, c| started.push((t, r, c)));
+    main_host.log().pending.extend(started);
+    assert_eq!(main_host.log().callouts.len(), 1, "the background engine polls");
+    answer_all(&main, &main_host, 200, r#"{"position": "1-0", "more": false, "events": []}"#);
+    assert!(main_host.log().wakes >= 1, "parked requests elsewhere are woken");
+
+    worker.tick(&|c, h, _, _| dispatch(&worker_host, c, &h), &mut |_, _, _| {});
+    assert_eq!(worker_host.log().resumed, vec![7]);
+    assert!(worker_host.log().responses.is_empty());
+}
