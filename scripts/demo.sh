@@ -2,7 +2,8 @@
 # The demo: Redis, the revocation service, Envoy with the jwtguard filter, and an echo upstream.
 # Walks through the story — a token accepted (with the claims the upstream received), logged out
 # at the proxy and refused, "log out everywhere", a new login accepted — then leaves everything
-# running until Ctrl-C and stops what it started.
+# running until Ctrl-C and stops what it started. JWTGUARD_BUILD=module runs it with the Envoy
+# dynamic module (envoy/envoy-module.yaml, `make module`) instead of the proxy-wasm filter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=.demo
@@ -10,6 +11,12 @@ mkdir -p "$state/redis"
 demo=target/release/jwtguard-demo
 service=target/release/jwtguard-revocation
 wasm=target/jwtguard.wasm
+case "${JWTGUARD_BUILD:-wasm}" in
+  wasm) envoy_config=envoy/envoy.yaml ;;
+  # Envoy finds the module by name in the search path (docs/builds.md).
+  module) envoy_config=envoy/envoy-module.yaml; export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$PWD/target/module ;;
+  *) echo "JWTGUARD_BUILD=$JWTGUARD_BUILD: expected wasm or module" >&2; exit 1 ;;
+esac
 
 for port in 6390 8080 8081 9901 10000; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -40,9 +47,9 @@ cat > "$state/signals.json" <<JSON
 {"issuers": [{"issuer": "https://demo.jwtguard.local", "audiences": ["jwtguard"], "algorithms": ["RS256"],
               "local_jwks": {"filename": "$PWD/$state/idp-jwks.json"}}]}
 JSON
-python3 - "$wasm" "$jwks" "$status_credential" "$write_credential" <<'PY' > "$state/envoy.yaml"
+python3 - "$envoy_config" "$wasm" "$jwks" "$status_credential" "$write_credential" <<'PY' > "$state/envoy.yaml"
 import json, sys, pathlib
-text = pathlib.Path("envoy/envoy.yaml").read_text()
+text = pathlib.Path(sys.argv.pop(1)).read_text()
 for placeholder, value in [("@WASM@", str(pathlib.Path(sys.argv[1]).resolve())), ("@JWKS@", json.dumps(sys.argv[2])),
                            ("@STATUS_CREDENTIAL@", sys.argv[3]), ("@WRITE_CREDENTIAL@", sys.argv[4])]:
     text = text.replace(placeholder, value)

@@ -22,7 +22,7 @@ pub fn decode(bytes: &[u8]) -> Vec<(String, String)> {
             break;
         };
         let mut take = |len: usize| -> Option<String> {
-            let text = String::from_utf8_lossy(bytes.get(at..at.checked_add(len)?)?).into_owned();
+            let text = text(bytes.get(at..at.checked_add(len)?)?);
             at = at.checked_add(len + 1)?;
             Some(text)
         };
@@ -32,6 +32,15 @@ pub fn decode(bytes: &[u8]) -> Vec<(String, String)> {
         }
     }
     pairs
+}
+
+/// `bytes` as text: as they are when UTF-8 (nearly always, and checked much faster than the lossy
+/// conversion goes), else with U+FFFD for what is not.
+pub fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 /// Serializes `pairs` in the same format.

@@ -8,7 +8,12 @@ use std::process::Command;
 
 #[test]
 fn the_demo_tells_the_whole_story_and_cleans_up() {
-    for bin in ["target/release/jwtguard-demo", "target/release/jwtguard-revocation", "target/jwtguard.wasm"] {
+    // The harness's build: JWTGUARD_BUILD reaches the script as it is.
+    let filter = match jwtguard_demo::envoy::Build::current() {
+        jwtguard_demo::envoy::Build::Wasm => "target/jwtguard.wasm",
+        jwtguard_demo::envoy::Build::Module => "target/module/libjwtguard_module.so",
+    };
+    for bin in ["target/release/jwtguard-demo", "target/release/jwtguard-revocation", filter] {
         assert!(repo_root().join(bin).exists(), "{bin} missing: `make test` builds it (make build)");
     }
     let out = Command::new("bash")

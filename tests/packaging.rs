@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use support::envoy::{bootstrap, envoy_binary, wasm_file, Envoy, Listener, Target};
+use support::envoy::{bootstrap, envoy_binary, wasm_file, Build, Envoy, Listener, Target};
 use support::{scratch_dir, wait_for};
 
 fn run(cmd: &mut Command) -> String {
@@ -690,10 +690,11 @@ fn the_wasmplugin_pins_the_hex_digest_make_oci_prints() {
 // Compose
 
 const COMPOSE: &str = "envoy/docker-compose.yaml";
+/// The same stack with the dynamic-module build in Envoy (docs/builds.md).
+const COMPOSE_MODULE: &str = "envoy/docker-compose.module.yaml";
 
 #[test]
-fn the_compose_file_passes_the_compose_specification_and_docker_compose() {
-    let compose = repo_root().join(COMPOSE);
+fn the_compose_files_pass_the_compose_specification_and_docker_compose() {
     let spec = |path: &Path| {
         Command::new(venv("check-jsonschema"))
             .args(["--builtin-schema", "vendor.compose-spec"])
@@ -701,17 +702,20 @@ fn the_compose_file_passes_the_compose_specification_and_docker_compose() {
             .output()
             .unwrap()
     };
-    let checked = spec(&compose);
-    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stdout));
-    let config = run(Command::new("docker-compose").arg("-f").arg(&compose).arg("config"));
-    for service in ["redis:", "revocation:", "jwks:", "upstream:", "envoy:"] {
-        assert!(config.contains(service), "{service} missing:\n{config}");
+    for file in [COMPOSE, COMPOSE_MODULE] {
+        let compose = repo_root().join(file);
+        let checked = spec(&compose);
+        assert!(checked.status.success(), "{file}: {}", String::from_utf8_lossy(&checked.stdout));
+        let config = run(Command::new("docker-compose").arg("-f").arg(&compose).arg("config"));
+        for service in ["redis:", "revocation:", "jwks:", "upstream:", "envoy:"] {
+            assert!(config.contains(service), "{file}: {service} missing:\n{config}");
+        }
+        assert!(config.contains("--appendonly"), "{file}: Redis runs with AOF");
     }
-    assert!(config.contains("--appendonly"), "Redis runs with AOF");
 
     // Not vacuous: a condition the specification does not have is refused.
     let broken = scratch_dir("compose-broken").join("docker-compose.yaml");
-    let text = std::fs::read_to_string(&compose).unwrap();
+    let text = std::fs::read_to_string(repo_root().join(COMPOSE)).unwrap();
     std::fs::write(&broken, text.replacen("condition: service_healthy", "condition: healthy", 1)).unwrap();
     let refused = spec(&broken);
     assert!(!refused.status.success(), "a broken compose file passed");
@@ -774,7 +778,10 @@ fn the_docker_build_context_leaves_out_target_venv_and_git() {
     for left_out in ["target/", ".venv/", ".git/"] {
         assert!(!files.iter().any(|f| f.starts_with(left_out)), "{left_out} is in the build context");
     }
-    for needed in ["Cargo.lock", "revocation/openapi.json", "envoy/compose/http-ok", "demo/Cargo.toml"] {
+    // envoy/module.Dockerfile builds the module from the same context.
+    for needed in
+        ["Cargo.lock", "revocation/openapi.json", "envoy/compose/http-ok", "demo/Cargo.toml", "module/Cargo.toml"]
+    {
         assert!(files.iter().any(|f| f == needed), "{needed} is not in the build context");
     }
 }
@@ -856,12 +863,18 @@ fn the_compose_healthchecks_probe_the_real_programs() {
 // ---------------------------------------------------------------------------------------------
 
 /// The shipped Envoy configurations carry exactly the `stats_tags` the tests run with, so the
-/// labelled series the documented alerts use (checked in jwks_e2e) are the ones users get.
+/// labelled series the documented alerts use (checked in jwks_e2e) are the ones users get: each
+/// those of the build it loads, whichever build the tests run.
 #[test]
 fn shipped_envoy_configs_carry_the_tested_stats_tags() {
-    for path in ["envoy/envoy.yaml", "envoy/compose/envoy.yaml"] {
+    for (path, build) in [
+        ("envoy/envoy.yaml", Build::Wasm),
+        ("envoy/compose/envoy.yaml", Build::Wasm),
+        ("envoy/envoy-module.yaml", Build::Module),
+        ("envoy/compose/envoy-module.yaml", Build::Module),
+    ] {
         let docs = yaml_documents(path);
-        assert_eq!(docs[0]["stats_config"]["stats_tags"], support::envoy::stats_tags(), "{path}");
+        assert_eq!(docs[0]["stats_config"]["stats_tags"], build.stats_tags(), "{path}");
     }
 }
 
@@ -899,7 +912,7 @@ fn every_istio_shape_ships_the_stats_tags_as_a_bootstrap_override() {
         let plugin = find(&docs, "WasmPlugin");
         let text = bootstrap_override(&docs, &plugin["metadata"]["namespace"]);
         let tags: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert_eq!(tags, json!({"stats_config": {"stats_tags": support::envoy::stats_tags()}}), "{path}");
+        assert_eq!(tags, json!({"stats_config": {"stats_tags": Build::Wasm.stats_tags()}}), "{path}");
         if plugin["spec"]["targetRefs"].is_null() {
             continue;
         }
@@ -1026,7 +1039,8 @@ fn the_bootstrap_override_labels_the_filters_stats_in_an_istio_bootstrap() {
     Config::parse(plugin.to_string().as_bytes()).expect("the plugin configuration");
     let listener = Listener {
         name: "in".into(),
-        filters: vec![support::envoy::jwtguard_filter("istio", &plugin)],
+        // Istio runs the wasm build (a WasmPlugin), whichever build the tests run.
+        filters: vec![Build::Wasm.filter("istio", &plugin)],
         target: Target::DirectResponse,
     };
     let jwks = support::envoy::static_cluster("jwks", jwtguard_demo::redis::free_port());
@@ -1078,4 +1092,378 @@ fn nothing_tracked_reaches_outside_the_clone() {
         }
     }
     assert!(repo_root().join("tests/vectors/wycheproof/LICENSE").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dynamic-module build (docs/builds.md): jwtguard as Envoy 1.40's dynamic_modules HTTP
+// filter, target/module/libjwtguard_module.so (`make module`), in the demo, compose and Envoy
+// Gateway shapes.
+
+/// The name the shipped configurations load the module by: Envoy opens
+/// `${ENVOY_DYNAMIC_MODULES_SEARCH_PATH}/libjwtguard_module.so`.
+const MODULE_NAME: &str = "jwtguard_module";
+const MODULE_DOCKERFILE: &str = "envoy/module.Dockerfile";
+const ABI_MATCHED: &str = "Dynamic module ABI version v0.2.0 matched.";
+const STRIP_PREFIX_FLAG: &str = "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix";
+
+/// What a shipped wasm configuration is for the module build: its wasm filter replaced by the
+/// dynamic-module filter with the same configuration, the module's stat names in stats_tags, and
+/// the runtime flag that gives its stats the wasm build's Prometheus names.
+fn as_module_config(wasm: &Value) -> Value {
+    let mut config = wasm.clone();
+    let mut replaced = 0;
+    for listener in config["static_resources"]["listeners"].as_array_mut().unwrap() {
+        for chain in listener["filter_chains"].as_array_mut().unwrap() {
+            for network in chain["filters"].as_array_mut().unwrap() {
+                for http in network["typed_config"]["http_filters"].as_array_mut().into_iter().flatten() {
+                    if http["name"] != "envoy.filters.http.wasm" {
+                        continue;
+                    }
+                    *http = json!({
+                        "name": "envoy.filters.http.dynamic_modules",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                            "dynamic_module_config": {"name": MODULE_NAME, "do_not_close": true},
+                            "filter_name": "jwtguard",
+                            "filter_config": http["typed_config"]["config"]["configuration"].clone()
+                        }
+                    });
+                    replaced += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(replaced, 1, "one wasm filter");
+    config["stats_config"]["stats_tags"] = Build::Module.stats_tags();
+    config["layered_runtime"] = json!({"layers": [
+        {"name": "static", "static_layer": {STRIP_PREFIX_FLAG: true}},
+        {"name": "admin", "admin_layer": {}}
+    ]});
+    config
+}
+
+/// The module configurations are the wasm ones but for the build: the same plugin
+/// configuration (text for text), listener and clusters.
+#[test]
+fn the_module_configs_are_the_wasm_ones_with_the_module_filter() {
+    for (wasm, module) in [
+        ("envoy/envoy.yaml", "envoy/envoy-module.yaml"),
+        ("envoy/compose/envoy.yaml", "envoy/compose/envoy-module.yaml"),
+    ] {
+        assert_eq!(yaml_documents(module)[0], as_module_config(&yaml_documents(wasm)[0]), "{module} against {wasm}");
+    }
+}
+
+/// A directory in which the built module has the file name its configured name makes.
+fn module_search_path(dir: &Path) -> PathBuf {
+    let path = dir.join("modules");
+    std::fs::create_dir_all(&path).unwrap();
+    std::os::unix::fs::symlink(support::envoy::module_file(), path.join(format!("lib{MODULE_NAME}.so"))).unwrap();
+    path
+}
+
+/// `envoy --mode validate` on the configuration `text`, run in `dir` with the module search path
+/// `search_path` (none: Envoy's default, its working directory and the library paths): whether
+/// Envoy accepted it, and what it printed. Validation loads the module and runs its
+/// configuration hook, so a configuration the module refuses fails too.
+fn validate_with_module(dir: &Path, text: &str, search_path: Option<&Path>) -> (bool, String) {
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, text).unwrap();
+    let mut cmd = Command::new(envoy_binary());
+    cmd.args(["--mode", "validate", "--disable-hot-restart", "-c"]).arg(&path).current_dir(dir);
+    // cargo test puts target/debug (where a debug build of the module may be) in LD_LIBRARY_PATH,
+    // which Envoy's last resort, dlopen by bare file name, searches.
+    cmd.env_remove("ENVOY_DYNAMIC_MODULES_SEARCH_PATH").env_remove("LD_LIBRARY_PATH");
+    if let Some(search_path) = search_path {
+        cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", search_path);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (make deps installs it)"));
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Envoy 1.40 loads the built module by the name the shipped configurations give it, from
+/// ENVOY_DYNAMIC_MODULES_SEARCH_PATH (the demo's placeholders filled in as scripts/demo.sh fills
+/// envoy/envoy.yaml's), and the module accepts their configuration; without the search path Envoy
+/// does not find it.
+#[test]
+fn envoy_loads_the_module_by_name_with_the_shipped_configs() {
+    let dir = scratch_dir("module-configs");
+    let modules = module_search_path(&dir);
+    let key = support::tokens::KeyPair::generate(&dir, jsonwebtoken::Algorithm::RS256, "demo");
+    let jwks = json!({"keys": [key.jwk()]}).to_string();
+    let demo = std::fs::read_to_string(repo_root().join("envoy/envoy-module.yaml"))
+        .unwrap()
+        .replace("@JWKS@", &serde_json::to_string(&jwks).unwrap())
+        .replace("@STATUS_CREDENTIAL@", "status-credential")
+        .replace("@WRITE_CREDENTIAL@", "write-credential");
+    let compose = std::fs::read_to_string(repo_root().join("envoy/compose/envoy-module.yaml")).unwrap();
+    for (path, text) in [("envoy/envoy-module.yaml", &demo), ("envoy/compose/envoy-module.yaml", &compose)] {
+        let (ok, out) = validate_with_module(&dir, text, Some(&modules));
+        assert!(ok && out.contains("' OK") && out.contains(ABI_MATCHED), "{path}: envoy --mode validate:\n{out}");
+        assert!(out.contains("jwtguard: providers demo"), "{path}: the module did not take its configuration:\n{out}");
+    }
+    let (ok, out) = validate_with_module(&dir, &demo, None);
+    assert!(!ok && out.contains(&format!("lib{MODULE_NAME}.so not found")), "found without the search path:\n{out}");
+}
+
+/// The glibc of Ubuntu 22.04, the official Envoy image's base (`BUILD_TAG=22.04` in the revisions
+/// of envoyproxy/envoy distribution/docker/Dockerfile-envoy read for docs/builds.md).
+const IMAGE_GLIBC: (u32, u32) = (2, 35);
+
+/// The module loads in the official Envoy image: it names only libraries that glibc and
+/// libgcc_s provide (Ubuntu has both; the distroless images only glibc, as docs/builds.md says),
+/// and asks for no glibc symbol version newer than the image's. Read with readelf (binutils:
+/// rustc links with it on Linux, so a machine that builds the module has it).
+#[test]
+fn the_module_needs_no_more_than_the_official_envoy_image_has() {
+    let so = support::envoy::module_file();
+    let dynamic = run(Command::new("readelf").args(["-d", "-W"]).arg(&so));
+    let needed: Vec<&str> = dynamic
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .collect();
+    let system = ["libc.so.6", "libgcc_s.so.1", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1"];
+    for library in &needed {
+        assert!(system.contains(library) || library.starts_with("ld-linux"), "the module needs {library}:\n{dynamic}");
+    }
+    assert!(needed.contains(&"libgcc_s.so.1"), "docs/builds.md says the module needs libgcc_s: {needed:?}");
+    let versions = run(Command::new("readelf").args(["-V", "-W"]).arg(&so));
+    let glibc: Vec<(u32, u32)> = versions
+        .split_whitespace()
+        .filter_map(|w| w.trim_matches(|c| c == '(' || c == ')').strip_prefix("GLIBC_"))
+        .filter_map(|v| {
+            let mut parts = v.split('.');
+            Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+        })
+        .collect();
+    let newest = glibc.iter().max().unwrap_or_else(|| panic!("no glibc versions read:\n{versions}"));
+    assert!(*newest <= IMAGE_GLIBC, "the module asks for GLIBC_{}.{}, newer than the image's", newest.0, newest.1);
+}
+
+/// The instructions of a Dockerfile (comments and blank lines left out).
+fn dockerfile(path: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join(path)).unwrap();
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
+}
+
+/// The directory envoy/module.Dockerfile puts the module in, checked to be the search path it sets.
+fn module_image_dir() -> String {
+    let lines = dockerfile(MODULE_DOCKERFILE);
+    let copied = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("COPY --from=build /src/target/module/libjwtguard_module.so "))
+        .expect("the module copied from the build stage");
+    let dir = copied.trim_end_matches('/').to_string();
+    let env = format!("ENV ENVOY_DYNAMIC_MODULES_SEARCH_PATH={dir}");
+    assert!(lines.contains(&env), "{MODULE_DOCKERFILE}: no {env}");
+    dir
+}
+
+/// The module image is the official Envoy image the wasm compose runs, with the module built by
+/// the toolchain of the service's image (revocation/Dockerfile), at its search path; the compose
+/// variant is the wasm one but for Envoy's image and configuration, service for service (so the
+/// checks of the wasm compose file above hold for it too).
+#[test]
+fn the_module_compose_is_the_wasm_one_with_the_module_image() {
+    let lines = dockerfile(MODULE_DOCKERFILE);
+    let from: Vec<&String> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(from.len(), 2, "{from:?}");
+    assert_eq!(Some(from[0]), dockerfile("revocation/Dockerfile").iter().find(|l| l.starts_with("FROM ")));
+    let makefile = std::fs::read_to_string(repo_root().join("Makefile")).unwrap();
+    let recipe = makefile.split("\nmodule:").nth(1).and_then(|r| r.lines().nth(1)).expect("make module").trim();
+    assert!(lines.contains(&format!("RUN {recipe} --locked")), "{MODULE_DOCKERFILE} does not build as `make module`");
+    module_image_dir();
+
+    let (wasm, module) = (&yaml_documents(COMPOSE)[0], &yaml_documents(COMPOSE_MODULE)[0]);
+    let mut envoy = module["services"]["envoy"].clone();
+    assert_eq!(from[1].strip_prefix("FROM ").unwrap(), wasm["services"]["envoy"]["image"], "the official image");
+    assert_eq!(envoy["build"], json!({"context": "..", "dockerfile": MODULE_DOCKERFILE}));
+    let image = envoy["image"].as_str().unwrap();
+    assert!(image.rsplit_once(':').is_some_and(|(_, tag)| tag != "latest"), "{image}: a tag");
+    assert_eq!(
+        envoy["volumes"],
+        json!(["./compose/envoy-module.yaml:/etc/envoy/envoy.yaml:ro", "./compose/http-ok:/usr/local/bin/http-ok:ro"]),
+        "the configuration and the healthcheck, nothing built on the host"
+    );
+    let mut wasm_envoy = wasm["services"]["envoy"].clone();
+    for field in ["build", "image", "volumes"] {
+        envoy.as_object_mut().unwrap().remove(field);
+        wasm_envoy.as_object_mut().unwrap().remove(field);
+    }
+    assert_eq!(envoy, wasm_envoy, "Envoy's command, ports, restart, dependencies and healthcheck");
+    let (mut services, mut wasm_services) = (module["services"].clone(), wasm["services"].clone());
+    services.as_object_mut().unwrap().remove("envoy");
+    wasm_services.as_object_mut().unwrap().remove("envoy");
+    assert_eq!(services, wasm_services, "the other services");
+    assert_eq!(module["volumes"], wasm["volumes"]);
+}
+
+// Envoy Gateway (envoy/gateway/): no schema of its kinds is installed here, so these check their
+// structure against the Envoy Gateway API cited in the files, and what Envoy itself can check.
+
+const EG_PROXY: &str = "envoy/gateway/envoy-proxy.yaml";
+const EG_POLICY: &str = "envoy/gateway/envoy-extension-policy.yaml";
+const EG_API: &str = "gateway.envoyproxy.io/v1alpha1";
+/// The CA bundle the identity provider's clusters trust: the image's (Ubuntu's ca-certificates).
+const IMAGE_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The Envoy Gateway example's EnvoyProxy, its bootstrap addition (parsed), and the policy.
+fn envoy_gateway_example() -> (Value, Value, Value) {
+    let proxy = find(&yaml_documents(EG_PROXY), "EnvoyProxy").clone();
+    let bootstrap = yaml_value(proxy["spec"]["bootstrap"]["value"].as_str().expect("a bootstrap value"));
+    let policy = find(&yaml_documents(EG_POLICY), "EnvoyExtensionPolicy").clone();
+    (proxy, bootstrap, policy)
+}
+
+fn static_cluster_of<'a>(bootstrap: &'a Value, name: &str) -> &'a Value {
+    let clusters = bootstrap["static_resources"]["clusters"].as_array().expect("static clusters");
+    clusters.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("{EG_PROXY}: no cluster {name}"))
+}
+
+/// A Kubernetes name of Envoy Gateway's dynamic modules: `^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$`, at
+/// most 253 characters (api/v1alpha1/dynamic_module_types.go).
+fn is_module_name(name: &str) -> bool {
+    let edge = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    name.len() <= 253
+        && name.starts_with(edge)
+        && name.ends_with(edge)
+        && name.chars().all(|c| edge(c) || c == '.' || c == '-')
+}
+
+/// The example holds together: the Gateway uses the EnvoyProxy, the policy targets the Gateway
+/// and loads a module the EnvoyProxy registers, from where the image puts it (so the image must be
+/// envoy/module.Dockerfile's, not Envoy Gateway's distroless default); the bootstrap carries the
+/// module's stats_tags and the runtime flag; the configuration is the filter's (its own parser
+/// accepts it), wasmplugin.yaml's but for the clusters' names, and every cluster it calls is a
+/// static one of the bootstrap to the same host, over TLS where the URL is https. The Namespace
+/// and Gateway pass the Kubernetes and Gateway API schemas.
+#[test]
+fn the_envoy_gateway_example_loads_the_registered_module_with_the_filters_configuration() {
+    let (proxy, bootstrap, policy) = envoy_gateway_example();
+    let proxy_docs = yaml_documents(EG_PROXY);
+    let gateway = find(&proxy_docs, "Gateway");
+    assert_eq!((&proxy["apiVersion"], &policy["apiVersion"]), (&json!(EG_API), &json!(EG_API)));
+    let namespace = &gateway["metadata"]["namespace"];
+    assert_eq!((&proxy["metadata"]["namespace"], &policy["metadata"]["namespace"]), (namespace, namespace));
+    assert_eq!(
+        gateway["spec"]["infrastructure"]["parametersRef"],
+        json!({"group": "gateway.envoyproxy.io", "kind": "EnvoyProxy", "name": proxy["metadata"]["name"]})
+    );
+    assert_eq!(
+        policy["spec"]["targetRefs"],
+        json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway["metadata"]["name"]}])
+    );
+    let schema_checked: Vec<Value> =
+        proxy_docs.iter().filter(|d| d["kind"] == "Namespace" || d["kind"] == "Gateway").cloned().collect();
+    check_schemas("envoy-gateway", &schema_checked).unwrap_or_else(|e| panic!("{EG_PROXY}: {e}"));
+
+    let modules = policy["spec"]["dynamicModule"].as_array().expect("dynamicModule");
+    assert_eq!(modules.len(), 1);
+    let module = &modules[0];
+    let registered = proxy["spec"]["dynamicModules"].as_array().expect("dynamicModules");
+    let entry = registered.iter().find(|m| m["name"] == module["name"]).expect("the policy's module is registered");
+    assert!(is_module_name(entry["name"].as_str().unwrap()), "{}", entry["name"]);
+    assert_eq!(entry["source"]["type"], "Local");
+    assert_eq!(entry["source"]["local"]["path"], format!("{}/lib{MODULE_NAME}.so", module_image_dir()));
+    assert_eq!(entry["doNotClose"], true, "the module's thread may outlive a configuration");
+    let image =
+        proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]["image"].as_str().expect("image");
+    assert!(
+        !image.starts_with("envoyproxy/") && !image.starts_with("docker.io/envoyproxy/"),
+        "{image}: lacks the module"
+    );
+    assert_eq!(proxy["spec"]["bootstrap"]["type"], "Merge");
+    assert_eq!(bootstrap["stats_config"]["stats_tags"], Build::Module.stats_tags());
+    let layers = bootstrap["layered_runtime"]["layers"].as_array().unwrap();
+    assert!(layers.iter().all(|l| l["name"] != "global_config"), "Envoy Gateway's own layer name");
+    assert!(layers.iter().any(|l| l["static_layer"][STRIP_PREFIX_FLAG] == true), "{layers:?}");
+
+    let config =
+        Config::parse(module["config"].to_string().as_bytes()).unwrap_or_else(|e| panic!("config refused: {e}"));
+    let canonical = plugin_of("envoy/istio/wasmplugin.yaml")["spec"]["pluginConfig"].clone();
+    let mut renamed = module["config"].clone();
+    let pointers =
+        ["/revocation/cluster", "/providers/idp/remote_jwks/cluster", "/providers/idp/remote_jwks/jwks_cluster"];
+    let mut called: Vec<String> = config.revocation.iter().map(|r| r.cluster.clone()).collect();
+    for provider in &config.providers {
+        if let Some(jwks) = &provider.remote_jwks {
+            called.extend([jwks.cluster.clone(), jwks.jwks_cluster.clone()]);
+        }
+    }
+    called.sort();
+    let mut named: Vec<String> =
+        pointers.iter().map(|p| renamed.pointer(p).unwrap().as_str().unwrap().to_string()).collect();
+    named.sort();
+    assert_eq!(called, named, "the clusters the filter calls");
+    for pointer in pointers {
+        let istio = canonical.pointer(pointer).unwrap().as_str().unwrap().to_string();
+        let (host, istio_port) = istio_cluster(&istio);
+        let cluster = static_cluster_of(&bootstrap, renamed.pointer(pointer).unwrap().as_str().unwrap());
+        let address =
+            &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+        assert_eq!(address["address"], host.as_str(), "{pointer}");
+        // The identity provider's hosts over TLS (Istio: port 80 originating TLS to 443), the
+        // service in plain HTTP on its port.
+        let tls = &cluster["transport_socket"]["typed_config"];
+        if pointer.starts_with("/providers/") {
+            assert_eq!(address["port_value"], 443, "{pointer}");
+            assert_eq!(tls["sni"], host.as_str(), "{pointer}");
+            let validation = &tls["common_tls_context"]["validation_context"];
+            assert_eq!(validation["trusted_ca"]["filename"], IMAGE_CA, "{pointer}");
+            assert_eq!(
+                validation["match_typed_subject_alt_names"],
+                json!([{"san_type": "DNS", "matcher": {"exact": host}}])
+            );
+        } else {
+            assert_eq!(address["port_value"], istio_port, "{pointer}");
+            assert!(tls.is_null(), "{pointer}");
+        }
+        *renamed.pointer_mut(pointer).unwrap() = json!(istio);
+    }
+    assert_eq!(renamed, canonical, "{EG_POLICY}: wasmplugin.yaml's pluginConfig but for the clusters");
+}
+
+/// A self-signed certificate, standing in for the image's CA bundle.
+fn self_signed_certificate(dir: &Path) -> PathBuf {
+    let (key, cert) = (dir.join("ca.key"), dir.join("ca.pem"));
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=jwtguard test CA", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    cert
+}
+
+/// Envoy 1.40 accepts the example's bootstrap addition (its clusters, TLS settings, stats_tags and
+/// runtime layer) with the filter Envoy Gateway makes of the policy (internal/xds/translator/
+/// dynamicmodule.go: the registered file, the policy's filterName, its config as a StringValue of
+/// JSON), and the module accepts that configuration. The CA bundle's path is the image's; here a
+/// certificate of our own stands in for it.
+#[test]
+fn envoy_accepts_the_envoy_gateway_bootstrap_and_the_policys_module_filter() {
+    let (proxy, _, policy) = envoy_gateway_example();
+    let dir = scratch_dir("envoy-gateway");
+    let ca = self_signed_certificate(&dir);
+    let text = proxy["spec"]["bootstrap"]["value"].as_str().unwrap().replace(IMAGE_CA, ca.to_str().unwrap());
+    let mut config = yaml_value(&text);
+    let module = &policy["spec"]["dynamicModule"][0];
+    let entry = &proxy["spec"]["dynamicModules"][0];
+    let filter = json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"do_not_close": entry["doNotClose"], "module": {"local": {"filename": support::envoy::module_file()}}},
+            "filter_name": module["filterName"],
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": module["config"].to_string()}
+        }
+    });
+    let listener = Listener { name: "gateway".into(), filters: vec![filter], target: Target::DirectResponse };
+    let harness = bootstrap(&[listener], &[]);
+    config["admin"] = harness["admin"].clone();
+    config["static_resources"]["listeners"] = harness["static_resources"]["listeners"].clone();
+    let (ok, out) = validate_with_module(&dir, &config.to_string(), None);
+    assert!(ok && out.contains("' OK") && out.contains(ABI_MATCHED), "envoy --mode validate:\n{out}");
+    assert!(out.contains("jwtguard: providers idp"), "the module did not take the policy's configuration:\n{out}");
 }

@@ -6,6 +6,7 @@
 //! read as empty. Nothing here panics on what Envoy returns.
 
 use crate::abi::{self, EnvoyBuffer, HttpHeader, ModuleBuffer};
+use jwtguard::header_map;
 use std::ffi::CStr;
 
 /// The callback among `abi::CALLBACKS` that this Envoy does not export, if any.
@@ -143,7 +144,7 @@ impl Stream {
                 // SAFETY: Envoy's buffers stay valid until a setter runs or the hook returns;
                 // they are copied here, before either.
                 let (name, value) = unsafe { header.as_bytes() };
-                (String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned())
+                (header_map::text(name), header_map::text(value))
             })
             .collect()
     }

@@ -166,7 +166,8 @@ impl Engine {
                 (self.park_for_keys(context_id, headers, reason, &providers, retry, now), None)
             }
             Decision::Deny { reason, scope } => {
-                debug!("jwtguard: {method} {path} denied: {}", reason.name());
+                // Not the path: with `from_params` it holds the token.
+                debug!("jwtguard: {method} denied: {}", reason.name());
                 self.deny(reason, scope.as_deref());
                 (Action::Pause, None)
             }

@@ -5,7 +5,8 @@
 //! machine is Envoy's CPU time per request (from /proc), so that is the headline, always as a
 //! ratio to the no-auth baseline and to Envoy's native `jwt_authn` measured in the same run.
 //!
-//! Usage: jwtguard-bench filter [SECONDS_PER_RUN] [ROUNDS]   (defaults 5 and 3)
+//! Usage: jwtguard-bench filter [SECONDS_PER_RUN] [ROUNDS] [ONLY]   (defaults 5 and 3; ONLY: run
+//!        just the variants whose name contains it, and the baseline, e.g. `module`)
 //!        jwtguard-bench status [SECONDS_PER_RUN] [ROUNDS]   (the revocation service's status
 //!        endpoint against `redis-benchmark -t get` on the same Redis)
 //! See bench/README.md.
@@ -47,10 +48,10 @@ fn main() {
     let seconds: u32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
     let rounds: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3);
     match args.get(1).map(String::as_str) {
-        Some("filter") => filter(seconds, rounds),
+        Some("filter") => filter(seconds, rounds, args.get(4).map(String::as_str)),
         Some("status") => status(seconds, rounds),
         _ => {
-            eprintln!("usage: jwtguard-bench filter|status [SECONDS_PER_RUN] [ROUNDS]");
+            eprintln!("usage: jwtguard-bench filter|status [SECONDS_PER_RUN] [ROUNDS] [ONLY]");
             std::process::exit(2);
         }
     }
@@ -115,7 +116,7 @@ fn status(seconds: u32, rounds: usize) {
     println!("| status p99 latency | {p:.2} ms |");
 }
 
-fn filter(seconds: u32, rounds: usize) {
+fn filter(seconds: u32, rounds: usize, only: Option<&str>) {
     let dir = scratch_dir("bench", "filter");
 
     let rsa = KeyPair::generate(&dir, Algorithm::RS256, "rsa");
@@ -234,6 +235,12 @@ fn filter(seconds: u32, rounds: usize) {
             });
         }
     }
+    if let Some(only) = only {
+        // The baseline, what matches, and the native variants they are compared with.
+        let natives: Vec<String> =
+            variants.iter().filter(|v| v.name.contains(only)).filter_map(|v| v.native.clone()).collect();
+        variants.retain(|v| v.token.is_none() || v.name.contains(only) || natives.contains(&v.name));
+    }
     let listeners: Vec<Listener> = variants
         .iter()
         .map(|v| Listener {
@@ -247,9 +254,10 @@ fn filter(seconds: u32, rounds: usize) {
         .unwrap_or_else(|log| panic!("envoy did not start:\n{log}"));
     // Every jwtguard listener logs its configuration: a wasm one from the main thread's VM and
     // the worker's, a module one once.
-    let per_build = variants.iter().filter(|v| v.name.starts_with("jwtguard wasm")).count();
+    let of_build = |b: Build| variants.iter().filter(|v| v.name.starts_with(&format!("jwtguard {}", label(b)))).count();
+    let (wasm, module) = (of_build(Build::Wasm), of_build(Build::Module));
     wait_for("every jwtguard configuration", Duration::from_secs(30), || {
-        (envoy.log_text().matches("jwtguard: providers").count() >= 3 * per_build).then_some(())
+        (envoy.log_text().matches("jwtguard: providers").count() >= 2 * wasm + module).then_some(())
     });
 
     for v in &variants {
@@ -292,16 +300,20 @@ fn filter(seconds: u32, rounds: usize) {
     let rss = rss_with_and_without_filter(&dir, &public_jwks);
     println!();
     let cpu_of = |name: &str| {
-        let i = variants.iter().position(|v| v.listener.name == name).expect("variant");
-        median(samples[i].iter().map(|s| s.cpu_us_per_req).collect())
+        let i = variants.iter().position(|v| v.listener.name == name)?;
+        Some(median(samples[i].iter().map(|s| s.cpu_us_per_req).collect()))
     };
     for (b, build) in BUILDS.iter().enumerate() {
         let (requests, made) = feed[b];
         let l = label(*build);
+        let (Some(with), Some(without)) = (cpu_of(&format!("{FEED_VARIANT}_{l}")), cpu_of(&format!("many_norev_{l}")))
+        else {
+            continue;
+        };
         println!(
             "- Revocation feed, 2000 tokens, {l}: {:+.1} µs/req of Envoy CPU over the same tokens without revocation; \
              status callouts meanwhile: {made} for {requests:.0} requests",
-            cpu_of(&format!("{FEED_VARIANT}_{l}")) - cpu_of(&format!("many_norev_{l}"))
+            with - without
         );
     }
     let size = |p: PathBuf| format!("{} bytes ({})", std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0), p.display());
@@ -313,7 +325,7 @@ fn filter(seconds: u32, rounds: usize) {
         rss.1 / 1024,
         rss.2 / 1024,
         variants.len(),
-        2 * per_build,
+        wasm + module,
         rss_all / 1024
     );
 }
