@@ -48,8 +48,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// From the service's acknowledgement to the event applied to every set of both Envoys (one per
-/// worker in wasm, one per process in the module; each counts the events it applies, at once),
-/// then refused there: p50 and p99 over 100
+/// wasm VM, the main thread's included; one per process in the module; each counts the events it
+/// applies, at once), then refused there: p50 and p99 over 100
 /// revocations by jti and 100 subject cutoffs. No status callout is made meanwhile.
 #[test]
 fn revocations_reach_every_worker_of_two_envoys_within_milliseconds() {

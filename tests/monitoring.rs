@@ -135,7 +135,9 @@ fn the_dashboard_queries_are_promql() {
 /// The filter's plugin configuration of the revocation tests, its provider's keys fetched from
 /// a JWKS endpoint (cluster `jwks`) so that the per-provider JWKS stats exist.
 fn remote_jwks_plugin(key: &KeyPair) -> Value {
-    let mut config = plugin(key, json!({}), json!([]));
+    // A report-only rule, so that its would_deny counts exist to be scraped.
+    let trial = json!([{"match": {"prefix": "/trial"}, "requires": {"provider_name": "main"}, "report_only": true}]);
+    let mut config = plugin(key, json!({}), trial);
     let provider = config["providers"]["main"].as_object_mut().unwrap();
     provider.remove("local_jwks");
     provider.insert("remote_jwks".into(), json!({"cluster": "jwks", "uri": "http://jwks.test/keys"}));
@@ -171,6 +173,7 @@ fn every_metric_and_label_the_alerts_and_the_dashboard_use_is_exported() {
         (get(&envoy, "main", &t).status == 200).then_some(())
     });
     assert_eq!(http("GET", &envoy.url("main", "/api"), &[]).status, 401);
+    assert_eq!(http("GET", &envoy.url("main", "/trial"), &[]).status, 200, "report-only: let through");
     assert_eq!(get(&envoy, "main", "not-a-token").status, 401);
     assert_eq!(post(&envoy, "main", "/logout", &t).status, 204);
     assert_revoked(&get(&envoy, "main", &t));

@@ -44,10 +44,12 @@ impl Build {
     }
 
     /// How many revocation sets an Envoy with `workers` workers holds, each applying every feed
-    /// event once: one per wasm VM (worker), one per process for the module.
+    /// event once: one per wasm VM — each worker's and the main thread's, which Envoy keeps and
+    /// ticks too (its log shows a third "revocation set complete" with two workers) — and one per
+    /// process for the module.
     pub fn feed_copies(self, workers: u32) -> u64 {
         match self {
-            Build::Wasm => u64::from(workers),
+            Build::Wasm => u64::from(workers) + 1,
             Build::Module => 1,
         }
     }

@@ -169,17 +169,6 @@ callbacks! {
         index: usize,
         optional_size: *mut usize,
     ) -> bool;
-    fn envoy_dynamic_module_callback_http_get_headers_size(
-        filter_envoy_ptr: FilterEnvoyPtr,
-        header_type: HttpHeaderType,
-    ) -> usize;
-    /// Fills `result_headers`, which has room for `http_get_headers_size` entries; order is kept
-    /// and repeated headers are separate entries.
-    fn envoy_dynamic_module_callback_http_get_headers(
-        filter_envoy_ptr: FilterEnvoyPtr,
-        header_type: HttpHeaderType,
-        result_headers: *mut HttpHeader,
-    ) -> bool;
     /// Replaces every value of `key`; a `value` with a NULL `ptr` removes the header.
     fn envoy_dynamic_module_callback_http_set_header(
         filter_envoy_ptr: FilterEnvoyPtr,

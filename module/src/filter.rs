@@ -94,6 +94,8 @@ impl Parked {
 /// What every thread's engine of one configuration shares.
 struct Shared {
     json: Vec<u8>,
+    /// The request headers the filter reads (`request_headers`).
+    request_headers: Vec<String>,
     envoy: EnvoyConfig,
     metrics: Vec<Metric>,
     feed: Option<Arc<Feed>>,
@@ -349,6 +351,23 @@ fn native_crypto() -> Option<NativeCrypto> {
     passed.then_some(NativeCrypto)
 }
 
+/// The request headers the core reads: the pseudo-headers of the path and method (rules,
+/// logout), every provider's token sources (`cookie` for cookie sources), and every header the
+/// filter writes (a client's copy is removed). Nothing else decides anything.
+fn request_headers(config: &Config) -> Vec<String> {
+    let mut names = vec![":method".to_string(), ":path".to_string()];
+    for p in &config.providers {
+        names.extend(p.sources.headers.iter().map(|h| h.name.clone()));
+        if !p.sources.cookies.is_empty() {
+            names.push("cookie".into());
+        }
+    }
+    names.extend(config.output_headers.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
 thread_local! {
     /// This thread's engines, one per live configuration.
     static LOCALS: RefCell<Vec<(std::sync::Weak<Shared>, Rc<Local>)>> = const { RefCell::new(Vec::new()) };
@@ -395,6 +414,7 @@ impl FilterConfig {
             }
         };
         log::info!("jwtguard: {}", config.summary());
+        let request_headers = request_headers(&config);
         let envoy = EnvoyConfig(envoy);
         let main = match Local::new(config, envoy, None) {
             Ok(main) => main,
@@ -405,6 +425,7 @@ impl FilterConfig {
         };
         let shared = Arc::new(Shared {
             json: json.to_vec(),
+            request_headers,
             envoy,
             metrics: main.state.metrics.borrow().clone(),
             feed: main.engine.feed.clone(),
@@ -470,7 +491,8 @@ impl Filter {
         let engine = &self.local.engine;
         engine.sync_keys_if_due();
         state.answered.set(0);
-        let (action, callout) = engine.handle(self.context_id, false, stream.headers(), None, &dispatch);
+        let headers = self.shared().map(|s| stream.headers_named(&s.request_headers)).unwrap_or_default();
+        let (action, callout) = engine.handle(self.context_id, false, headers, None, &dispatch);
         if let Some((token, callout)) = callout {
             state.record(token, self.context_id, callout);
         }

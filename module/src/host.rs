@@ -121,32 +121,43 @@ impl Stream {
         Stream(ptr)
     }
 
-    /// The request headers (none if Envoy has none for this stream), copied, in Envoy's order
-    /// with a repeated header as one pair per value. A name or value that is not UTF-8 (HTTP
-    /// allows obs-text) is decoded lossily, as the wasm build does (`header_map::decode`): never
-    /// dropped, so a client-sent identity header is still seen and stripped, and never a valid
-    /// token.
-    pub fn headers(&self) -> Vec<(String, String)> {
-        // SAFETY: a live stream (see `new`).
-        let count = unsafe { abi::envoy_dynamic_module_callback_http_get_headers_size(self.0, abi::REQUEST_HEADER) };
-        if count == 0 {
-            return Vec::new();
+    /// Every value of each request header in `names` (lower case), copied, in that order and a
+    /// repeated header as one pair per value; none if Envoy has no request headers for this
+    /// stream. A name or value that is not UTF-8 (HTTP allows obs-text) is decoded lossily, as the
+    /// wasm build does (`header_map::text`): never dropped, so a client-sent identity header is
+    /// still seen and stripped, and never a valid token. Asking by name costs a lookup each;
+    /// copying every header cost more.
+    pub fn headers_named(&self, names: &[String]) -> Vec<(String, String)> {
+        let mut pairs = Vec::new();
+        for name in names {
+            let mut count = 0usize;
+            let mut index = 0;
+            loop {
+                let mut value = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
+                // SAFETY: a live stream; `name` outlives the call; out-pointers to locals.
+                let found = unsafe {
+                    abi::envoy_dynamic_module_callback_http_get_header(
+                        self.0,
+                        abi::REQUEST_HEADER,
+                        ModuleBuffer::new(name.as_bytes()),
+                        &mut value,
+                        index,
+                        &mut count,
+                    )
+                };
+                if !found {
+                    break;
+                }
+                // SAFETY: Envoy's buffer, valid until a setter runs or the hook returns; copied
+                // here, before either.
+                pairs.push((name.clone(), header_map::text(unsafe { value.as_bytes() })));
+                index += 1;
+                if index >= count {
+                    break;
+                }
+            }
         }
-        let mut raw = vec![HttpHeader::new(&[], &[]); count];
-        // SAFETY: `raw` has room for the `count` entries Envoy just reported.
-        if !unsafe {
-            abi::envoy_dynamic_module_callback_http_get_headers(self.0, abi::REQUEST_HEADER, raw.as_mut_ptr())
-        } {
-            return Vec::new();
-        }
-        raw.iter()
-            .map(|header| {
-                // SAFETY: Envoy's buffers stay valid until a setter runs or the hook returns;
-                // they are copied here, before either.
-                let (name, value) = unsafe { header.as_bytes() };
-                (header_map::text(name), header_map::text(value))
-            })
-            .collect()
+        pairs
     }
 
     /// Replaces every value of request header `name` with `value`; `None` removes the header.
