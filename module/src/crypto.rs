@@ -6,6 +6,18 @@
 use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
 use jwtguard::der::{self, Curve, PublicKey};
 use jwtguard::host_crypto::{self, Arguments, HostCrypto};
+use std::cell::RefCell;
+
+/// Keys parsed on this thread, by SubjectPublicKeyInfo and algorithm: parsing an RSA key (its
+/// Montgomery constants) costs a good part of a verification, and a provider has few keys.
+/// Bounded: emptied when full, as after rotations.
+const PARSED_KEYS: usize = 32;
+
+type Parsed = (Vec<u8>, &'static dyn VerificationAlgorithm, ParsedPublicKey);
+
+thread_local! {
+    static PARSED: RefCell<Vec<Parsed>> = const { RefCell::new(Vec::new()) };
+}
 
 /// `verify_signature`, in process.
 pub struct NativeCrypto;
@@ -23,8 +35,22 @@ impl HostCrypto for NativeCrypto {
         let Some((algorithm, key)) = algorithm(&args) else {
             return Some(false);
         };
-        let key = ParsedPublicKey::new(algorithm, key).ok()?;
-        Some(key.verify_sig(args.text, args.signature).is_ok())
+        PARSED.with(|parsed| {
+            let mut parsed = parsed.borrow_mut();
+            let same = |(spki, alg, _): &Parsed| spki == args.public_key && std::ptr::addr_eq(*alg, algorithm);
+            let at = match parsed.iter().position(same) {
+                Some(at) => at,
+                None => {
+                    let key = ParsedPublicKey::new(algorithm, key).ok()?;
+                    if parsed.len() == PARSED_KEYS {
+                        parsed.clear();
+                    }
+                    parsed.push((args.public_key.to_vec(), algorithm, key));
+                    parsed.len() - 1
+                }
+            };
+            Some(parsed[at].2.verify_sig(args.text, args.signature).is_ok())
+        })
     }
 }
 
