@@ -382,7 +382,8 @@ fn upstream_headers(provider: &Provider, claims: &Map<String, Value>, payload_b6
 }
 
 /// A claim as a header value: scalars as text, arrays joined with `,`; objects are not sent.
-/// A value with control characters is dropped, so no claim can inject a header (`\r\n`).
+/// A value with control characters is dropped, so no claim can inject a header (`\r\n`); an
+/// empty one too, as Envoy's dynamic-module ABI cannot set an empty value (both builds alike).
 fn header_value(value: &Value) -> Option<String> {
     let scalar = |v: &Value| match v {
         Value::String(s) => Some(s.clone()),
@@ -394,7 +395,7 @@ fn header_value(value: &Value) -> Option<String> {
         Value::Array(items) => items.iter().map(scalar).collect::<Option<Vec<_>>>()?.join(","),
         other => scalar(other)?,
     };
-    let safe = text.len() <= 8192 && !text.chars().any(|c| c.is_control());
+    let safe = !text.is_empty() && text.len() <= 8192 && !text.chars().any(|c| c.is_control());
     safe.then_some(text)
 }
 
@@ -674,6 +675,8 @@ mod tests {
     #[test]
     fn header_values() {
         assert_eq!(header_value(&json!("a b")), Some("a b".into()));
+        assert_eq!(header_value(&json!("")), None, "empty: not sent, in either build");
+        assert_eq!(header_value(&json!([])), None);
         assert_eq!(header_value(&json!(["a", 1, true])), Some("a,1,true".into()));
         assert_eq!(header_value(&json!(5)), Some("5".into()));
         assert_eq!(header_value(&json!({"a": 1})), None);

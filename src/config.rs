@@ -552,7 +552,7 @@ impl Config {
             .providers
             .iter()
             .map(|p| match &p.remote_jwks {
-                Some(r) => format!("{} (remote JWKS {}{} via {})", p.name, r.authority, r.path, r.cluster),
+                Some(r) => format!("{} (remote JWKS via {})", p.name, r.cluster),
                 None => format!("{} ({} keys)", p.name, p.keys.len()),
             })
             .collect();

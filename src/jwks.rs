@@ -222,7 +222,7 @@ impl FetchState {
 
 /// How usable the last good keys are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Freshness {
+pub enum KeySetAge {
     /// Never fetched.
     None,
     Fresh,
@@ -232,15 +232,15 @@ pub enum Freshness {
     Expired,
 }
 
-pub fn freshness(fetched_ms: u64, now: u64, cfg: &RemoteJwks) -> Freshness {
+pub fn key_set_age(fetched_ms: u64, now: u64, cfg: &RemoteJwks) -> KeySetAge {
     if fetched_ms == 0 {
-        Freshness::None
+        KeySetAge::None
     } else if now < fetched_ms.saturating_add(cfg.cache_duration_ms) {
-        Freshness::Fresh
+        KeySetAge::Fresh
     } else if now < fetched_ms.saturating_add(cfg.cache_duration_ms).saturating_add(cfg.max_stale_ms) {
-        Freshness::Stale
+        KeySetAge::Stale
     } else {
-        Freshness::Expired
+        KeySetAge::Expired
     }
 }
 
@@ -389,9 +389,9 @@ mod tests {
     #[test]
     fn stale_period() {
         let c = cfg();
-        assert_eq!(freshness(0, 5, &c), Freshness::None);
-        assert_eq!(freshness(1_000, 1_000 + 599_999, &c), Freshness::Fresh);
-        assert_eq!(freshness(1_000, 1_000 + 600_000, &c), Freshness::Stale);
-        assert_eq!(freshness(1_000, 1_000 + 600_000 + 3_600_000, &c), Freshness::Expired);
+        assert_eq!(key_set_age(0, 5, &c), KeySetAge::None);
+        assert_eq!(key_set_age(1_000, 1_000 + 599_999, &c), KeySetAge::Fresh);
+        assert_eq!(key_set_age(1_000, 1_000 + 600_000, &c), KeySetAge::Stale);
+        assert_eq!(key_set_age(1_000, 1_000 + 600_000 + 3_600_000, &c), KeySetAge::Expired);
     }
 }

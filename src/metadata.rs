@@ -12,14 +12,33 @@ pub type Payload = Map<String, Value>;
 /// The namespace `jwt_authn` writes its payloads under.
 pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 
-/// A `Struct` with one field, `key`, holding `payload` as a `Struct`. Envoy merges it into the
-/// namespace field by field, so each provider's key stands beside the others'.
-pub fn payload_struct(key: &str, payload: &Payload) -> Vec<u8> {
+/// How deeply a payload may nest (objects and arrays, the payload itself the first): Envoy's
+/// protobuf parser stops at its recursion limit, and a Struct it cannot parse is not written
+/// (the payload would be missing where a policy looks: measured, a payload 32 deep was dropped,
+/// 31 written). `jwt_authn` writes deeper ones; jwtguard refuses the token instead.
+pub const MAX_DEPTH: usize = 30;
+
+/// A `Struct` with one field, `key`, holding `payload` as a `Struct`, or None if it nests deeper
+/// than `MAX_DEPTH`. Envoy merges it into the namespace field by field, so each provider's key
+/// stands beside the others'.
+pub fn payload_struct(key: &str, payload: &Payload) -> Option<Vec<u8>> {
+    if 1 + payload.values().map(depth).max().unwrap_or(0) > MAX_DEPTH {
+        return None;
+    }
     let mut value = Vec::new();
     length_delimited(&mut value, 5, &struct_fields(payload)); // Value.struct_value
     let mut out = Vec::new();
     field_entry(&mut out, key, &value);
-    out
+    Some(out)
+}
+
+/// How many objects and arrays `value` nests, itself included.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// `Struct.fields` (field 1, a map: entries of key 1 and `Value` 2).
@@ -85,7 +104,7 @@ mod tests {
     /// `jwt_authn` writes it for the same token, and RBAC matched on it.
     #[test]
     fn a_payload_is_one_struct_field_holding_a_struct() {
-        let bytes = payload_struct("jwt_payload", &payload(json!({"sub": "alice"})));
+        let bytes = payload_struct("jwt_payload", &payload(json!({"sub": "alice"}))).unwrap();
         let expected: Vec<u8> = [
             &[0x0a, 0x1d, 0x0a, 0x0b][..],
             b"jwt_payload",
@@ -95,7 +114,7 @@ mod tests {
             b"a",
         ]
         .concat();
-        let short = payload_struct("jwt_payload", &payload(json!({"sub": "a"})));
+        let short = payload_struct("jwt_payload", &payload(json!({"sub": "a"}))).unwrap();
         assert_eq!(short, expected);
         assert!(bytes.windows(5).any(|w| w == b"alice"));
     }
@@ -109,6 +128,16 @@ mod tests {
         assert_eq!(encode_value(&json!("x")), [0x1a, 1, b'x']);
         assert_eq!(encode_value(&json!(["x"])), [0x32, 5, 0x0a, 3, 0x1a, 1, b'x']);
         assert_eq!(encode_value(&json!({})), [0x2a, 0]);
+    }
+
+    #[test]
+    fn a_payload_nested_deeper_than_envoy_parses_is_refused() {
+        let nested = |levels: usize| (0..levels).fold(json!("x"), |inner, _| json!({"a": inner}));
+        // The payload is the first level.
+        assert!(payload_struct("k", &payload(nested(MAX_DEPTH))).is_some());
+        assert!(payload_struct("k", &payload(nested(MAX_DEPTH + 1))).is_none());
+        let arrays = (0..MAX_DEPTH).fold(json!(1), |inner, _| json!([inner]));
+        assert!(payload_struct("k", &payload(json!({"a": arrays}))).is_none());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub enum Backend {
 
 /// What one token's verification came to, and which backend gave the verdict (for stats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
+pub struct Verification {
     pub valid: bool,
     /// `None` when no key fitted, so nothing was verified.
     pub backend: Option<Backend>,
@@ -25,8 +25,8 @@ pub struct Verdict {
 
 /// Chooses the keys that may verify `jws` and tries them. A token without `kid` is accepted
 /// only when exactly one key fits, so an attacker cannot make us try every key.
-pub fn verify(keys: &[Key], jws: &Jws, host: Option<&dyn HostCrypto>) -> Verdict {
-    let mut verdict = Verdict { valid: false, backend: None };
+pub fn verify(keys: &[Key], jws: &Jws, host: Option<&dyn HostCrypto>) -> Verification {
+    let mut verdict = Verification { valid: false, backend: None };
     let Ok(alg) = jws.alg.parse::<Algorithm>() else {
         return verdict;
     };
@@ -37,7 +37,7 @@ pub fn verify(keys: &[Key], jws: &Jws, host: Option<&dyn HostCrypto>) -> Verdict
     }
     for key in fitting() {
         let (valid, backend) = verify_with(key, alg, jws, host);
-        verdict = Verdict { valid, backend: Some(backend) };
+        verdict = Verification { valid, backend: Some(backend) };
         if valid {
             break;
         }

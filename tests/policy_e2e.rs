@@ -329,3 +329,36 @@ fn rbac_on_jwt_authn_metadata_works_unchanged_behind_the_module() {
     // A client cannot send metadata: without a token there is none, and jwtguard answers first.
     assert_eq!(http("POST", &envoy.url("jwtguard", "/orders"), &[]).status, 401);
 }
+
+/// An identity let through without a revocation answer (`failure_mode: open`, the service
+/// unreachable) carries `x-jwtguard-revocation: unchecked`, which no client can send: an RBAC
+/// DENY policy after jwtguard refuses such identities where it matters (here writes) and keeps
+/// reads available.
+#[test]
+fn rbac_refuses_writes_from_identities_whose_revocation_went_unchecked() {
+    use support::revocation::{plugin, token};
+    let dir = scratch_dir("policy-unchecked");
+    let key = KeyPair::generate(&dir, Algorithm::RS256, "k1");
+    let echo = Echo::start("127.0.0.1:0").expect("echo upstream");
+    // The revocation service is down: a port this test holds, closing every connection.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_port = down.local_addr().unwrap().port();
+    std::thread::spawn(move || down.incoming().for_each(drop));
+    let plugin = plugin(&key, json!({"source": "status", "failure_mode": "open"}), json!([]));
+    let rbac = json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "DENY", "policies": {"unchecked-writes": {
+                "permissions": [{"header": {"name": ":method", "string_match": {"exact": "POST"}}}],
+                "principals": [{"header": {"name": "x-jwtguard-revocation", "present_match": true}}]
+            }}}}
+    });
+    let listeners = [Listener::to_cluster("main", vec![jwtguard_filter("unchecked", &plugin), rbac], "upstream")];
+    let clusters = [static_cluster("upstream", echo.port), static_cluster("revocation", down_port)];
+    let envoy = Envoy::start(&dir, &bootstrap(&listeners, &clusters));
+    let bearer = format!("Bearer {}", token(&key, "ivan", "i1", now()));
+    let read = http("GET", &envoy.url("main", "/orders"), &[("authorization", &bearer)]);
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.echoed()["x-jwtguard-revocation"], "unchecked");
+    assert!(denied_by_rbac(&http("POST", &envoy.url("main", "/orders"), &[("authorization", &bearer)])));
+}

@@ -302,3 +302,26 @@ fn a_cluster_primary_killed_during_traffic_never_lets_a_revoked_token_through() 
     eprintln!("primary killed: revoked token answers {statuses:?}; filter answering again after {recovered:?}");
     assert!(recovered < Duration::from_secs(10));
 }
+
+/// A request whose body is larger than Envoy's per-connection buffer (1 MiB), held while its
+/// token's status is asked, reaches the upstream whole once the answer comes: the filter holds it
+/// with flow control, not by buffering it (the module's first version got Envoy's 413 here).
+#[test]
+fn a_large_body_waits_for_the_revocation_answer_and_arrives_whole() {
+    let dir = scratch_dir("large-body");
+    let key = KeyPair::generate(&dir, Algorithm::RS256, "k1");
+    let echo = Echo::start("127.0.0.1:0").unwrap();
+    let (port, calls) = fake_service(Some(http_response("200 OK", r#"{"active":true}"#)), Duration::from_millis(300));
+    let e = envoy(&dir, "e", &[("main", plugin(&key, json!({"timeout_ms": 2000}), json!([])))], port, &echo);
+    let t = token(&key, "hana", "h1", now());
+    let body = vec![b'x'; 3_000_000];
+    let reply = ureq::post(&e.url("main", "/upload"))
+        .set("authorization", &format!("Bearer {t}"))
+        .send_bytes(&body)
+        .map_err(|err| format!("{err}"))
+        .and_then(|r| r.into_string().map_err(|err| format!("{err}")));
+    let reply = reply.unwrap_or_else(|err| panic!("the upload failed: {err}"));
+    let echoed: serde_json::Value = serde_json::from_str(&reply).unwrap_or_else(|_| panic!("not an echo: {reply}"));
+    assert_eq!(echoed["headers"]["content-length"], "3000000", "{reply}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "it waited for the status answer");
+}

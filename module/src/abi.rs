@@ -154,8 +154,6 @@ callbacks! {
         source_line: u32,
     );
     fn envoy_dynamic_module_callback_log_enabled(level: LogLevel) -> bool;
-    /// Main thread only.
-    fn envoy_dynamic_module_callback_get_concurrency() -> u32;
     /// Main thread only; true under `envoy --mode validate`.
     fn envoy_dynamic_module_callback_is_validation_mode() -> bool;
 
@@ -171,12 +169,6 @@ callbacks! {
     ) -> bool;
     /// Replaces every value of `key`; a `value` with a NULL `ptr` removes the header.
     fn envoy_dynamic_module_callback_http_set_header(
-        filter_envoy_ptr: FilterEnvoyPtr,
-        header_type: HttpHeaderType,
-        key: ModuleBuffer,
-        value: ModuleBuffer,
-    ) -> bool;
-    fn envoy_dynamic_module_callback_http_add_header(
         filter_envoy_ptr: FilterEnvoyPtr,
         header_type: HttpHeaderType,
         key: ModuleBuffer,

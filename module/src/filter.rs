@@ -53,9 +53,10 @@ struct Metric {
 
 /// Envoy's filter configuration, kept for the main thread's engine.
 #[derive(Clone, Copy)]
-struct EnvoyConfig(host::Config);
+struct EnvoyConfig(host::ConfigHandle);
 // SAFETY: only the main thread's engine uses it (callouts, schedulers and stats outside a
-// stream), and only while the configuration lives; workers carry it without touching it.
+// stream: `HostState::main`), and only while the configuration lives; workers carry it without
+// touching it (their stats go through a stream).
 unsafe impl Send for EnvoyConfig {}
 unsafe impl Sync for EnvoyConfig {}
 
@@ -102,6 +103,8 @@ struct Shared {
     parked: Parked,
     /// Whether native crypto passed the main thread's self-test.
     crypto: bool,
+    /// Set when Envoy destroys the configuration.
+    destroyed: AtomicBool,
 }
 
 /// One thread's state for one configuration: what the engine's host reads and writes.
@@ -160,7 +163,15 @@ impl HostState {
             None if self.main => (0, self.envoy.0.callout(cluster, &headers, body, timeout_ms)),
             None => return Err("the request is gone".into()),
         };
-        let id = sent.map_err(|code| format!("Envoy refused the callout (code {code})"))?;
+        let id = sent.map_err(|code| {
+            let why = match code {
+                abi::CALLOUT_INIT_MISSING_REQUIRED_HEADERS => "missing required headers",
+                abi::CALLOUT_INIT_CLUSTER_NOT_FOUND => "no such cluster",
+                abi::CALLOUT_INIT_DUPLICATE_CALLOUT_ID => "duplicate callout id",
+                _ => "cannot create the request (no healthy host?)",
+            };
+            format!("Envoy refused the callout: {why} (code {code})")
+        })?;
         let token = self.next_token.get();
         self.next_token.set(token.wrapping_add(1).max(1));
         self.tokens.borrow_mut().insert((context_id, id), token);
@@ -257,9 +268,12 @@ impl engine::Host for ModuleHost {
 
     fn increment_metric(&self, id: u32, by: u64) {
         let Some((_, id)) = self.0.metric(id) else { return };
+        // A worker's counts go through a stream (its hooks flush on their own stream); the
+        // configuration's handle is the main thread's.
         match self.0.current.get() {
             Some((_, stream)) => stream.increment(host::Counter(id), &[], by),
-            None => self.0.envoy.0.increment(host::Counter(id), &[], by),
+            None if self.0.main => self.0.envoy.0.increment(host::Counter(id), &[], by),
+            None => false,
         };
     }
 
@@ -270,7 +284,8 @@ impl engine::Host for ModuleHost {
             (MetricKind::Histogram, Some((_, stream))) => stream.record(host::Histogram(id), &[], value),
             (MetricKind::Histogram, None) => false,
             (_, Some((_, stream))) => stream.set_gauge(host::Gauge(id), &[], value),
-            (_, None) => self.0.envoy.0.set_gauge(host::Gauge(id), &[], value),
+            (_, None) if self.0.main => self.0.envoy.0.set_gauge(host::Gauge(id), &[], value),
+            (_, None) => false,
         };
     }
 
@@ -287,10 +302,12 @@ impl engine::Host for ModuleHost {
         true
     }
 
-    fn set_payload_metadata(&self, key: &str, payload: &jwtguard::metadata::Payload) {
-        if let Some((_, stream)) = self.0.current.get() {
-            stream.set_metadata_struct(metadata::JWT_AUTHN_NAMESPACE, &metadata::payload_struct(key, payload));
-        }
+    fn set_payload_metadata(&self, key: &str, payload: &jwtguard::metadata::Payload) -> bool {
+        let (Some((_, stream)), Some(bytes)) = (self.0.current.get(), metadata::payload_struct(key, payload)) else {
+            return false;
+        };
+        stream.set_metadata_struct(metadata::JWT_AUTHN_NAMESPACE, &bytes);
+        true
     }
 
     fn wake_parked(&self) {
@@ -322,11 +339,13 @@ impl Local {
         stream
     }
 
-    /// Runs the engine's tick; counts go to Envoy before the hook returns.
-    fn tick(&self) {
+    /// Runs the engine's tick in the hook of `hook`'s stream (0: the main thread); counts go to
+    /// Envoy, through that stream, before the hook returns.
+    fn tick(&self, hook: u32) {
         let state = &self.state;
         let dispatch = |c: &str, h: Vec<(&str, &str)>, b: Option<&[u8]>, t| state.dispatch(c, h, b, t);
         self.engine.tick(&dispatch, &mut |token, ctx, callout| state.record(token, ctx, callout));
+        self.enter(hook);
         self.engine.flush_stats();
     }
 
@@ -338,6 +357,7 @@ impl Local {
         self.engine.on_callout(callout, request, status, body, &dispatch, &mut |token, ctx, callout| {
             state.record(token, ctx, callout)
         });
+        self.enter(context_id);
         self.engine.flush_stats();
     }
 }
@@ -369,22 +389,24 @@ fn request_headers(config: &Config) -> Vec<String> {
 }
 
 thread_local! {
-    /// This thread's engines, one per live configuration.
-    static LOCALS: RefCell<Vec<(std::sync::Weak<Shared>, Rc<Local>)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's engines, one per configuration.
+    static LOCALS: RefCell<Vec<(Arc<Shared>, Rc<Local>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// This thread's engine for `shared`, made on first use (dropping those of configurations gone).
+/// This thread's engine for `shared`, made on first use. Making one drops this thread's engines
+/// of configurations Envoy has destroyed (replaced by a listener update): their streams are gone,
+/// and each holds its caches and key sets.
 fn local_for(shared: &Arc<Shared>) -> Option<Rc<Local>> {
     LOCALS.with(|locals| {
         let mut locals = locals.borrow_mut();
-        if let Some((_, local)) = locals.iter().find(|(s, _)| s.as_ptr() == Arc::as_ptr(shared)) {
+        if let Some((_, local)) = locals.iter().find(|(s, _)| Arc::ptr_eq(s, shared)) {
             return Some(local.clone());
         }
-        locals.retain(|(s, _)| s.strong_count() > 0);
+        locals.retain(|(s, _)| !s.destroyed.load(Relaxed));
         // The main thread parsed the same bytes before; it cannot fail here.
         let config = Config::parse(&shared.json).ok()?;
         let local = Rc::new(Local::new(config, shared.envoy, Some(shared.clone())).ok()?);
-        locals.push((Arc::downgrade(shared), local.clone()));
+        locals.push((shared.clone(), local.clone()));
         Some(local)
     })
 }
@@ -405,7 +427,7 @@ unsafe impl Sync for FilterConfig {}
 impl FilterConfig {
     /// Parses `json`, the same configuration as the wasm build's plugin configuration. `None`
     /// (Envoy then refuses the configuration) after logging why.
-    pub fn new(envoy: host::Config, json: &[u8]) -> Option<FilterConfig> {
+    pub fn new(envoy: host::ConfigHandle, json: &[u8]) -> Option<FilterConfig> {
         let config = match Config::parse(json) {
             Ok(config) => config,
             Err(e) => {
@@ -431,11 +453,14 @@ impl FilterConfig {
             feed: main.engine.feed.clone(),
             parked: Parked::default(),
             crypto: main.state.crypto.is_some(),
+            destroyed: AtomicBool::new(false),
         });
         let _ = main.state.shared.set(shared.clone());
         // `envoy --mode validate` loads the configuration only: no thread, no callout.
-        let ticker =
-            (!host::is_validation_mode()).then(|| Ticker::start(&shared, envoy.0.scheduler(), main.engine.tick_ms()));
+        let ticker = match host::is_validation_mode() {
+            true => None,
+            false => Some(Ticker::start(&shared, envoy.0.scheduler(), main.engine.tick_ms())?),
+        };
         let main = Rc::new(main);
         Some(FilterConfig { shared, main, ticker })
     }
@@ -451,7 +476,7 @@ impl FilterConfig {
     /// The ticker's turn on the main thread.
     pub fn on_scheduled(&self) {
         self.main.enter(0);
-        self.main.tick();
+        self.main.tick(0);
     }
 
     pub fn on_callout_done(&self, id: u64, status: Option<u16>, body: Option<&[u8]>) {
@@ -467,6 +492,7 @@ impl Drop for FilterConfig {
             ticker.stop();
         }
         lock(&self.shared.parked.0).clear();
+        self.shared.destroyed.store(true, Relaxed);
     }
 }
 
@@ -492,6 +518,13 @@ impl Filter {
         engine.sync_keys_if_due();
         state.answered.set(0);
         let headers = self.shared().map(|s| stream.headers_named(&s.request_headers)).unwrap_or_default();
+        if headers.is_empty() {
+            // No path, no method: nothing can be judged. Refused, as the wasm build refuses a
+            // request whose headers it cannot read, rather than let through unchecked.
+            engine.deny(jwtguard::reason::Reason::Malformed, None);
+            engine.flush_stats();
+            return abi::HEADERS_STOP_ITERATION;
+        }
         let (action, callout) = engine.handle(self.context_id, false, headers, None, &dispatch);
         if let Some((token, callout)) = callout {
             state.record(token, self.context_id, callout);
@@ -502,12 +535,14 @@ impl Filter {
             Action::Pause if state.answered.get() == self.context_id => abi::HEADERS_STOP_ITERATION,
             Action::Pause => {
                 // A request with a body must be held whole: with plain StopIteration Envoy
-                // forwards the body (and with it the request) before the answer comes.
+                // forwards the body (and with it the request) before the answer comes. With
+                // flow control, not buffering: a buffered body over the connection's buffer
+                // limit would get Envoy's 413 while it waits.
                 self.park(stream);
                 if end_of_stream {
                     abi::HEADERS_STOP_ITERATION
                 } else {
-                    abi::HEADERS_STOP_ALL_ITERATION_AND_BUFFER
+                    abi::HEADERS_STOP_ALL_ITERATION_AND_WATERMARK
                 }
             }
         }
@@ -532,7 +567,7 @@ impl Filter {
     /// The ticker's or a wake's turn on this worker.
     pub fn on_scheduled(&self) {
         if self.local.enter(self.context_id).is_some() {
-            self.local.tick();
+            self.local.tick(self.context_id);
         }
     }
 }
@@ -541,7 +576,17 @@ impl Drop for Filter {
     fn drop(&mut self) {
         let state = &self.local.state;
         state.streams.borrow_mut().remove(&self.context_id);
-        state.tokens.borrow_mut().retain(|(context_id, _), _| *context_id != self.context_id);
+        // Envoy cancels the stream's callouts: their answers never come, so neither does the
+        // hook that would take their records.
+        let mut callouts = state.callouts.borrow_mut();
+        state.tokens.borrow_mut().retain(|(context_id, _), token| {
+            let mine = *context_id == self.context_id;
+            if mine {
+                callouts.remove(token);
+            }
+            !mine
+        });
+        drop(callouts);
         if state.current.get().is_some_and(|(id, _)| id == self.context_id) {
             state.current.set(None);
         }
@@ -562,10 +607,11 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(shared: &Arc<Shared>, main: Scheduler, period_ms: u64) -> Ticker {
+    /// None if the thread cannot be made (the error is logged).
+    fn start(shared: &Arc<Shared>, main: Scheduler, period_ms: u64) -> Option<Ticker> {
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, shared) = (stop.clone(), shared.clone());
-        let thread = std::thread::spawn(move || {
+        let thread = std::thread::Builder::new().name("jwtguard-ticker".into()).spawn(move || {
             while !flag.load(Relaxed) {
                 std::thread::park_timeout(Duration::from_millis(period_ms));
                 if flag.load(Relaxed) {
@@ -576,7 +622,13 @@ impl Ticker {
             }
             main
         });
-        Ticker { stop, thread }
+        match thread {
+            Ok(thread) => Some(Ticker { stop, thread }),
+            Err(e) => {
+                error!("jwtguard: cannot start the module's ticker thread: {e}");
+                None
+            }
+        }
     }
 
     fn stop(self) {

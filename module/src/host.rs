@@ -15,12 +15,6 @@ pub fn missing_callback() -> Option<&'static CStr> {
     abi::CALLBACKS.iter().copied().find(|name| unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }.is_null())
 }
 
-/// Envoy's `--concurrency`. Main thread only (program init and config hooks).
-pub fn concurrency() -> u32 {
-    // SAFETY: no arguments.
-    unsafe { abi::envoy_dynamic_module_callback_get_concurrency() }
-}
-
 /// True under `envoy --mode validate`, where the module must start no thread and no callout.
 /// Main thread only.
 pub fn is_validation_mode() -> bool {
@@ -278,13 +272,13 @@ impl Stream {
 /// Envoy's filter configuration (`filter_config_envoy_ptr`). Valid during the config hook it
 /// was passed to. Those run on the main thread, the only thread allowed to use it.
 #[derive(Clone, Copy, Debug)]
-pub struct Config(abi::FilterConfigEnvoyPtr);
+pub struct ConfigHandle(abi::FilterConfigEnvoyPtr);
 
-impl Config {
+impl ConfigHandle {
     /// # Safety
     /// `ptr` must be the `filter_config_envoy_ptr` Envoy passed to the running config hook.
-    pub unsafe fn new(ptr: abi::FilterConfigEnvoyPtr) -> Config {
-        Config(ptr)
+    pub unsafe fn new(ptr: abi::FilterConfigEnvoyPtr) -> ConfigHandle {
+        ConfigHandle(ptr)
     }
 
     /// Defines a counter named `name` (`<metrics_namespace>.<name>` in Envoy's stats) with these

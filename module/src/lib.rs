@@ -87,7 +87,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 ) -> FilterConfigModulePtr {
     guard("on_http_filter_config_new", null, || {
         // SAFETY: Envoy's config pointer and buffer, valid during this call.
-        let (envoy, config) = unsafe { (host::Config::new(envoy), config.as_bytes()) };
+        let (envoy, config) = unsafe { (host::ConfigHandle::new(envoy), config.as_bytes()) };
         match FilterConfig::new(envoy, config) {
             Some(config) => Box::into_raw(Box::new(config)).cast(),
             None => null(),

@@ -3,7 +3,7 @@
 //! back. The schedule and the checks are in `jwks.rs`; this is the part that touches the host.
 
 use super::{Callout, Dispatch, Engine, Remote};
-use crate::jwks::{self, FetchState, Freshness};
+use crate::jwks::{self, FetchState, KeySetAge};
 use log::{error, info, warn};
 use std::time::Duration;
 
@@ -35,21 +35,21 @@ impl Engine {
         let now = self.now_ms();
         for r in &self.remote {
             let state = self.read_state(r);
-            let freshness = jwks::freshness(state.fetched_ms, now, &r.cfg);
+            let freshness = jwks::key_set_age(state.fetched_ms, now, &r.cfg);
             // Stale stays 1 once the keys expire: refreshes have been failing all along.
-            let stale = matches!(freshness, Freshness::Stale | Freshness::Expired);
+            let stale = matches!(freshness, KeySetAge::Stale | KeySetAge::Expired);
             self.set_metric(self.metrics.jwks[r.index].stale, u64::from(stale));
             let age = if state.fetched_ms == 0 { 0 } else { now.saturating_sub(state.fetched_ms) };
             self.set_metric(self.metrics.jwks[r.index].age_ms, age);
             match freshness {
-                Freshness::None => {}
-                Freshness::Expired => {
+                KeySetAge::None => {}
+                KeySetAge::Expired => {
                     if r.loaded_ms.get() != 0 {
                         error!("jwtguard: provider {}: JWKS older than cache_duration + max_stale; refusing tokens until a fetch succeeds", r.name);
                         self.install(r, Vec::new(), 0);
                     }
                 }
-                Freshness::Fresh | Freshness::Stale if state.fetched_ms != r.loaded_ms.get() => {
+                KeySetAge::Fresh | KeySetAge::Stale if state.fetched_ms != r.loaded_ms.get() => {
                     let (doc, _) = self.host.shared_data(&key(r, "doc"));
                     match doc.map(|d| jwks::accept_document(&d, &r.algorithms, &r.cfg, &self.local_keys(r))) {
                         Some(Ok((keys, _))) => self.install(r, keys, state.fetched_ms),
@@ -57,7 +57,7 @@ impl Engine {
                         None => {}
                     }
                 }
-                Freshness::Fresh | Freshness::Stale => {}
+                KeySetAge::Fresh | KeySetAge::Stale => {}
             }
         }
     }
@@ -191,10 +191,10 @@ impl Engine {
         let now = self.now_ms();
         let state = self.update_state(r, |s| Some(s.failed(now, &r.cfg))).unwrap_or_default();
         self.metrics.add(self.metrics.jwks[i].fetch_failed, 1);
-        let keeping = match jwks::freshness(state.fetched_ms, now, &r.cfg) {
-            Freshness::None => "no keys yet".to_string(),
-            Freshness::Expired => "no usable keys".to_string(),
-            Freshness::Fresh | Freshness::Stale => {
+        let keeping = match jwks::key_set_age(state.fetched_ms, now, &r.cfg) {
+            KeySetAge::None => "no keys yet".to_string(),
+            KeySetAge::Expired => "no usable keys".to_string(),
+            KeySetAge::Fresh | KeySetAge::Stale => {
                 format!("serving the last good keys, fetched {} s ago", now.saturating_sub(state.fetched_ms) / 1000)
             }
         };

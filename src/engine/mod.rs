@@ -58,8 +58,9 @@ pub trait Host {
     /// Whether `set_payload_metadata` reaches Envoy (a proxy-wasm filter cannot write dynamic
     /// metadata: envoyproxy/envoy#15148).
     fn writes_dynamic_metadata(&self) -> bool;
-    /// Publishes a verified payload as `jwt_authn` does (`metadata::payload_struct`).
-    fn set_payload_metadata(&self, key: &str, payload: &crate::metadata::Payload);
+    /// Publishes a verified payload as `jwt_authn` does (`metadata::payload_struct`); false if
+    /// it cannot be (it nests too deeply for Envoy), and the request is then refused.
+    fn set_payload_metadata(&self, key: &str, payload: &crate::metadata::Payload) -> bool;
     /// Background state changed (keys, the feed's set) in a way that requests parked on other
     /// threads should look at now. A wasm VM does its own background work, so it has nothing to do.
     fn wake_parked(&self);
@@ -201,12 +202,11 @@ impl Engine {
         let now = self.now_ms();
         self.metrics.flush(self.host.as_ref(), now);
         if let Some(rev) = &self.revocation {
-            let deadline = now.saturating_sub(rev.timeout_ms.saturating_add(500));
             let lost: Vec<String> = self
                 .inflight
                 .borrow()
                 .iter()
-                .filter(|(_, f)| f.started_ms < deadline)
+                .filter(|(_, f)| request::lost(rev, f.started_ms, now))
                 .map(|(k, _)| k.clone())
                 .collect();
             // Counted as timed out: the answer never came (its request's client left, and the

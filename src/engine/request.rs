@@ -136,7 +136,11 @@ impl Engine {
                 }
                 for token in &tokens {
                     if let Some(Some(key)) = self.metadata_keys.get(token.provider) {
-                        self.host.set_payload_metadata(key, &token.claims);
+                        // Fails closed: a policy must never find the payload missing.
+                        if !self.host.set_payload_metadata(key, &token.claims) {
+                            self.deny(Reason::InvalidClaims, None);
+                            return (Action::Pause, None);
+                        }
                     }
                 }
                 match (revocation, tokens.first()) {
@@ -343,6 +347,14 @@ impl Engine {
             Lookup::Miss => None,
         };
         self.metrics.add(self.metrics.rev_cache_miss, 1);
+        // A check older than any answer can take was lost (its request's client left and the
+        // callout went with it): its waiters get the failure mode, this request a check of its own.
+        let lost = self.inflight.borrow().get(&identity.key).is_some_and(|f| lost(rev, f.started_ms, now));
+        if lost {
+            self.metrics.answer(Err(Failure::Timeout));
+            self.finish_inflight(&identity.key, Err(Failure::Timeout));
+            self.host.set_effective_context(context_id);
+        }
         let waiter = Waiter { context_id, enforcement, stale };
         if let Some(inflight) = self.inflight.borrow_mut().get_mut(&identity.key) {
             self.metrics.add(self.metrics.coalesced, 1);
@@ -479,4 +491,9 @@ pub(super) fn get_from_service(
         headers.push(("authorization", a.as_str()));
     }
     dispatch(&rev.cluster, headers, None, Duration::from_millis(timeout_ms))
+}
+
+/// Whether a status check started at `started_ms` can no longer be answered.
+pub(super) fn lost(rev: &config::Revocation, started_ms: u64, now: u64) -> bool {
+    now.saturating_sub(started_ms) > rev.timeout_ms.saturating_add(500)
 }

@@ -29,6 +29,9 @@ struct Log {
     wakes: u32,
     /// Payloads published as dynamic metadata: (request, key, payload).
     metadata: Vec<(u32, String, crate::metadata::Payload)>,
+    /// Whether the host refuses them (too deep for Envoy), or cannot write metadata at all.
+    metadata_refused: bool,
+    no_metadata: bool,
     /// Callouts the engine recorded and that were not answered yet: (token, request, why).
     pending: Vec<(u32, u32, Callout)>,
 }
@@ -90,12 +93,13 @@ impl Host for FakeHost {
         None
     }
     fn writes_dynamic_metadata(&self) -> bool {
-        true
+        !self.0.borrow().no_metadata
     }
-    fn set_payload_metadata(&self, key: &str, payload: &crate::metadata::Payload) {
+    fn set_payload_metadata(&self, key: &str, payload: &crate::metadata::Payload) -> bool {
         let mut log = self.0.borrow_mut();
         let current = log.current;
         log.metadata.push((current, key.to_string(), payload.clone()));
+        !log.metadata_refused
     }
     fn wake_parked(&self) {
         self.0.borrow_mut().wakes += 1;
@@ -247,4 +251,37 @@ fn a_worker_waiting_for_a_shared_feed_goes_on_once_the_background_engine_complet
     worker.tick(&|c, h, _, _| dispatch(&worker_host, c, &h), &mut |_, _, _| {});
     assert_eq!(worker_host.log().resumed, vec![7]);
     assert!(worker_host.log().responses.is_empty());
+}
+
+/// A provider with `payload_in_metadata` publishes each verified payload for its request; a
+/// payload the host cannot write refuses the request (a policy must never find it missing).
+#[test]
+fn payloads_go_to_metadata_and_one_that_cannot_refuses_the_request() {
+    let host = FakeHost::default();
+    let config = json!({
+        "providers": {"p": {"issuer": "iss", "hmac_secrets": [{"secret": SECRET}], "payload_in_metadata": "jwt_payload"}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}],
+    });
+    let config = Config::parse(config.to_string().as_bytes()).unwrap();
+    let engine = Engine::new(config, Box::new(host.clone()), true, None).unwrap();
+    assert_eq!(request(&engine, &host, 1, Some(&token("m"))), Action::Continue);
+    {
+        let log = host.log();
+        let (request, key, payload) = &log.metadata[0];
+        assert_eq!((*request, key.as_str(), &payload["sub"]), (1, "jwt_payload", &json!("alice")));
+    }
+    host.log().metadata_refused = true;
+    assert_eq!(request(&engine, &host, 2, Some(&token("n"))), Action::Pause);
+    assert_eq!(host.log().responses[&2], 401);
+}
+
+/// A host that cannot write dynamic metadata (proxy-wasm) refuses the field at start, naming it.
+#[test]
+fn payload_in_metadata_needs_a_host_that_writes_metadata() {
+    let host = FakeHost::default();
+    host.log().no_metadata = true;
+    let config = json!({"providers": {"p": {"issuer": "iss", "hmac_secrets": [{"secret": SECRET}], "payload_in_metadata": "k"}}});
+    let config = Config::parse(config.to_string().as_bytes()).unwrap();
+    let error = Engine::new(config, Box::new(host), true, None).err().unwrap();
+    assert_eq!(error, "providers.p.payload_in_metadata: proxy-wasm cannot write dynamic metadata");
 }

@@ -73,9 +73,12 @@ impl RootContext for Root {
         if config.host_crypto && crypto.is_none() {
             warn!("jwtguard: the host has no working verify_signature; RS*/ES* verify in wasm (slower)");
         }
+        // Shorter than the module's `Config::summary` line: the .wasm is size-bound.
         info!(
-            "jwtguard: {}; crypto: {}",
-            config.summary(),
+            "jwtguard: providers: {}; {} rules; revocation {}; crypto: {}",
+            config.providers.len(),
+            config.rules.len(),
+            if config.revocation.is_some() { "on" } else { "off" },
             if crypto.is_some() { "Envoy verify_signature for RS*/ES*, wasm for the rest" } else { "wasm" }
         );
         // Every VM does its own background work and holds its own feed.

@@ -165,7 +165,9 @@ impl engine::Host for WasmHost {
         false
     }
 
-    fn set_payload_metadata(&self, _: &str, _: &jwtguard::metadata::Payload) {}
+    fn set_payload_metadata(&self, _: &str, _: &jwtguard::metadata::Payload) -> bool {
+        false
+    }
 
     fn wake_parked(&self) {}
 }
