@@ -7,10 +7,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// The service the end-to-end suites run: `JWTGUARD_REVOCATION_BIN`, else the release build
+/// (`make build`, which `make test` runs first).
 pub fn binary() -> PathBuf {
     std::env::var_os("JWTGUARD_REVOCATION_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::repo_root().join("target/debug/jwtguard-revocation"))
+        .unwrap_or_else(|| crate::repo_root().join("target/release/jwtguard-revocation"))
 }
 
 pub struct Service {
