@@ -309,7 +309,7 @@ impl Run<'_, '_> {
             return Outcome::Failed(Reason::Malformed);
         }
         let cache = &mut self.auth.caches[i];
-        if let Some(v) = cache.get(&token, self.now) {
+        if let Some(v) = cache.get(token, self.now) {
             self.tally.cache_hits += 1;
             return match v.lifetime.check(self.now, provider.policy.clock_skew_seconds) {
                 Ok(()) => Outcome::Verified(v, location),
@@ -319,11 +319,11 @@ impl Run<'_, '_> {
         if provider.jwt_cache_size > 0 {
             self.tally.cache_misses += 1;
         }
-        match verify_token(provider, i, &self.auth.keys[i], &token, self.now, self.host, self.tally) {
+        match verify_token(provider, i, &self.auth.keys[i], token, self.now, self.host, self.tally) {
             Ok(v) => {
                 let v = Rc::new(v);
                 if let Some(exp) = v.lifetime.exp {
-                    cache.insert(&token, v.clone(), exp, self.now);
+                    cache.insert(token, v.clone(), exp, self.now);
                 }
                 Outcome::Verified(v, location)
             }

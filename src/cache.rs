@@ -2,10 +2,34 @@
 //! token can never hit; an entry never outlives the token's own expiry, and the caller still
 //! re-checks time on every hit (a token may be cached before its `nbf` ends, within the skew).
 
+use crate::fast_hash::FastHasher;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hashes a token by its length and last 32 bytes, which are its signature's: any two tokens
+/// that verified differ there, and only tokens that verified go in (a crafted token with a
+/// cached one's tail only shares its bucket). A whole 700-byte RS256 token costs ~0.15 µs to
+/// hash; its tail, a few nanoseconds.
+#[derive(Default, Clone, Copy)]
+pub struct TailHasher(FastHasher);
+
+impl Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write_usize(bytes.len());
+        self.0.write(&bytes[bytes.len().saturating_sub(32)..]);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.0.write_u8(n);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
 
 pub struct TokenCache<V> {
-    entries: HashMap<String, (V, u64)>,
+    entries: HashMap<String, (V, u64), BuildHasherDefault<TailHasher>>,
     /// Insertion order, for evicting the oldest entry when full.
     order: VecDeque<String>,
     capacity: usize,
@@ -13,7 +37,7 @@ pub struct TokenCache<V> {
 
 impl<V: Clone> TokenCache<V> {
     pub fn new(capacity: usize) -> Self {
-        TokenCache { entries: HashMap::new(), order: VecDeque::new(), capacity }
+        TokenCache { entries: HashMap::default(), order: VecDeque::new(), capacity }
     }
 
     /// The cached value if present and `now` is before its expiry; expired entries are dropped.
@@ -61,6 +85,16 @@ impl<V: Clone> TokenCache<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_with_a_cached_ones_tail_does_not_hit() {
+        let tail = "s".repeat(40);
+        let (cached, forged) = (format!("header.payload.{tail}"), format!("header.pAyload.{tail}"));
+        let mut c = TokenCache::new(4);
+        c.insert(&cached, 1, 100, 0);
+        assert_eq!(c.get(&forged, 0), None);
+        assert_eq!(c.get(&cached, 0), Some(1));
+    }
 
     #[test]
     fn hits_only_the_same_token_before_expiry() {

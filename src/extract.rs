@@ -51,14 +51,14 @@ impl RequestHeaders for Vec<(String, String)> {
 /// Every token the sources yield, each with where it came from. Two or more distinct tokens
 /// mean the client used more than one method (RFC 6750 §2: a 400); the same token twice
 /// (an app that sends header and cookie alike) also counts, as RFC 6750 forbids it too.
-pub fn extract(sources: &Sources, headers: &dyn RequestHeaders, path: &str) -> Vec<(String, Location)> {
+pub fn extract<'a>(sources: &Sources, headers: &'a dyn RequestHeaders, path: &'a str) -> Vec<(&'a str, Location)> {
     let mut found = Vec::new();
     for source in &sources.headers {
         for value in headers.values(&source.name) {
             if let Some(token) = strip_prefix_ignore_case(value, &source.value_prefix) {
                 let token = token.trim();
                 if !token.is_empty() {
-                    found.push((token.to_string(), Location::Header(source.name.clone())));
+                    found.push((token, Location::Header(source.name.clone())));
                 }
             }
         }
@@ -69,7 +69,7 @@ pub fn extract(sources: &Sources, headers: &dyn RequestHeaders, path: &str) -> V
             for pair in query.split('&') {
                 let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
                 if !value.is_empty() && sources.params.iter().any(|p| p == name) {
-                    found.push((value.to_string(), Location::Param));
+                    found.push((value, Location::Param));
                 }
             }
         }
@@ -80,7 +80,7 @@ pub fn extract(sources: &Sources, headers: &dyn RequestHeaders, path: &str) -> V
                 let (name, value) = pair.trim().split_once('=').unwrap_or((pair.trim(), ""));
                 let value = value.trim_matches('"');
                 if !value.is_empty() && sources.cookies.iter().any(|c| c == name) {
-                    found.push((value.to_string(), Location::Cookie));
+                    found.push((value, Location::Cookie));
                 }
             }
         }
@@ -105,8 +105,9 @@ mod tests {
     #[test]
     fn bearer_header_case_insensitive_scheme() {
         let s = Sources::default_bearer();
-        let got = extract(&s, &headers(&[("authorization", "bearer abc")]), "/");
-        assert_eq!(got, vec![("abc".to_string(), Location::Header("authorization".into()))]);
+        let h = headers(&[("authorization", "bearer abc")]);
+        let got = extract(&s, &h, "/");
+        assert_eq!(got, vec![("abc", Location::Header("authorization".into()))]);
         assert!(extract(&s, &headers(&[("authorization", "Basic abc")]), "/").is_empty());
         assert!(extract(&s, &headers(&[("authorization", "Bearer ")]), "/").is_empty());
         assert!(extract(&s, &headers(&[("authorization", "Bear")]), "/").is_empty());
@@ -116,16 +117,17 @@ mod tests {
     #[test]
     fn params_and_cookies() {
         let s = Sources { headers: vec![], params: vec!["token".into()], cookies: vec!["jwt".into()] };
-        let got = extract(&s, &headers(&[("cookie", "a=1; jwt=xyz; b=2")]), "/p?x=1&token=abc#f");
-        assert_eq!(got, vec![("abc".into(), Location::Param), ("xyz".into(), Location::Cookie)]);
+        let h = headers(&[("cookie", "a=1; jwt=xyz; b=2")]);
+        let got = extract(&s, &h, "/p?x=1&token=abc#f");
+        assert_eq!(got, vec![("abc", Location::Param), ("xyz", Location::Cookie)]);
         assert!(extract(&s, &headers(&[]), "/p?tokenx=1&token=").is_empty());
     }
 
     #[test]
     fn two_methods_yield_two_tokens() {
         let s = Sources::default_bearer();
-        let got = extract(&s, &headers(&[("authorization", "Bearer a")]), "/?access_token=a");
-        assert_eq!(got.len(), 2);
+        let h = headers(&[("authorization", "Bearer a")]);
+        assert_eq!(extract(&s, &h, "/?access_token=a").len(), 2);
         let repeated = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
         assert_eq!(extract(&s, &repeated, "/").len(), 2, "a repeated header is two methods too");
     }

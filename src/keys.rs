@@ -55,7 +55,7 @@ pub fn check_set<'a>(keys: impl IntoIterator<Item = &'a Key> + Clone) -> Result<
     if secrets > 0 && keys.clone().into_iter().any(|k| !k.is_secret()) {
         return Err("a provider cannot mix HMAC secrets (oct keys) with public keys".into());
     }
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = crate::fast_hash::FastSet::default();
     for kid in keys.into_iter().filter_map(|k| k.kid.as_deref()) {
         if !seen.insert(kid) {
             return Err(format!("duplicate kid {kid:?}"));

@@ -13,6 +13,7 @@ pub mod config;
 pub mod der;
 pub mod engine;
 pub mod extract;
+pub mod fast_hash;
 pub mod feed;
 pub mod fnv;
 pub mod header_map;

@@ -9,6 +9,7 @@
 
 use crate::reason::Reason;
 use serde_json::{Map, Value};
+use std::fmt::Write;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -75,13 +76,13 @@ impl Identity {
         let (iat, exp) = (number("iat"), number("exp"));
         // Length-prefixed parts, `-` for an absent one: any claim text (even one holding the
         // separator) gives a distinct key, so two identities never share a cached answer.
-        let mut key = String::new();
+        let mut key = String::with_capacity(64);
         let iat_text = iat.map(|i| i.to_string());
         for part in [jti.as_deref(), sub.as_deref(), iss.as_deref(), iat_text.as_deref(), sid.as_deref()] {
-            match part {
-                Some(p) => key.push_str(&format!("{}:{p};", p.len())),
-                None => key.push_str("-;"),
-            }
+            let _ = match part {
+                Some(p) => write!(key, "{}:{p};", p.len()),
+                None => key.write_str("-;"),
+            };
         }
         Identity { jti, sub, iss, iat, exp, sid, key }
     }

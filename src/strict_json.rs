@@ -4,6 +4,7 @@
 //! would mean different things to us and to another parser (RFC 7519 §4, RFC 7515 §4).
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -84,8 +85,13 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
             let StrictValue(v) = access.next_value()?;
-            if map.insert(key.clone(), v).is_some() {
-                return Err(de::Error::custom(format!("duplicate member name {key:?}")));
+            match map.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(v);
+                }
+                Entry::Occupied(slot) => {
+                    return Err(de::Error::custom(format!("duplicate member name {:?}", slot.key())));
+                }
             }
         }
         Ok(Value::Object(map))

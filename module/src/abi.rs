@@ -158,14 +158,17 @@ callbacks! {
     fn envoy_dynamic_module_callback_is_validation_mode() -> bool;
 
     // Headers of the stream. Returned buffers are valid until the next setter or the hook's end.
-    /// The `index`th value of `key`; `optional_size` (may be NULL) receives how many values it has.
-    fn envoy_dynamic_module_callback_http_get_header(
+    /// How many headers of `header_type` the stream has (a repeated name counts once a value).
+    fn envoy_dynamic_module_callback_http_get_headers_size(
         filter_envoy_ptr: FilterEnvoyPtr,
         header_type: HttpHeaderType,
-        key: ModuleBuffer,
-        result_buffer: *mut EnvoyBuffer,
-        index: usize,
-        optional_size: *mut usize,
+    ) -> usize;
+    /// Writes every header of `header_type`, in order, into `result_headers`, which must have
+    /// room for `get_headers_size` of them; false if the stream has no such headers.
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter_envoy_ptr: FilterEnvoyPtr,
+        header_type: HttpHeaderType,
+        result_headers: *mut HttpHeader,
     ) -> bool;
     /// Replaces every value of `key`; a `value` with a NULL `ptr` removes the header.
     fn envoy_dynamic_module_callback_http_set_header(
@@ -317,6 +320,9 @@ impl EnvoyBuffer {
 }
 
 impl HttpHeader {
+    pub const EMPTY: HttpHeader =
+        HttpHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
+
     /// Name and value borrowed for one call.
     pub fn new(key: &[u8], value: &[u8]) -> HttpHeader {
         HttpHeader {

@@ -17,11 +17,11 @@ use crate::crypto::NativeCrypto;
 use crate::host::{self, Scheduler, Stream};
 use jwtguard::config::Config;
 use jwtguard::engine::{self, Action, Callout, Engine, Feed, MetricKind};
+use jwtguard::fast_hash::FastMap;
 use jwtguard::host_crypto::{self, HostCrypto};
 use jwtguard::metadata;
 use log::error;
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 type Versioned = (Vec<u8>, u32);
 
 /// proxy-wasm's shared data, for the whole process, by key.
-static SHARED_DATA: LazyLock<Mutex<HashMap<String, Versioned>>> = LazyLock::new(Default::default);
+static SHARED_DATA: LazyLock<Mutex<FastMap<String, Versioned>>> = LazyLock::new(Default::default);
 
 /// Context ids of streams, unique in the process (the engine names requests by them).
 static NEXT_CONTEXT: AtomicU32 = AtomicU32::new(1);
@@ -63,7 +63,7 @@ unsafe impl Sync for EnvoyConfig {}
 /// Streams parked on each worker, by context id: the ticker and the main engine reach a
 /// worker's engine through one of them.
 #[derive(Default)]
-struct Parked(Mutex<Vec<HashMap<u32, Scheduler>>>);
+struct Parked(Mutex<Vec<FastMap<u32, Scheduler>>>);
 
 impl Parked {
     /// Runs the `scheduled` hook of one parked stream on every worker that has one.
@@ -79,7 +79,7 @@ impl Parked {
         let mut workers = lock(&self.0);
         let index = worker as usize;
         if workers.len() <= index {
-            workers.resize_with(index + 1, HashMap::new);
+            workers.resize_with(index + 1, FastMap::default);
         }
         workers[index].insert(context_id, scheduler);
     }
@@ -119,14 +119,14 @@ struct HostState {
     /// The request the engine's calls act on (context id and stream), and this thread's live
     /// streams.
     current: Cell<Option<(u32, Stream)>>,
-    streams: RefCell<HashMap<u32, Stream>>,
+    streams: RefCell<FastMap<u32, Stream>>,
     /// The request that got the last local reply: a paused request that did not is waiting.
     answered: Cell<u32>,
     /// Native RS*/ES* verification, once it passed the self-test (RustCrypto otherwise).
     crypto: Option<NativeCrypto>,
     /// Callouts in flight: Envoy's (context id, callout id) → our token → (request, why).
-    tokens: RefCell<HashMap<(u32, u64), u32>>,
-    callouts: RefCell<HashMap<u32, (u32, Callout)>>,
+    tokens: RefCell<FastMap<(u32, u64), u32>>,
+    callouts: RefCell<FastMap<u32, (u32, Callout)>>,
     next_token: Cell<u32>,
 }
 
@@ -139,10 +139,10 @@ impl HostState {
             shared: shared.map(OnceCell::from).unwrap_or_default(),
             envoy,
             current: Cell::new(None),
-            streams: RefCell::new(HashMap::new()),
+            streams: RefCell::default(),
             answered: Cell::new(0),
-            tokens: RefCell::new(HashMap::new()),
-            callouts: RefCell::new(HashMap::new()),
+            tokens: RefCell::default(),
+            callouts: RefCell::default(),
             next_token: Cell::new(1),
         }
     }
@@ -470,7 +470,7 @@ impl FilterConfig {
         let local = local_for(&self.shared)?;
         let context_id = NEXT_CONTEXT.fetch_add(1, Relaxed).max(1);
         local.state.streams.borrow_mut().insert(context_id, stream);
-        Some(Filter { local, context_id, worker: stream.worker_index(), parked: Cell::new(false) })
+        Some(Filter { local, context_id, parked: Cell::new(None) })
     }
 
     /// The ticker's turn on the main thread.
@@ -500,9 +500,8 @@ impl Drop for FilterConfig {
 pub struct Filter {
     local: Rc<Local>,
     context_id: u32,
-    worker: u32,
-    /// Whether this stream is in `Shared::parked`.
-    parked: Cell<bool>,
+    /// The worker it is parked on in `Shared::parked`, if it is.
+    parked: Cell<Option<u32>>,
 }
 
 impl Filter {
@@ -551,8 +550,10 @@ impl Filter {
     /// Makes the waiting stream reachable by the ticker and by wakes.
     fn park(&self, stream: Stream) {
         if let Some(shared) = self.shared() {
-            if !self.parked.replace(true) {
-                shared.parked.insert(self.worker, self.context_id, stream.scheduler());
+            if self.parked.get().is_none() {
+                let worker = stream.worker_index();
+                self.parked.set(Some(worker));
+                shared.parked.insert(worker, self.context_id, stream.scheduler());
             }
         }
     }
@@ -590,10 +591,8 @@ impl Drop for Filter {
         if state.current.get().is_some_and(|(id, _)| id == self.context_id) {
             state.current.set(None);
         }
-        if self.parked.get() {
-            if let Some(shared) = self.shared() {
-                shared.parked.remove(self.worker, self.context_id);
-            }
+        if let (Some(worker), Some(shared)) = (self.parked.get(), self.shared()) {
+            shared.parked.remove(worker, self.context_id);
         }
     }
 }

@@ -23,11 +23,11 @@ pub use stats::{JwksStats, MetricKind, Metrics, FLUSH_MS};
 
 use crate::authenticator::Authenticator;
 use crate::config::{self, Config};
+use crate::fast_hash::FastMap;
 use crate::host_crypto::HostCrypto;
 use crate::response::ResponseStyle;
 use crate::revocation::Failure;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,7 +93,7 @@ pub struct Engine {
     pub background: bool,
     /// This plugin's part of the host's shared data (`Config::namespace`).
     pub namespace: String,
-    pub inflight: RefCell<HashMap<String, request::Inflight>>,
+    pub inflight: RefCell<FastMap<String, request::Inflight>>,
     pub key_waiters: RefCell<Vec<KeyWaiter>>,
     pub set_waiters: RefCell<Vec<feed_poll::SetWaiter>>,
     pub remote: Vec<Remote>,
@@ -171,7 +171,7 @@ impl Engine {
             feed,
             background,
             namespace,
-            inflight: RefCell::new(HashMap::new()),
+            inflight: RefCell::default(),
             key_waiters: RefCell::new(Vec::new()),
             set_waiters: RefCell::new(Vec::new()),
             remote,
@@ -233,16 +233,21 @@ impl Engine {
     /// Loads keys fetched elsewhere if the last load is a tick old: for an engine whose tick runs
     /// only while it has parked requests (a dynamic module's worker), called per request.
     pub fn sync_keys_if_due(&self) {
+        if self.remote.is_empty() {
+            return;
+        }
         let now = self.now_ms();
-        if !self.remote.is_empty() && now.saturating_sub(self.keys_synced_ms.get()) >= stats::FLUSH_MS {
+        if now.saturating_sub(self.keys_synced_ms.get()) >= stats::FLUSH_MS {
             self.keys_synced_ms.set(now);
             self.sync_keys();
         }
     }
 
-    /// Hands the counts added up so far to the host.
+    /// Hands the counts added up so far to the host: a native host's glue, after each event.
+    /// No clock read (it would cost every request one more): `flush_if_due`'s interval is for
+    /// hosts that wait.
     pub fn flush_stats(&self) {
-        self.metrics.flush(self.host.as_ref(), self.now_ms());
+        self.metrics.flush_pending(self.host.as_ref());
     }
 
     /// Loads keys fetched anywhere, starts the fetches that are due (background only) and

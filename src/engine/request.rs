@@ -5,7 +5,6 @@
 use super::{Action, Dispatch, Engine, Record};
 use crate::authenticator::{Decision, Request, Tally, Verified};
 use crate::config;
-use crate::extract::RequestHeaders;
 use crate::jwks::RemoteJwks;
 use crate::reason::Reason;
 use crate::response;
@@ -111,7 +110,7 @@ impl Engine {
                 self.host.set_request_header(name, None);
             }
         }
-        let pseudo = |name: &str| headers.values(name).first().copied().unwrap_or("");
+        let pseudo = |name: &str| headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str());
         let (method, path) = (pseudo(":method"), pseudo(":path"));
         let now = self.now_ms();
         let request = Request { method, path, headers: &headers };

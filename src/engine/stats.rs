@@ -205,11 +205,23 @@ impl Metrics {
         }
     }
 
-    /// Hands the added-up counts to the host.
+    /// Hands the added-up counts to the host at `now_ms` (from which `flush_if_due` counts).
     pub fn flush(&self, host: &dyn Host, now_ms: u64) {
         self.last_flush_ms.set(now_ms);
-        for (id, n) in self.pending.take() {
+        self.flush_pending(host);
+    }
+
+    /// Hands the added-up counts to the host, reading no clock.
+    pub fn flush_pending(&self, host: &dyn Host) {
+        let mut pending = self.pending.take();
+        for &(id, n) in &pending {
             host.increment_metric(id, n);
+        }
+        // The list goes back empty, its allocation kept: a native host flushes every request.
+        pending.clear();
+        let mut current = self.pending.borrow_mut();
+        if current.is_empty() {
+            *current = pending;
         }
     }
 

@@ -6,7 +6,7 @@ use crate::config::Config;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use jwtguard_demo::tokens::sign_raw;
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 const SECRET: &str = "secret-of-the-test-provider-32-bytes-at-least";

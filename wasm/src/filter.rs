@@ -5,17 +5,17 @@
 use crate::host::{self, EnvoyCrypto, WasmHost};
 use jwtguard::config::Config;
 use jwtguard::engine::{Action, Callout, Engine};
+use jwtguard::fast_hash::FastMap;
 use jwtguard::host_crypto;
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{self, BufferType, ContextType, LogLevel, MapType};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, callouts: HashMap::new() }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, callouts: FastMap::default() }) });
 }}
 
 /// The status and body of the callout answer being delivered.
@@ -38,7 +38,7 @@ fn action(action: Action) -> types::Action {
 struct Root {
     engine: Option<Rc<Engine>>,
     /// Callouts this root started: the request they are for (0 for none) and why.
-    callouts: HashMap<u32, (u32, Callout)>,
+    callouts: FastMap<u32, (u32, Callout)>,
 }
 
 /// Sends a callout; the SDK routes its answer to the context that is current (`active_id`).
