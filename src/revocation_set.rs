@@ -5,9 +5,9 @@
 //! Nothing is ever un-revoked, so the set is a join: applying an event twice, out of order, or on
 //! top of an older snapshot gives the same set.
 
-use crate::fast_hash::FastMap;
 use crate::revocation::{session_key, Identity, Known};
 use jwtguard_wire::FeedEvent;
+use std::collections::HashMap;
 
 /// Whether a subject cutoff at `before` refuses a token issued at `iat`. A token without `iat`
 /// cannot show it came after the cutoff. The service decides by the same rule.
@@ -25,16 +25,17 @@ struct Cutoff {
 
 #[derive(Debug, Default)]
 pub struct RevocationSet {
+    // std's seeded hasher, not `fast_hash`: a user with many accounts could choose `sub`s.
     /// `jti` → until when it is revoked.
-    revoked: FastMap<String, u64>,
+    revoked: HashMap<String, u64>,
     /// `sub` → its cutoffs (one per issuer named, one for every issuer).
-    cutoffs: FastMap<String, Vec<Cutoff>>,
+    cutoffs: HashMap<String, Vec<Cutoff>>,
     /// The number of cutoffs, kept so `len` is cheap (the gauges read it every tick).
     cutoff_count: usize,
     /// Allowlist mode: `jti` of an ended session → until when that matters.
-    ended: FastMap<String, u64>,
+    ended: HashMap<String, u64>,
     /// `session_key(iss, sid)` of a session the identity provider logged out → until when.
-    sids: FastMap<String, u64>,
+    sids: HashMap<String, u64>,
     max_entries: usize,
     /// Added to every event's `until`: the largest clock skew a provider allows, so a revoked
     /// token is refused for as long as any provider could still accept it.
@@ -159,7 +160,7 @@ fn with_grace(event: FeedEvent, grace: u64) -> FeedEvent {
     }
 }
 
-fn keep_latest(map: &mut FastMap<String, u64>, jti: String, until: u64, full: bool, overflowed: &mut bool) {
+fn keep_latest(map: &mut HashMap<String, u64>, jti: String, until: u64, full: bool, overflowed: &mut bool) {
     match map.get_mut(&jti) {
         Some(current) => *current = (*current).max(until),
         None if full => *overflowed = true,

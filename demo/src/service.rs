@@ -7,12 +7,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// The service the end-to-end suites run: `JWTGUARD_REVOCATION_BIN`, else the release build
-/// (`make build`, which `make test` runs first).
+/// The service the end-to-end suites run: `JWTGUARD_REVOCATION_BIN`, else the release build.
+/// `make test` builds it first; a plain `cargo test` runs whatever build is there.
 pub fn binary() -> PathBuf {
-    std::env::var_os("JWTGUARD_REVOCATION_BIN")
+    let path = std::env::var_os("JWTGUARD_REVOCATION_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::repo_root().join("target/release/jwtguard-revocation"))
+        .unwrap_or_else(|| crate::repo_root().join("target/release/jwtguard-revocation"));
+    assert!(path.exists(), "{} is missing: build it with `make build` (`make test` does)", path.display());
+    path
 }
 
 pub struct Service {
