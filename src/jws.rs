@@ -175,6 +175,25 @@ mod tests {
         assert!(parse(&token(&long_kid)).is_err());
     }
 
+    /// The class the decoder alone now guards: any byte outside base64url and the dots, in any
+    /// part, makes the token malformed.
+    #[test]
+    fn every_byte_outside_base64url_is_refused_in_every_part() {
+        let good = token(r#"{"alg":"RS256","kid":"k1"}"#);
+        assert!(parse(&good).is_ok());
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
+        let dots: Vec<usize> = good.match_indices('.').map(|(i, _)| i).collect();
+        for b in (0u8..=255).filter(|b| !allowed(*b)) {
+            // A byte as text: ASCII as itself, the rest as the two-byte UTF-8 of that code point.
+            let c = char::from(b).to_string();
+            for at in [1, dots[0] + 2, dots[1] + 2] {
+                let mut t = good.clone();
+                t.insert_str(at, &c);
+                assert!(parse(&t).is_err(), "byte {b:#04x} at {at} was accepted");
+            }
+        }
+    }
+
     #[test]
     fn a_remembered_header_answers_as_a_fresh_parse() {
         let good = token(r#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#);

@@ -525,6 +525,19 @@ fn hostile_input_never_kills_the_vm() {
         text.contains("\"x-jwt-sub\":\"alice\"") && !text.contains("admin"),
         "the forged header reached upstream: {text}"
     );
+    // Repeated headers, whatever the case of their names. Envoy joins a repeated
+    // `authorization` into one value ("Bearer a,Bearer a"), which is no token; every copy of a
+    // forged claim header (kept apart by Envoy) goes.
+    let twice = format!("authorization: Bearer {good}\r\nAuthorization: Bearer {good}\r\n");
+    let (status, text) = raw(twice.as_bytes());
+    assert!(status == 401 && text.contains("token is malformed"), "{text}");
+    let forged = format!("X-JWT-Sub: mallory\r\nauthorization: Bearer {good}\r\nx-jwt-sub: eve\r\n");
+    let (status, text) = raw(forged.as_bytes());
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("\"x-jwt-sub\":\"alice\"") && !text.contains("mallory") && !text.contains("eve"),
+        "a forged copy reached upstream: {text}"
+    );
     assert_eq!(get(e, "main", "/api", &[("authorization", &bearer(&good))]).status, 200, "VM still serves");
     assert!(!e.log_text().contains("panicked"), "a panic was logged");
 }

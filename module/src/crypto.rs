@@ -49,7 +49,7 @@ impl HostCrypto for NativeCrypto {
                     parsed.len() - 1
                 }
             };
-            Some(parsed[at].2.verify_sig(args.text, args.signature).is_ok())
+            parsed.get(at).map(|(_, _, key)| key.verify_sig(args.text, args.signature).is_ok())
         })
     }
 }

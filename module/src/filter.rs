@@ -81,7 +81,9 @@ impl Parked {
         if workers.len() <= index {
             workers.resize_with(index + 1, FastMap::default);
         }
-        workers[index].insert(context_id, scheduler);
+        if let Some(parked) = workers.get_mut(index) {
+            parked.insert(context_id, scheduler);
+        }
     }
 
     fn remove(&self, worker: u32, context_id: u32) {
