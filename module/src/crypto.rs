@@ -1,22 +1,29 @@
 //! RS256/384/512 and ES256/384 verified natively. The core hands these to a `HostCrypto`, as
 //! Envoy's `verify_signature` arguments; the dynamic module runs inside Envoy's process and has
-//! no such function to call, so it verifies them itself with aws-lc-rs (Cargo.toml says why)
-//! rather than leave them to RustCrypto, ~9× slower for RS256.
+//! no such function to call, so it verifies them itself with aws-lc (Cargo.toml says why)
+//! rather than leave them to RustCrypto, ~9× slower for RS256: RSA in `rsa.rs`, ECDSA through
+//! aws-lc-rs.
 
-use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
+use crate::rsa::{self, Hash};
+use aws_lc_rs::signature::{ParsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1};
 use jwtguard::der::{self, Curve, PublicKey};
-use jwtguard::host_crypto::{self, Arguments, HostCrypto};
+use jwtguard::host_crypto::{self, HostCrypto};
 use std::cell::RefCell;
 
-/// Keys parsed on this thread, by SubjectPublicKeyInfo and algorithm: parsing an RSA key (its
-/// Montgomery constants) costs a good part of a verification, and a provider has few keys.
-/// Bounded: emptied when full, as after rotations.
+/// Keys parsed on this thread, by SubjectPublicKeyInfo: parsing an RSA key (its Montgomery
+/// constants) costs a good part of a verification, and a provider has few keys. Bounded:
+/// emptied when full, as after rotations.
 const PARSED_KEYS: usize = 32;
 
-type Parsed = (Vec<u8>, &'static dyn VerificationAlgorithm, ParsedPublicKey);
+/// A key ready to verify with; `Refused` for an RSA key of a size that verifies nothing.
+enum Parsed {
+    Rsa(rsa::PublicKey),
+    Ecdsa(Curve, ParsedPublicKey),
+    Refused,
+}
 
 thread_local! {
-    static PARSED: RefCell<Vec<Parsed>> = const { RefCell::new(Vec::new()) };
+    static PARSED: RefCell<Vec<(Vec<u8>, Parsed)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `verify_signature`, in process.
@@ -32,39 +39,48 @@ impl HostCrypto for NativeCrypto {
         let Some(args) = host_crypto::decode_arguments(arguments) else {
             return Some(false);
         };
-        let Some((algorithm, key)) = algorithm(&args) else {
-            return Some(false);
-        };
         PARSED.with(|parsed| {
             let mut parsed = parsed.borrow_mut();
-            let same = |(spki, alg, _): &Parsed| spki == args.public_key && std::ptr::addr_eq(*alg, algorithm);
-            let at = match parsed.iter().position(same) {
+            let at = match parsed.iter().position(|(spki, _)| spki == args.public_key) {
                 Some(at) => at,
                 None => {
-                    let key = ParsedPublicKey::new(algorithm, key).ok()?;
+                    let key = match der::parse_spki(args.public_key) {
+                        Some(key) => parse(key)?,
+                        None => return Some(false),
+                    };
                     if parsed.len() == PARSED_KEYS {
                         parsed.clear();
                     }
-                    parsed.push((args.public_key.to_vec(), algorithm, key));
+                    parsed.push((args.public_key.to_vec(), key));
                     parsed.len() - 1
                 }
             };
-            parsed.get(at).map(|(_, _, key)| key.verify_sig(args.text, args.signature).is_ok())
+            let (_, key) = parsed.get(at)?;
+            Some(match (key, args.hash) {
+                (Parsed::Rsa(key), b"sha256") => key.verify(Hash::Sha256, args.text, args.signature),
+                (Parsed::Rsa(key), b"sha384") => key.verify(Hash::Sha384, args.text, args.signature),
+                (Parsed::Rsa(key), b"sha512") => key.verify(Hash::Sha512, args.text, args.signature),
+                (Parsed::Ecdsa(Curve::P256, key), b"sha256") | (Parsed::Ecdsa(Curve::P384, key), b"sha384") => {
+                    key.verify_sig(args.text, args.signature).is_ok()
+                }
+                _ => false,
+            })
         })
     }
 }
 
-/// The algorithm that fits both the key's type and the hash asked for, and the key as aws-lc
-/// takes it: PKCS#1 `RSAPublicKey` or an uncompressed point.
-fn algorithm<'a>(args: &Arguments<'a>) -> Option<(&'static dyn VerificationAlgorithm, &'a [u8])> {
-    use signature::*;
-    match (der::parse_spki(args.public_key)?, args.hash) {
-        (PublicKey::Rsa(pkcs1), b"sha256") => Some((&RSA_PKCS1_2048_8192_SHA256, pkcs1)),
-        (PublicKey::Rsa(pkcs1), b"sha384") => Some((&RSA_PKCS1_2048_8192_SHA384, pkcs1)),
-        (PublicKey::Rsa(pkcs1), b"sha512") => Some((&RSA_PKCS1_2048_8192_SHA512, pkcs1)),
-        (PublicKey::Ec(Curve::P256, point), b"sha256") => Some((&ECDSA_P256_SHA256_ASN1, point)),
-        (PublicKey::Ec(Curve::P384, point), b"sha384") => Some((&ECDSA_P384_SHA384_ASN1, point)),
-        _ => None,
+/// The key as aws-lc takes it; `None` for one it refuses (see `verify_signature`).
+fn parse(key: PublicKey<'_>) -> Option<Parsed> {
+    match key {
+        PublicKey::Rsa(pkcs1) => Some(rsa::PublicKey::parse(pkcs1)?.map_or(Parsed::Refused, Parsed::Rsa)),
+        PublicKey::Ec(curve, point) => {
+            let algorithm = match curve {
+                Curve::P256 => &ECDSA_P256_SHA256_ASN1,
+                Curve::P384 => &ECDSA_P384_SHA384_ASN1,
+            };
+            Some(Parsed::Ecdsa(curve, ParsedPublicKey::new(algorithm, point).ok()?))
+        }
+        PublicKey::Ed25519(_) => Some(Parsed::Refused),
     }
 }
 
@@ -194,6 +210,77 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// RSA signatures of encoded messages that differ from RFC 8017's in one way each (made with
+    /// the private key and no padding): only the exact encoding verifies, natively and in
+    /// RustCrypto. These are the forgeries lax PKCS#1 v1.5 parsers have let through.
+    #[test]
+    fn rsa_accepts_only_the_exact_encoded_message() {
+        let dir = jwtguard_demo::scratch_dir("native", "module-crypto-padding");
+        let pair = KeyPair::generate(&dir, Algorithm::RS256, "rs");
+        let key = &load(&pair.jwk())[0];
+        let input = format!("{}.{}", encode(br#"{"alg":"RS256"}"#), encode(br#"{"sub":"alice"}"#));
+        let hash = {
+            let out = std::process::Command::new("openssl")
+                .args(["dgst", "-sha256", "-binary"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut child| {
+                    use std::io::Write;
+                    child.stdin.take().expect("stdin").write_all(input.as_bytes())?;
+                    child.wait_with_output()
+                })
+                .expect("openssl dgst");
+            out.stdout
+        };
+        let sha256 =
+            [0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00];
+        let info = |prefix: &[u8], hash: &[u8]| [prefix, &[0x04, hash.len() as u8], hash].concat();
+        // 0x00 0x01 ff…ff 0x00 T, 256 octets, with `block`, `fill` and `t` as given.
+        let em = |block: u8, fill: u8, t: &[u8]| {
+            let mut em = vec![0, block];
+            em.resize(256 - t.len() - 1, fill);
+            em.push(0);
+            em.extend_from_slice(t);
+            em
+        };
+        let right = info(&sha256, &hash);
+        let no_null = [&[0x30, 0x2f, 0x30, 0x0b][..], &sha256[4..15], &hash].concat();
+        let sha384_oid = [&sha256[..14], &[0x02], &sha256[15..]].concat();
+        let mut one_fe = em(1, 0xff, &right);
+        one_fe[100] = 0xfe;
+        let cases = [
+            ("the RFC's encoding", em(1, 0xff, &right), true),
+            ("block type 2", em(2, 0xff, &right), false),
+            ("a 0xfe in the padding", one_fe, false),
+            ("DigestInfo without the NULL parameters", em(1, 0xff, &[&[0x04, 0x20][..], &hash].concat()), false),
+            ("no DigestInfo, the hash alone", em(1, 0xff, &hash), false),
+            ("DigestInfo with the NULL missing", em(1, 0xff, &[no_null.as_slice(), &[]].concat()), false),
+            ("SHA-384's identifier", em(1, 0xff, &info(&sha384_oid, &hash)), false),
+            ("octets after the hash", em(1, 0xff, &[right.as_slice(), &[0; 8]].concat()), false),
+            ("another hash", em(1, 0xff, &info(&sha256, &[0x5a; 32])), false),
+        ];
+        for (name, em, expected) in cases {
+            assert_eq!(em.len(), 256, "{name}");
+            let raw = dir.join("em.bin");
+            std::fs::write(&raw, &em).expect("write");
+            let key_file = dir.join("rs.pem");
+            let out = std::process::Command::new("openssl")
+                .args(["rsautl", "-sign", "-raw", "-inkey"]) // pkeyutl takes only a hash's length
+                .arg(&key_file)
+                .arg("-in")
+                .arg(&raw)
+                .output()
+                .expect("openssl pkeyutl");
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            let token = format!("{input}.{}", encode(&out.stdout));
+            let parsed = jws::parse(&token).expect("token");
+            let (native, backend) = verify_with(key, Algorithm::RS256, &parsed, Some(&NativeCrypto));
+            assert_eq!((native, backend), (expected, Backend::Host), "{name}");
+            assert_eq!(verify_with(key, Algorithm::RS256, &parsed, None).0, expected, "{name}, RustCrypto");
         }
     }
 

@@ -15,6 +15,7 @@ pub mod abi;
 pub mod crypto;
 pub mod filter;
 pub mod host;
+mod rsa;
 
 use abi::{EnvoyBuffer, FilterConfigEnvoyPtr, FilterConfigModulePtr, FilterEnvoyPtr, FilterModulePtr, HttpHeader};
 use filter::{Filter, FilterConfig};

@@ -1,7 +1,8 @@
 //! The filter benchmark: one Envoy (`--concurrency 1`), one listener per variant, each ending in
 //! the same `direct_response`, so differences are the auth filters' cost. Every jwtguard variant
 //! runs in both builds side by side: the proxy-wasm filter and the dynamic module. wrk on loopback; the
-//! variants interleaved over several rounds; medians. The steadiest figure on a small noisy
+//! variants interleaved over several rounds, each group of compared variants just after a
+//! baseline run of its own; medians. The steadiest figure on a small noisy
 //! machine is Envoy's CPU time per request (from /proc), so that is the headline, always as a
 //! ratio to the no-auth baseline and to Envoy's native `jwt_authn` measured in the same run.
 //!
@@ -35,12 +36,18 @@ struct Variant {
     token: Option<String>,
     /// A wrk script that sends many different tokens (the token above is one of them).
     script: Option<PathBuf>,
+    /// Variants of one group run one after another, just after a baseline run of their own, and
+    /// their overheads are taken against that run: the machine's drift over a round is then
+    /// out of every comparison within a group (a native variant and its jwtguard twins).
+    group: usize,
 }
 
 struct Sample {
     rps: f64,
     cpu_us_per_req: f64,
     p99_ms: f64,
+    /// The CPU µs/req of the baseline run just before this one's group.
+    baseline_cpu: f64,
 }
 
 fn main() {
@@ -146,6 +153,7 @@ fn filter(seconds: u32, rounds: usize, only: Option<&str>) {
         listener: listener("baseline", vec![]),
         token: None,
         script: None,
+        group: 0,
     }];
     for build in BUILDS {
         let id = format!("floor_{}", label(build));
@@ -155,11 +163,13 @@ fn filter(seconds: u32, rounds: usize, only: Option<&str>) {
             listener: listener(&id, vec![build.filter(&id, &floor)]),
             token: Some(tokens[0].1.clone()),
             script: None,
+            group: 1,
         });
     }
     for (alg, token, jwks) in &tokens {
         for (cached, suffix) in [(false, "no cache"), (true, "cache")] {
             let kind = if cached { "cache" } else { "nocache" };
+            let group = variants.len();
             let native = format!("native jwt_authn {alg}, {suffix}");
             variants.push(Variant {
                 name: native.clone(),
@@ -167,6 +177,7 @@ fn filter(seconds: u32, rounds: usize, only: Option<&str>) {
                 listener: listener(&format!("native_{alg}_{kind}"), vec![native_filter(jwks, cached)]),
                 token: Some(token.clone()),
                 script: None,
+                group,
             });
             for build in BUILDS {
                 let id = format!("jwtguard_{}_{alg}_{kind}", label(build));
@@ -176,6 +187,7 @@ fn filter(seconds: u32, rounds: usize, only: Option<&str>) {
                     listener: listener(&id, vec![build.filter(&id, &jwtguard_config(jwks, cached))]),
                     token: Some(token.clone()),
                     script: None,
+                    group,
                 });
             }
         }
@@ -201,6 +213,7 @@ fn filter(seconds: u32, rounds: usize, only: Option<&str>) {
     let mut many_tokens = jwtguard_config(&public_jwks, true);
     many_tokens["providers"]["bench"]["jwt_cache_config"]["jwt_cache_size"] = json!(4096);
     for build in BUILDS {
+        let group = variants.len();
         for (id, name, config, token, script) in [
             (
                 "rev_warm",
@@ -232,6 +245,7 @@ fn filter(seconds: u32, rounds: usize, only: Option<&str>) {
                 listener: listener(&id, vec![build.filter(&id, &config)]),
                 token: Some(token),
                 script,
+                group,
             });
         }
     }
@@ -268,7 +282,7 @@ fn filter(seconds: u32, rounds: usize, only: Option<&str>) {
             .map(|r| r.status())
             .unwrap_or(0);
         assert_eq!(status, 200, "{} does not answer 200", v.name);
-        run_wrk(&envoy, &url, v, 2); // warm-up: fills the caches
+        run_wrk(&envoy, &url, v, 2, 0.0); // warm-up: fills the caches
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
     // Status callouts made while a feed variant ran (only it takes traffic then): the proof
@@ -280,12 +294,23 @@ fn filter(seconds: u32, rounds: usize, only: Option<&str>) {
             .sum::<u64>()
     };
     let mut feed = BUILDS.map(|_| (0.0, 0));
+    let baseline_url = envoy.url(&variants[0].listener.name, "/");
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}");
+        let mut baseline_cpu = 0.0;
         for (i, v) in variants.iter().enumerate() {
+            if i == 0 || v.group != variants[i - 1].group {
+                let mut sample = run_wrk(&envoy, &baseline_url, &variants[0], seconds, 0.0);
+                baseline_cpu = sample.cpu_us_per_req;
+                sample.baseline_cpu = baseline_cpu;
+                samples[0].push(sample);
+            }
+            if i == 0 {
+                continue;
+            }
             let build = BUILDS.iter().position(|&b| v.listener.name == format!("{FEED_VARIANT}_{}", label(b)));
             let before = build.map_or(0, |b| callouts(&envoy, BUILDS[b]));
-            let sample = run_wrk(&envoy, &envoy.url(&v.listener.name, "/"), v, seconds);
+            let sample = run_wrk(&envoy, &envoy.url(&v.listener.name, "/"), v, seconds, baseline_cpu);
             if let Some(b) = build {
                 feed[b].1 += callouts(&envoy, BUILDS[b]) - before;
                 feed[b].0 += sample.rps * f64::from(seconds);
@@ -299,21 +324,20 @@ fn filter(seconds: u32, rounds: usize, only: Option<&str>) {
     report(&variants, &samples, seconds, rounds);
     let rss = rss_with_and_without_filter(&dir, &public_jwks);
     println!();
-    let cpu_of = |name: &str| {
-        let i = variants.iter().position(|v| v.listener.name == name)?;
-        Some(median(samples[i].iter().map(|s| s.cpu_us_per_req).collect()))
-    };
+    let samples_of = |name: &str| variants.iter().position(|v| v.listener.name == name).map(|i| &samples[i]);
     for (b, build) in BUILDS.iter().enumerate() {
         let (requests, made) = feed[b];
         let l = label(*build);
-        let (Some(with), Some(without)) = (cpu_of(&format!("{FEED_VARIANT}_{l}")), cpu_of(&format!("many_norev_{l}")))
+        let (Some(with), Some(without)) =
+            (samples_of(&format!("{FEED_VARIANT}_{l}")), samples_of(&format!("many_norev_{l}")))
         else {
             continue;
         };
+        // Run one after the other in each round: the round's difference, then the median.
+        let difference = median(with.iter().zip(without).map(|(w, o)| w.cpu_us_per_req - o.cpu_us_per_req).collect());
         println!(
-            "- Revocation feed, 2000 tokens, {l}: {:+.1} µs/req of Envoy CPU over the same tokens without revocation; \
-             status callouts meanwhile: {made} for {requests:.0} requests",
-            with - without
+            "- Revocation feed, 2000 tokens, {l}: {difference:+.1} µs/req of Envoy CPU over the same tokens without \
+             revocation (median of the rounds' differences); status callouts meanwhile: {made} for {requests:.0} requests"
         );
     }
     let size = |p: PathBuf| format!("{} bytes ({})", std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0), p.display());
@@ -387,7 +411,8 @@ fn wrk_script(tokens: &[String]) -> String {
     )
 }
 
-fn run_wrk(envoy: &Envoy, url: &str, variant: &Variant, seconds: u32) -> Sample {
+/// One wrk run; `baseline_cpu` is the paired baseline's figure, kept with it.
+fn run_wrk(envoy: &Envoy, url: &str, variant: &Variant, seconds: u32, baseline_cpu: f64) -> Sample {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t1", "-c16", &format!("-d{seconds}s"), "--latency"]);
     match (&variant.script, &variant.token) {
@@ -414,7 +439,7 @@ fn run_wrk(envoy: &Envoy, url: &str, variant: &Variant, seconds: u32) -> Sample 
     assert!(!non_2xx && requests > 0.0, "wrk against {url} failed:\n{text}");
     let p99_ms =
         text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| latency_ms(v.trim())).unwrap_or(f64::NAN);
-    Sample { rps, cpu_us_per_req: cpu / requests, p99_ms }
+    Sample { rps, cpu_us_per_req: cpu / requests, p99_ms, baseline_cpu }
 }
 
 fn latency_ms(v: &str) -> f64 {
@@ -435,29 +460,28 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 fn report(variants: &[Variant], samples: &[Vec<Sample>], seconds: u32, rounds: usize) {
     let med = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+    // Each run's overhead is taken against its group's own baseline run (see `Variant::group`).
+    let overhead = |i: usize| med(i, |s| s.cpu_us_per_req - s.baseline_cpu);
     let base_cpu = med(0, |s| s.cpu_us_per_req);
     println!(
-        "wrk -t1 -c16 -d{seconds}s --latency per variant, {rounds} interleaved rounds, medians; Envoy --concurrency 1."
+        "wrk -t1 -c16 -d{seconds}s --latency per variant, {rounds} interleaved rounds, medians; Envoy --concurrency 1; \
+         overheads are medians of each run's difference from the baseline run just before its group."
     );
     println!();
     println!("| variant | rps | Envoy CPU µs/req | × baseline | overhead µs/req | overhead ÷ native's | p99 ms |");
     println!("|---|---|---|---|---|---|---|");
     for (i, v) in variants.iter().enumerate() {
         let cpu = med(i, |s| s.cpu_us_per_req);
-        let overhead = cpu - base_cpu;
-        let native_overhead = v
-            .native
-            .as_ref()
-            .and_then(|native| variants.iter().position(|n| &n.name == native))
-            .map(|n| med(n, |s| s.cpu_us_per_req) - base_cpu);
-        let vs_native = native_overhead.map_or("".to_string(), |n| format!("{:.2}", overhead / n));
+        let native_overhead =
+            v.native.as_ref().and_then(|native| variants.iter().position(|n| &n.name == native)).map(overhead);
+        let vs_native = native_overhead.map_or("".to_string(), |n| format!("{:.2}", overhead(i) / n));
         println!(
             "| {} | {:.0} | {:.1} | {:.2} | {:.1} | {} | {:.2} |",
             v.name,
             med(i, |s| s.rps),
             cpu,
             cpu / base_cpu,
-            overhead,
+            overhead(i),
             vs_native,
             med(i, |s| s.p99_ms)
         );
