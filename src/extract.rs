@@ -42,9 +42,9 @@ pub trait RequestHeaders {
 }
 
 /// Headers as the (name, value) pairs the host hands over, names already lower-case.
-impl RequestHeaders for Vec<(String, String)> {
+impl<T: AsRef<[(String, String)]>> RequestHeaders for T {
     fn values(&self, name: &str) -> Vec<&str> {
-        self.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+        self.as_ref().iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
     }
 }
 

@@ -37,9 +37,16 @@ pub fn decode(bytes: &[u8]) -> Vec<(String, String)> {
 /// `bytes` as text: as they are when UTF-8 (nearly always, and checked much faster than the lossy
 /// conversion goes), else with U+FFFD for what is not.
 pub fn text(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    push_text(&mut out, bytes);
+    out
+}
+
+/// `text(bytes)` appended to `out`, which may have room for it already.
+pub fn push_text(out: &mut String, bytes: &[u8]) {
     match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        Ok(text) => out.push_str(text),
+        Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
     }
 }
 

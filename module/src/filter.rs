@@ -323,6 +323,9 @@ impl engine::Host for ModuleHost {
 struct Local {
     engine: Engine,
     state: Rc<HostState>,
+    /// The request headers the core reads, filled anew for each request in place: after the
+    /// first requests, reading them allocates nothing.
+    headers: RefCell<Vec<(String, String)>>,
 }
 
 impl Local {
@@ -331,7 +334,7 @@ impl Local {
         let feed = shared.as_ref().and_then(|s| s.feed.clone());
         let state = Rc::new(HostState::new(envoy, shared));
         let engine = Engine::new(config, Box::new(ModuleHost(state.clone())), background, feed)?;
-        Ok(Local { engine, state })
+        Ok(Local { engine, state, headers: RefCell::default() })
     }
 
     /// Makes `context_id`'s stream the current one (0: none, the main thread); false if gone.
@@ -518,7 +521,12 @@ impl Filter {
         let engine = &self.local.engine;
         engine.sync_keys_if_due();
         state.answered.set(0);
-        let headers = self.shared().map(|s| stream.headers_named(&s.request_headers)).unwrap_or_default();
+        // Only this hook fills it, and Envoy runs no other stream's hook inside one.
+        let Ok(mut headers) = self.local.headers.try_borrow_mut() else { return abi::HEADERS_STOP_ITERATION };
+        match self.shared() {
+            Some(shared) => stream.headers_named(&shared.request_headers, &mut headers),
+            None => headers.clear(),
+        }
         if headers.is_empty() {
             // No path, no method: nothing can be judged. Refused, as the wasm build refuses a
             // request whose headers it cannot read, rather than let through unchecked.
@@ -526,7 +534,8 @@ impl Filter {
             engine.flush_stats();
             return abi::HEADERS_STOP_ITERATION;
         }
-        let (action, callout) = engine.handle(self.context_id, false, headers, None, &dispatch);
+        let (action, callout) = engine.handle(self.context_id, false, &headers, None, &dispatch);
+        drop(headers);
         if let Some((token, callout)) = callout {
             state.record(token, self.context_id, callout);
         }

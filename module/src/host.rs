@@ -115,16 +115,24 @@ impl Stream {
         Stream(ptr)
     }
 
-    /// Every value of each request header in `names` (lower case, as Envoy keeps names), copied, in the request's
-    /// order, a repeated header as one pair per value; none if Envoy has no request headers for
+    /// Every value of each request header in `names` (lower case, as Envoy keeps names), copied
+    /// into `out` (replacing what it held), in the request's order, a repeated header as one pair per value; none if Envoy has no request headers for
     /// this stream. A value that is not UTF-8 (HTTP allows obs-text) is decoded lossily, as the
     /// wasm build does (`header_map::text`): never dropped, so a client-sent identity header is
     /// still seen and stripped, and never a valid token. All headers in two calls, then matched
     /// here: a lookup by name costs Envoy a lower-cased copy of the name, ≈ 0.2 µs a header.
-    pub fn headers_named(&self, names: &[String]) -> Vec<(String, String)> {
+    pub fn headers_named(&self, names: &[String], out: &mut Vec<(String, String)>) {
         // SAFETY: a live stream.
         let count = unsafe { abi::envoy_dynamic_module_callback_http_get_headers_size(self.0, abi::REQUEST_HEADER) };
-        let mut all = vec![HttpHeader::EMPTY; count];
+        // A request's few headers fit on the stack; more go to the heap.
+        let (mut stack, mut heap) = ([HttpHeader::EMPTY; 32], Vec::new());
+        let all = match stack.get_mut(..count) {
+            Some(all) => all,
+            None => {
+                heap.resize(count, HttpHeader::EMPTY);
+                &mut heap[..]
+            }
+        };
         // SAFETY: a live stream; `all` has room for the `count` headers Envoy writes (nothing
         // runs on this stream between the two calls).
         if count == 0
@@ -132,17 +140,28 @@ impl Stream {
                 abi::envoy_dynamic_module_callback_http_get_headers(self.0, abi::REQUEST_HEADER, all.as_mut_ptr())
             }
         {
-            return Vec::new();
+            out.clear();
+            return;
         }
-        all.iter()
-            .filter_map(|header| {
-                // SAFETY: Envoy's buffers, valid until a setter runs or the hook returns; the
-                // wanted ones are copied here, before either.
-                let (name, value) = unsafe { header.as_bytes() };
-                let name = names.iter().find(|n| n.as_bytes() == name)?;
-                Some((name.clone(), header_map::text(value)))
-            })
-            .collect()
+        // `out`'s strings are reused: their room stays from one request to the next.
+        let mut used = 0;
+        for header in all.iter() {
+            // SAFETY: Envoy's buffers, valid until a setter runs or the hook returns; the wanted
+            // ones are copied here, before either.
+            let (name, value) = unsafe { header.as_bytes() };
+            let Some(wanted) = names.iter().find(|n| n.as_bytes() == name) else { continue };
+            if out.len() == used {
+                out.push(Default::default());
+            }
+            if let Some((n, v)) = out.get_mut(used) {
+                n.clear();
+                n.push_str(wanted);
+                v.clear();
+                header_map::push_text(v, value);
+                used += 1;
+            }
+        }
+        out.truncate(used);
     }
 
     /// Replaces every value of request header `name` with `value`; `None` removes the header.

@@ -93,7 +93,7 @@ impl Engine {
         &self,
         context_id: u32,
         waiting: bool,
-        headers: Vec<(String, String)>,
+        headers: &[(String, String)],
         retry: Option<Retry>,
         dispatch: Dispatch,
     ) -> (Action, Option<(u32, Callout)>) {
@@ -182,7 +182,7 @@ impl Engine {
     fn park_for_keys(
         &self,
         context_id: u32,
-        headers: Vec<(String, String)>,
+        headers: &[(String, String)],
         reason: Reason,
         providers: &[(usize, Reason)],
         retry: Option<Retry>,
@@ -230,7 +230,7 @@ impl Engine {
         };
         self.key_waiters.borrow_mut().push(KeyWaiter {
             context_id,
-            headers,
+            headers: headers.to_vec(),
             parked_ms,
             deadline_ms,
             remotes,
@@ -253,7 +253,7 @@ impl Engine {
                 continue;
             }
             let retry = Retry { parked_ms: w.parked_ms, deadline_ms: w.deadline_ms };
-            let (_, callout) = self.handle(w.context_id, true, w.headers, Some(retry), dispatch);
+            let (_, callout) = self.handle(w.context_id, true, &w.headers, Some(retry), dispatch);
             if let Some((token, c)) = callout {
                 record(token, w.context_id, c);
             }

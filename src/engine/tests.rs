@@ -144,7 +144,7 @@ fn request(engine: &Engine, host: &FakeHost, id: u32, token: Option<&str>) -> Ac
     if let Some(t) = token {
         headers.push(("authorization".to_string(), format!("Bearer {t}")));
     }
-    let (action, callout) = engine.handle(id, false, headers, None, &|c, h, _, _| dispatch(host, c, &h));
+    let (action, callout) = engine.handle(id, false, &headers, None, &|c, h, _, _| dispatch(host, c, &h));
     if let Some((t, c)) = callout {
         host.log().pending.push((t, id, c));
     }

@@ -137,7 +137,7 @@ impl HttpContext for Filter {
             engine.deny(jwtguard::reason::Reason::Malformed, None);
             return types::Action::Pause;
         };
-        let (result, callout) = engine.handle(self.context_id, false, headers, None, &dispatch);
+        let (result, callout) = engine.handle(self.context_id, false, &headers, None, &dispatch);
         self.callout = callout.map(|(_, c)| c);
         action(result)
     }
