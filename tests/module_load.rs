@@ -1,5 +1,6 @@
 //! The dynamic-module build (`module/`) loaded by a real Envoy 1.40: the ABI matches, the module
-//! answers requests, and a bad configuration stops Envoy with jwtguard's own log line. (What
+//! answers requests, and a bad configuration stops Envoy with jwtguard's own log line; an Envoy
+//! 1.39 refuses the module. (What
 //! the module does with requests is tested by the end-to-end suites, which `make test` runs
 //! against both builds.)
 //!
@@ -86,6 +87,30 @@ fn envoy_loads_the_module_and_it_answers() {
     assert_eq!(passed.status, 200, "{passed:?}");
     let forged = http("GET", &url, &[("authorization", "Bearer anything")]);
     assert_eq!(forged.status, 401, "{forged:?}");
+}
+
+/// Envoy 1.39 (scripts/deps.sh installs it beside the venv's 1.40, for this test alone) lacks
+/// a callback the module binds (`log_v2`, new in 1.40): it refuses the module, naming the symbol.
+#[test]
+fn an_older_envoy_refuses_the_module() {
+    let dir = scratch_dir("module_old_envoy");
+    let old = jwtguard_demo::repo_root().join(".venv/envoy-1.39.3/envoy/_bin/envoy");
+    let version = Command::new(&old)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("{} (make deps installs it): {e}", old.display()));
+    assert!(String::from_utf8_lossy(&version.stdout).contains("/1.39.3/"), "{version:?}");
+    let key = KeyPair::generate(&dir, Algorithm::RS256, "k1");
+    let path = dir.join("config.json");
+    std::fs::write(&path, envoy_config(&plugin_config(&key), 9).to_string()).expect("write config");
+    let out = Command::new(&old).args(["--mode", "validate", "-c"]).arg(&path).output().expect("run envoy 1.39");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("Failed to load dynamic module")
+            && text.contains("undefined symbol: envoy_dynamic_module_callback_")
+            && !text.contains(ABI_MATCHED),
+        "Envoy 1.39 did not refuse the module, or did not say why:\n{text}"
+    );
 }
 
 #[test]

@@ -11,9 +11,9 @@ use jwtguard::host_crypto::{self, HostCrypto};
 use std::cell::RefCell;
 
 /// Keys parsed on this thread, by SubjectPublicKeyInfo: parsing an RSA key (its Montgomery
-/// constants) costs a good part of a verification, and a provider has few keys. Bounded:
-/// emptied when full, as after rotations.
-const PARSED_KEYS: usize = 32;
+/// constants) costs a good part of a verification, and a provider has few keys. Bounded, for
+/// all of the thread's configurations together: when full, the oldest goes.
+const PARSED_KEYS: usize = 64;
 
 /// A key ready to verify with; `Refused` for an RSA key of a size that verifies nothing.
 enum Parsed {
@@ -49,7 +49,7 @@ impl HostCrypto for NativeCrypto {
                         None => return Some(false),
                     };
                     if parsed.len() == PARSED_KEYS {
-                        parsed.clear();
+                        parsed.remove(0);
                     }
                     parsed.push((args.public_key.to_vec(), key));
                     parsed.len() - 1
@@ -57,9 +57,9 @@ impl HostCrypto for NativeCrypto {
             };
             let (_, key) = parsed.get(at)?;
             Some(match (key, args.hash) {
-                (Parsed::Rsa(key), b"sha256") => key.verify(Hash::Sha256, args.text, args.signature),
-                (Parsed::Rsa(key), b"sha384") => key.verify(Hash::Sha384, args.text, args.signature),
-                (Parsed::Rsa(key), b"sha512") => key.verify(Hash::Sha512, args.text, args.signature),
+                (Parsed::Rsa(key), b"sha256") => return key.verify(Hash::Sha256, args.text, args.signature),
+                (Parsed::Rsa(key), b"sha384") => return key.verify(Hash::Sha384, args.text, args.signature),
+                (Parsed::Rsa(key), b"sha512") => return key.verify(Hash::Sha512, args.text, args.signature),
                 (Parsed::Ecdsa(Curve::P256, key), b"sha256") | (Parsed::Ecdsa(Curve::P384, key), b"sha384") => {
                     key.verify_sig(args.text, args.signature).is_ok()
                 }
@@ -248,7 +248,8 @@ mod tests {
             em
         };
         let right = info(&sha256, &hash);
-        let no_null = [&[0x30, 0x2f, 0x30, 0x0b][..], &sha256[4..15], &hash].concat();
+        let no_null = [&[0x30, 0x2f, 0x30, 0x0b][..], &sha256[4..15], &[0x04, 0x20], &hash].concat();
+        let long_length = [&[0x30, 0x81, 0x31][..], &sha256[2..], &[0x04, 0x20], &hash].concat();
         let sha384_oid = [&sha256[..14], &[0x02], &sha256[15..]].concat();
         let mut one_fe = em(1, 0xff, &right);
         one_fe[100] = 0xfe;
@@ -256,31 +257,60 @@ mod tests {
             ("the RFC's encoding", em(1, 0xff, &right), true),
             ("block type 2", em(2, 0xff, &right), false),
             ("a 0xfe in the padding", one_fe, false),
-            ("DigestInfo without the NULL parameters", em(1, 0xff, &[&[0x04, 0x20][..], &hash].concat()), false),
-            ("no DigestInfo, the hash alone", em(1, 0xff, &hash), false),
-            ("DigestInfo with the NULL missing", em(1, 0xff, &[no_null.as_slice(), &[]].concat()), false),
+            ("DigestInfo without the NULL parameters", em(1, 0xff, &no_null), false),
+            ("DigestInfo's length in long form", em(1, 0xff, &long_length), false),
+            ("the hash as an OCTET STRING, no DigestInfo", em(1, 0xff, &[&[0x04, 0x20][..], &hash].concat()), false),
+            ("the hash alone", em(1, 0xff, &hash), false),
             ("SHA-384's identifier", em(1, 0xff, &info(&sha384_oid, &hash)), false),
             ("octets after the hash", em(1, 0xff, &[right.as_slice(), &[0; 8]].concat()), false),
             ("another hash", em(1, 0xff, &info(&sha256, &[0x5a; 32])), false),
         ];
+        let mut good = Vec::new();
         for (name, em, expected) in cases {
             assert_eq!(em.len(), 256, "{name}");
             let raw = dir.join("em.bin");
             std::fs::write(&raw, &em).expect("write");
             let key_file = dir.join("rs.pem");
             let out = std::process::Command::new("openssl")
-                .args(["rsautl", "-sign", "-raw", "-inkey"]) // pkeyutl takes only a hash's length
+                .args(["rsautl", "-sign", "-raw", "-inkey"]) // OpenSSL 3.0's pkeyutl takes only a hash's length
                 .arg(&key_file)
                 .arg("-in")
                 .arg(&raw)
                 .output()
-                .expect("openssl pkeyutl");
+                .expect("openssl rsautl");
             assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
             let token = format!("{input}.{}", encode(&out.stdout));
             let parsed = jws::parse(&token).expect("token");
             let (native, backend) = verify_with(key, Algorithm::RS256, &parsed, Some(&NativeCrypto));
             assert_eq!((native, backend), (expected, Backend::Host), "{name}");
             assert_eq!(verify_with(key, Algorithm::RS256, &parsed, None).0, expected, "{name}, RustCrypto");
+            if expected {
+                good = out.stdout;
+            }
+        }
+        // Straight to this module's crypto, past the core's range check (`canonical`): the same
+        // number in another length, and numbers not below the modulus.
+        let n = decode(pair.jwk()["n"].as_str().expect("n"));
+        let mut n_plus_one = n.clone();
+        *n_plus_one.last_mut().expect("n") += 1; // n is odd: no carry
+        let host_key = key.host_key.as_deref().expect("host key");
+        let native = |signature: &[u8]| {
+            NativeCrypto.verify_signature(&host_crypto::encode_arguments(
+                host_key,
+                "sha256",
+                signature,
+                input.as_bytes(),
+            ))
+        };
+        assert_eq!(native(&good), Some(true));
+        for (name, signature) in [
+            ("a leading zero octet more", [&[0][..], &good].concat()),
+            ("the first octet less", good[1..].to_vec()),
+            ("s = n", n),
+            ("s = n + 1", n_plus_one),
+            ("all ones", vec![0xff; 256]),
+        ] {
+            assert_eq!(native(&signature), Some(false), "{name}");
         }
     }
 

@@ -34,6 +34,26 @@ type Versioned = (Vec<u8>, u32);
 /// proxy-wasm's shared data, for the whole process, by key.
 static SHARED_DATA: LazyLock<Mutex<FastMap<String, Versioned>>> = LazyLock::new(Default::default);
 
+/// The shared data's users: how many live configurations have each namespace (identical
+/// configurations share one). The last to go takes the namespace's data with it, so that
+/// replaced configurations (every edit makes a new namespace) leave nothing behind.
+static NAMESPACES: LazyLock<Mutex<FastMap<String, usize>>> = LazyLock::new(Default::default);
+
+fn hold_namespace(namespace: &str) {
+    *lock(&NAMESPACES).entry(namespace.to_string()).or_default() += 1;
+}
+
+fn release_namespace(namespace: &str) {
+    let mut namespaces = lock(&NAMESPACES);
+    let Some(users) = namespaces.get_mut(namespace) else { return };
+    *users -= 1;
+    if *users == 0 {
+        namespaces.remove(namespace);
+        let prefix = format!("jwtguard.{namespace}.");
+        lock(&SHARED_DATA).retain(|key, _| !key.starts_with(&prefix));
+    }
+}
+
 /// Context ids of streams, unique in the process (the engine names requests by them).
 static NEXT_CONTEXT: AtomicU32 = AtomicU32::new(1);
 
@@ -367,6 +387,17 @@ impl Local {
     }
 }
 
+/// The configuration, its namespace (the prefix of its shared data) made from the SHA-256 of
+/// its bytes. The core names it with FNV-1a, which the .wasm's size budget keeps; in one Envoy
+/// process, where tenants may write their own configurations (Envoy Gateway), that is no barrier
+/// to one made to share another's key sets and revocation answers.
+fn parse_config(json: &[u8]) -> Result<Config, jwtguard::config::ConfigError> {
+    let mut config = Config::parse(json)?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, json);
+    config.namespace = digest.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    Ok(config)
+}
+
 /// Native crypto if it verifies the known answer right (as Envoy's is checked in wasm).
 fn native_crypto() -> Option<NativeCrypto> {
     let passed = host_crypto::self_test(&NativeCrypto);
@@ -409,7 +440,7 @@ fn local_for(shared: &Arc<Shared>) -> Option<Rc<Local>> {
         }
         locals.retain(|(s, _)| !s.destroyed.load(Relaxed));
         // The main thread parsed the same bytes before; it cannot fail here.
-        let config = Config::parse(&shared.json).ok()?;
+        let config = parse_config(&shared.json).ok()?;
         let local = Rc::new(Local::new(config, shared.envoy, Some(shared.clone())).ok()?);
         locals.push((shared.clone(), local.clone()));
         Some(local)
@@ -433,7 +464,7 @@ impl FilterConfig {
     /// Parses `json`, the same configuration as the wasm build's plugin configuration. `None`
     /// (Envoy then refuses the configuration) after logging why.
     pub fn new(envoy: host::ConfigHandle, json: &[u8]) -> Option<FilterConfig> {
-        let config = match Config::parse(json) {
+        let config = match parse_config(json) {
             Ok(config) => config,
             Err(e) => {
                 error!("jwtguard: {e}");
@@ -466,6 +497,7 @@ impl FilterConfig {
             true => None,
             false => Some(Ticker::start(&shared, envoy.0.scheduler(), main.engine.tick_ms())?),
         };
+        hold_namespace(&main.engine.namespace);
         let main = Rc::new(main);
         Some(FilterConfig { shared, main, ticker })
     }
@@ -498,6 +530,7 @@ impl Drop for FilterConfig {
         }
         lock(&self.shared.parked.0).clear();
         self.shared.destroyed.store(true, Relaxed);
+        release_namespace(&self.main.engine.namespace);
     }
 }
 
@@ -514,15 +547,17 @@ impl Filter {
         self.local.state.shared.get()
     }
 
-    pub fn on_request_headers(&self, end_of_stream: bool) -> abi::HeadersStatus {
-        let Some(stream) = self.local.enter(self.context_id) else { return abi::HEADERS_STOP_ITERATION };
+    /// `None` when the request cannot be judged at all (the caller answers 500).
+    pub fn on_request_headers(&self, end_of_stream: bool) -> Option<abi::HeadersStatus> {
+        let stream = self.local.enter(self.context_id)?;
         let state = &self.local.state;
         let dispatch = |c: &str, h: Vec<(&str, &str)>, b: Option<&[u8]>, t| state.dispatch(c, h, b, t);
         let engine = &self.local.engine;
         engine.sync_keys_if_due();
         state.answered.set(0);
-        // Only this hook fills it, and Envoy runs no other stream's hook inside one.
-        let Ok(mut headers) = self.local.headers.try_borrow_mut() else { return abi::HEADERS_STOP_ITERATION };
+        // Only this hook fills it; settling other requests inside it runs no request-headers hook
+        // of this configuration. Were it ever re-entered, the inner request gets the 500.
+        let mut headers = self.local.headers.try_borrow_mut().ok()?;
         match self.shared() {
             Some(shared) => stream.headers_named(&shared.request_headers, &mut headers),
             None => headers.clear(),
@@ -532,7 +567,7 @@ impl Filter {
             // request whose headers it cannot read, rather than let through unchecked.
             engine.deny(jwtguard::reason::Reason::Malformed, None);
             engine.flush_stats();
-            return abi::HEADERS_STOP_ITERATION;
+            return Some(abi::HEADERS_STOP_ITERATION);
         }
         let (action, callout) = engine.handle(self.context_id, false, &headers, None, &dispatch);
         drop(headers);
@@ -540,7 +575,7 @@ impl Filter {
             state.record(token, self.context_id, callout);
         }
         engine.flush_stats();
-        match action {
+        Some(match action {
             Action::Continue => abi::HEADERS_CONTINUE,
             Action::Pause if state.answered.get() == self.context_id => abi::HEADERS_STOP_ITERATION,
             Action::Pause => {
@@ -555,7 +590,7 @@ impl Filter {
                     abi::HEADERS_STOP_ALL_ITERATION_AND_WATERMARK
                 }
             }
-        }
+        })
     }
 
     /// Makes the waiting stream reachable by the ticker and by wakes.
@@ -645,5 +680,39 @@ impl Ticker {
         self.stop.store(true, Relaxed);
         self.thread.thread().unpark();
         drop(self.thread.join());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_namespace_is_the_configurations_sha256() {
+        let json = br#"{"providers": {"p": {"hmac_secrets": [{"secret": "0123456789abcdef0123456789abcdef"}]}}}"#;
+        let config = parse_config(json).expect("config");
+        // The first 16 octets, as `printf '%s' "$json" | sha256sum` prints them.
+        assert_eq!(config.namespace, "906ab610c09e59ac0ff357a756db985b");
+        assert_ne!(Config::parse(json).expect("config").namespace, config.namespace, "the core's is FNV-1a");
+    }
+
+    #[test]
+    fn the_last_configuration_of_a_namespace_takes_its_shared_data() {
+        let put = |key: &str| lock(&SHARED_DATA).insert(key.to_string(), (vec![1], 1));
+        let has = |key: &str| lock(&SHARED_DATA).contains_key(key);
+        hold_namespace("t1");
+        hold_namespace("t1");
+        hold_namespace("t10");
+        for key in ["jwtguard.t1.jwks.p", "jwtguard.t1.rev.7", "jwtguard.t10.jwks.p"] {
+            put(key);
+        }
+        release_namespace("t1");
+        assert!(has("jwtguard.t1.jwks.p"), "an identical configuration still uses it");
+        release_namespace("t1");
+        assert!(!has("jwtguard.t1.jwks.p") && !has("jwtguard.t1.rev.7"));
+        assert!(has("jwtguard.t10.jwks.p"), "another namespace's data stays, though its name starts alike");
+        release_namespace("t1"); // no users left: nothing to do
+        release_namespace("t10");
+        assert!(!has("jwtguard.t10.jwks.p"));
     }
 }

@@ -186,7 +186,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     guard("on_http_filter_request_headers", deny, || {
         // SAFETY: a pointer from filter_new, alive until filter_destroy.
         match unsafe { module_ref::<Filter>(filter) } {
-            Some(filter) => filter.on_request_headers(end_of_stream),
+            Some(filter) => filter.on_request_headers(end_of_stream).unwrap_or_else(deny),
             None => deny(),
         }
     })

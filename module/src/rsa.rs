@@ -94,48 +94,65 @@ impl PublicKey {
             let mont = with_scratch(|ctx| ffi::BN_MONT_CTX_new_for_modulus(n, ctx)).unwrap_or(std::ptr::null_mut());
             let key = PublicKey { rsa, mont, size: ffi::BN_num_bytes(n) as usize };
             if key.mont.is_null() {
+                reset_scratch();
                 return None;
             }
             Some(if BITS.contains(&ffi::BN_num_bits(n)) { Ok(key) } else { Err(()) })
         }
     }
 
-    /// Whether `signature` is this key's RSASSA-PKCS1-v1_5 signature of `text` with `hash`.
-    pub fn verify(&self, hash: Hash, text: &[u8], signature: &[u8]) -> bool {
+    /// Whether `signature` is this key's RSASSA-PKCS1-v1_5 signature of `text` with `hash`;
+    /// `None` if aws-lc could not compute it (allocation), so that RustCrypto decides.
+    pub fn verify(&self, hash: Hash, text: &[u8], signature: &[u8]) -> Option<bool> {
         if signature.len() != self.size {
-            return false;
+            return Some(false);
         }
         // EM = 0x00 || 0x01 || PS (0xff, at least 8) || 0x00 || DigestInfo (RFC 8017 §9.2).
         let (info, info_len) = hash.digest_info(text);
         let Some(padding) = self.size.checked_sub(info_len + 3).filter(|p| *p >= 8) else {
-            return false;
+            return Some(false);
         };
         // On the stack: `size` is at most 1024 octets (8192 bits).
         let (mut expected, mut em) = ([0xff; 1024], [0; 1024]);
         let (Some(expected), Some(em)) = (expected.get_mut(..self.size), em.get_mut(..self.size)) else {
-            return false;
+            return Some(false);
         };
         expected[0] = 0;
         expected[1] = 1;
         expected[2 + padding] = 0;
         expected[3 + padding..].copy_from_slice(&info[..info_len]);
+        // `Some(s < n)`, and then `em` holds m; `None` if aws-lc failed.
         // SAFETY: `signature` and `em` are valid for `size` octets; the key's fields live as
         // long as it does; BN_CTX_start/end bracket the scratch bignums' use.
-        let computed = with_scratch(|ctx| unsafe {
+        let in_range = with_scratch(|ctx| unsafe {
             ffi::BN_CTX_start(ctx);
             let (s, m) = (ffi::BN_CTX_get(ctx), ffi::BN_CTX_get(ctx));
             let (n, e) = (ffi::RSA_get0_n(self.rsa), ffi::RSA_get0_e(self.rsa));
-            // RSAVP1: s < n, m = s^e mod n; then I2OSP(m, k).
-            let ok = !s.is_null()
-                && !m.is_null()
-                && !ffi::BN_bin2bn(signature.as_ptr(), signature.len(), s).is_null()
-                && ffi::BN_ucmp(s, n) < 0
-                && ffi::BN_mod_exp_mont(m, s, e, n, ctx, self.mont) == 1
-                && ffi::BN_bn2bin_padded(em.as_mut_ptr(), em.len(), m) == 1;
+            // RSAVP1: s < n, m = s^e mod n; then I2OSP(m, k), which fits as m < n.
+            let outcome =
+                if s.is_null() || m.is_null() || ffi::BN_bin2bn(signature.as_ptr(), signature.len(), s).is_null() {
+                    None
+                } else if ffi::BN_ucmp(s, n) >= 0 {
+                    Some(false)
+                } else if ffi::BN_mod_exp_mont(m, s, e, n, ctx, self.mont) == 1
+                    && ffi::BN_bn2bin_padded(em.as_mut_ptr(), em.len(), m) == 1
+                {
+                    Some(true)
+                } else {
+                    None
+                };
             ffi::BN_CTX_end(ctx);
-            ok
-        });
-        computed == Some(true) && em == expected
+            outcome
+        })
+        .flatten();
+        match in_range {
+            Some(true) => Some(em == expected),
+            Some(false) => Some(false),
+            None => {
+                reset_scratch();
+                None
+            }
+        }
     }
 }
 
@@ -153,4 +170,10 @@ fn with_scratch<T>(f: impl FnOnce(*mut ffi::BN_CTX) -> T) -> Option<T> {
         }
         scratch.as_ref().map(|s| f(s.0))
     })
+}
+
+/// Drops this thread's `BN_CTX` after a failure: one that failed once fails from then on (aws-lc
+/// keeps its error), so the next use makes a new one.
+fn reset_scratch() {
+    SCRATCH.with(|scratch| scratch.borrow_mut().take());
 }

@@ -53,7 +53,7 @@ struct Sample {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
-    let rounds: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let rounds: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
     match args.get(1).map(String::as_str) {
         Some("filter") => filter(seconds, rounds, args.get(4).map(String::as_str)),
         Some("status") => status(seconds, rounds),
@@ -295,27 +295,35 @@ fn filter(seconds: u32, rounds: usize, only: Option<&str>) {
     };
     let mut feed = BUILDS.map(|_| (0.0, 0));
     let baseline_url = envoy.url(&variants[0].listener.name, "/");
+    // The groups, in order: runs of variants (after the baseline) with the same `group`.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for i in 1..variants.len() {
+        match groups.last_mut() {
+            Some(last) if variants[last[0]].group == variants[i].group => last.push(i),
+            _ => groups.push(vec![i]),
+        }
+    }
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds}");
-        let mut baseline_cpu = 0.0;
-        for (i, v) in variants.iter().enumerate() {
-            if i == 0 || v.group != variants[i - 1].group {
-                let mut sample = run_wrk(&envoy, &baseline_url, &variants[0], seconds, 0.0);
-                baseline_cpu = sample.cpu_us_per_req;
-                sample.baseline_cpu = baseline_cpu;
-                samples[0].push(sample);
+        for group in &groups {
+            let mut baseline = run_wrk(&envoy, &baseline_url, &variants[0], seconds, 0.0);
+            baseline.baseline_cpu = baseline.cpu_us_per_req;
+            let baseline_cpu = baseline.cpu_us_per_req;
+            samples[0].push(baseline);
+            // Every other round backwards, so that no variant always runs first after the
+            // baseline or last before the next one.
+            let order: Vec<usize> = if round % 2 == 0 { group.iter().rev().copied().collect() } else { group.clone() };
+            for i in order {
+                let v = &variants[i];
+                let build = BUILDS.iter().position(|&b| v.listener.name == format!("{FEED_VARIANT}_{}", label(b)));
+                let before = build.map_or(0, |b| callouts(&envoy, BUILDS[b]));
+                let sample = run_wrk(&envoy, &envoy.url(&v.listener.name, "/"), v, seconds, baseline_cpu);
+                if let Some(b) = build {
+                    feed[b].1 += callouts(&envoy, BUILDS[b]) - before;
+                    feed[b].0 += sample.rps * f64::from(seconds);
+                }
+                samples[i].push(sample);
             }
-            if i == 0 {
-                continue;
-            }
-            let build = BUILDS.iter().position(|&b| v.listener.name == format!("{FEED_VARIANT}_{}", label(b)));
-            let before = build.map_or(0, |b| callouts(&envoy, BUILDS[b]));
-            let sample = run_wrk(&envoy, &envoy.url(&v.listener.name, "/"), v, seconds, baseline_cpu);
-            if let Some(b) = build {
-                feed[b].1 += callouts(&envoy, BUILDS[b]) - before;
-                feed[b].0 += sample.rps * f64::from(seconds);
-            }
-            samples[i].push(sample);
         }
     }
     let rss_all = rss_kib(envoy.pid());
@@ -453,9 +461,14 @@ fn latency_ms(v: &str) -> f64 {
     }
 }
 
+/// The median; of an even count, the mean of the middle two. NaN for none.
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 0 => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+        n => xs[n / 2],
+    }
 }
 
 fn report(variants: &[Variant], samples: &[Vec<Sample>], seconds: u32, rounds: usize) {
@@ -480,7 +493,7 @@ fn report(variants: &[Variant], samples: &[Vec<Sample>], seconds: u32, rounds: u
             v.name,
             med(i, |s| s.rps),
             cpu,
-            cpu / base_cpu,
+            1.0 + overhead(i) / base_cpu,
             overhead(i),
             vs_native,
             med(i, |s| s.p99_ms)
