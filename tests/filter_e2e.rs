@@ -538,14 +538,17 @@ fn hostile_input_never_kills_the_vm() {
         text.contains("\"x-jwt-sub\":\"alice\"") && !text.contains("mallory") && !text.contains("eve"),
         "a forged copy reached upstream: {text}"
     );
-    // More headers than the module reads on its stack (32), the wanted ones last; then a
-    // request with few again, whose headers reuse the first one's buffers.
+    // More headers than the module reads on its stack (32), the wanted ones last; then the same
+    // without a token, and a request with few headers and no token, whose headers reuse the
+    // earlier ones' buffers: nothing of an earlier request may count.
     let filler: String = (0..40).map(|i| format!("x-filler-{i}: {i}\r\n")).collect();
     let (status, text) = raw(format!("{filler}x-jwt-sub: mallory\r\nauthorization: Bearer {good}\r\n").as_bytes());
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"x-jwt-sub\":\"alice\"") && !text.contains("mallory"), "{text}");
     let (status, text) = raw(format!("{filler}x-jwt-sub: mallory\r\n").as_bytes());
     assert_eq!(status, 401, "no token among many headers: {text}");
+    let (status, text) = raw(b"");
+    assert_eq!(status, 401, "no token after requests that had one: {text}");
     assert_eq!(get(e, "main", "/api", &[("authorization", &bearer(&good))]).status, 200, "VM still serves");
     assert!(!e.log_text().contains("panicked"), "a panic was logged");
 }

@@ -106,8 +106,9 @@ fn an_older_envoy_refuses_the_module() {
     let out = Command::new(&old).args(["--mode", "validate", "-c"]).arg(&path).output().expect("run envoy 1.39");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(
-        text.contains("Failed to load dynamic module")
-            && text.contains("undefined symbol: envoy_dynamic_module_callback_")
+        !out.status.success()
+            && text.contains("Failed to load dynamic module")
+            && text.contains("undefined symbol: envoy_dynamic_module_callback_log_v2")
             && !text.contains(ABI_MATCHED),
         "Envoy 1.39 did not refuse the module, or did not say why:\n{text}"
     );

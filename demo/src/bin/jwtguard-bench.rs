@@ -6,8 +6,9 @@
 //! machine is Envoy's CPU time per request (from /proc), so that is the headline, always as a
 //! ratio to the no-auth baseline and to Envoy's native `jwt_authn` measured in the same run.
 //!
-//! Usage: jwtguard-bench filter [SECONDS_PER_RUN] [ROUNDS] [ONLY]   (defaults 5 and 3; ONLY: run
-//!        just the variants whose name contains it, and the baseline, e.g. `module`)
+//! Usage: jwtguard-bench filter [SECONDS_PER_RUN] [ROUNDS] [ONLY]   (defaults 5 and 4: an even
+//!        count runs each group as often backwards as forwards; ONLY: run just the variants
+//!        whose name contains it, and the baseline, e.g. `module`)
 //!        jwtguard-bench status [SECONDS_PER_RUN] [ROUNDS]   (the revocation service's status
 //!        endpoint against `redis-benchmark -t get` on the same Redis)
 //! See bench/README.md.
@@ -53,7 +54,7 @@ struct Sample {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
-    let rounds: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
+    let rounds: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(4).max(1);
     match args.get(1).map(String::as_str) {
         Some("filter") => filter(seconds, rounds, args.get(4).map(String::as_str)),
         Some("status") => status(seconds, rounds),
