@@ -169,7 +169,7 @@ impl FetchState {
             in_flight_since_ms: 0,
             failures: 0,
             next_attempt_ms: 0,
-            refetch_requested: false,
+            refetch_requested: self.asked_during_fetch(),
             fetched_ms: now,
             completed_ms: now,
             ..self.clone()
@@ -177,8 +177,8 @@ impl FetchState {
     }
 
     /// After a failed fetch: retry after `failed_refetch_ms`, doubling up to `max_backoff_ms`.
-    /// A refetch asked for by an unknown kid has had its answer (the next unknown kid may ask
-    /// again once the rate limit allows).
+    /// A refetch asked for by an unknown kid before the fetch started has had its answer (the
+    /// next unknown kid may ask again once the rate limit allows).
     pub fn failed(&self, now: u64, cfg: &RemoteJwks) -> FetchState {
         let failures = self.failures.saturating_add(1);
         let backoff =
@@ -187,7 +187,7 @@ impl FetchState {
             in_flight_since_ms: 0,
             failures,
             next_attempt_ms: now.saturating_add(backoff),
-            refetch_requested: false,
+            refetch_requested: self.asked_during_fetch(),
             completed_ms: now,
             ..self.clone()
         }
@@ -211,6 +211,13 @@ impl FetchState {
     /// ask again (rate limit) can still wait for it, as the new key may be in it.
     pub fn fetch_pending(&self) -> bool {
         self.refetch_requested || self.in_flight_since_ms != 0
+    }
+
+    /// Whether an unknown `kid` asked for a refetch after the fetch in flight started: that
+    /// fetch may predate the new key, so the ask stands for the next one. Otherwise a request
+    /// that parked meanwhile would be refused when the older fetch ends.
+    fn asked_during_fetch(&self) -> bool {
+        self.refetch_requested && self.last_kid_refetch_ms > self.in_flight_since_ms
     }
 
     /// Whether a fetch ended at or after `since_ms` and none is pending: what a request that
@@ -384,6 +391,20 @@ mod tests {
         assert!(claimed.fetch_pending() && !claimed.settled_since(2_000), "under way");
         assert!(claimed.succeeded(2_050).settled_since(2_000));
         assert!(claimed.failed(2_050, &c).settled_since(2_000), "a failed refetch is an answer too");
+    }
+
+    #[test]
+    fn an_ask_during_a_fetch_waits_for_the_next_one() {
+        let c = cfg();
+        // A refresh under way since 2_000 (before the new key was published); a token with the
+        // new kid parks and asks at 2_100.
+        let refreshing = FetchState { in_flight_since_ms: 2_000, ..FetchState::default().succeeded(1_000) };
+        let asked = refreshing.ask_for_kid(2_100, &c).expect("ask");
+        for ended in [asked.succeeded(2_300), asked.failed(2_300, &c)] {
+            assert!(ended.fetch_pending() && !ended.settled_since(2_100), "the older fetch is not its answer");
+        }
+        let next = asked.succeeded(2_300).claim(2_300, &c).expect("the next fetch starts at once");
+        assert!(next.succeeded(2_600).settled_since(2_100) && !next.succeeded(2_600).fetch_pending());
     }
 
     #[test]

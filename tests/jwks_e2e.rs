@@ -471,7 +471,10 @@ fn a_rotation_waits_for_its_own_provider_refetch() {
         let asked = Instant::now();
         let r = get(&e, &token(published.last().unwrap()));
         eprintln!("round {round}: {} after {:?}, b fetches so far {}", r.status, asked.elapsed(), sb.fetches());
-        assert_eq!(r.status, 200, "round {round}: the new kid was refused before a's refetch: {r:?}");
+        // On failure, what provider a's fetches did (Envoy's log), to tell a refetch that ended
+        // early from a key that did not load.
+        let log = || e.log_text().lines().filter(|l| l.contains("provider a")).collect::<Vec<_>>().join("\n");
+        assert_eq!(r.status, 200, "round {round}: the new kid was refused before a's refetch: {r:?}\n{}", log());
     }
     assert!(sb.fetches() >= 3, "b refreshed meanwhile ({} fetches)", sb.fetches());
 }
