@@ -234,8 +234,10 @@ fn every_endpoint_on_standalone_redis() {
 fn every_endpoint_on_a_redis_cluster() {
     let dir = scratch_dir("revocation", "cluster");
     let cluster = RedisCluster::start(&dir);
-    let svc =
-        Service::start(&bin(), &dir, &args(&cluster.urls(), true, &["--min-replicas-ack", "1"])).expect("service");
+    // Every write must be acknowledged here: a bound well above the default 200 ms, which a
+    // replica under the whole suite's load on a 2-core machine has exceeded.
+    let extra = ["--min-replicas-ack", "1", "--wait-timeout-ms", "2000"];
+    let svc = Service::start(&bin(), &dir, &args(&cluster.urls(), true, &extra)).expect("service");
     let ttl_of = |key: &str| cluster.nodes[cluster.primary_for(key)].cli(&["TTL", key]).parse().unwrap_or(-99);
     exercise_every_endpoint(&svc, &dir, &ttl_of);
 }
