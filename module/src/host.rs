@@ -477,7 +477,7 @@ pub unsafe fn callout_answer(
     let mut body = Vec::new();
     for chunk in chunks {
         let bytes = chunk.as_bytes();
-        body.extend_from_slice(&bytes[..bytes.len().min(MAX_ANSWER_BYTES - body.len())]);
+        body.extend_from_slice(&bytes[..bytes.len().min(MAX_ANSWER_BYTES.saturating_sub(body.len()))]);
         if body.len() == MAX_ANSWER_BYTES {
             break;
         }

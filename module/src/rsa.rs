@@ -28,19 +28,22 @@ pub enum Hash {
 }
 
 impl Hash {
-    /// The `DigestInfo` of `text`'s hash: prefix then hash, at most 19 + 64 octets.
-    fn digest_info(self, text: &[u8]) -> ([u8; 83], usize) {
+    /// The `DigestInfo` of `text`'s hash: prefix then hash, at most 19 + 64 octets, and its
+    /// length. `None` only if that did not fit, which the sizes above rule out.
+    fn digest_info(self, text: &[u8]) -> Option<([u8; 83], usize)> {
         let (prefix, len, hash): (_, _, unsafe extern "C" fn(*const u8, usize, *mut u8) -> *mut u8) = match self {
             Hash::Sha256 => (SHA256_PREFIX, 32, ffi::SHA256),
             Hash::Sha384 => (SHA384_PREFIX, 48, ffi::SHA384),
             Hash::Sha512 => (SHA512_PREFIX, 64, ffi::SHA512),
         };
         let mut out = [0; 83];
-        out[..prefix.len()].copy_from_slice(prefix);
-        // SAFETY: `text` is readable for its length; `out` has room for `len` octets after the
-        // prefix, the size of this hash's output.
-        unsafe { hash(text.as_ptr(), text.len(), out[prefix.len()..].as_mut_ptr()) };
-        (out, prefix.len() + len)
+        let (head, rest) = out.split_at_mut_checked(prefix.len())?;
+        head.copy_from_slice(prefix);
+        let digest = rest.get_mut(..len)?;
+        // SAFETY: `text` is readable for its length; `digest` has room for `len` octets, the
+        // size of this hash's output.
+        unsafe { hash(text.as_ptr(), text.len(), digest.as_mut_ptr()) };
+        Some((out, prefix.len() + len))
     }
 }
 
@@ -108,7 +111,7 @@ impl PublicKey {
             return Some(false);
         }
         // EM = 0x00 || 0x01 || PS (0xff, at least 8) || 0x00 || DigestInfo (RFC 8017 §9.2).
-        let (info, info_len) = hash.digest_info(text);
+        let Some((info, info_len)) = hash.digest_info(text) else { return Some(false) };
         let Some(padding) = self.size.checked_sub(info_len + 3).filter(|p| *p >= 8) else {
             return Some(false);
         };
@@ -117,10 +120,18 @@ impl PublicKey {
         let (Some(expected), Some(em)) = (expected.get_mut(..self.size), em.get_mut(..self.size)) else {
             return Some(false);
         };
-        expected[0] = 0;
-        expected[1] = 1;
-        expected[2 + padding] = 0;
-        expected[3 + padding..].copy_from_slice(&info[..info_len]);
+        // Built without indexing, as everything on the request path: no panic, whatever the sizes.
+        let Some((head, tail)) = expected.split_at_mut_checked(padding + 3) else { return Some(false) };
+        let Some(digest_info) = info.get(..info_len).filter(|d| d.len() == tail.len()) else { return Some(false) };
+        for (at, octet) in head.iter_mut().enumerate() {
+            *octet = match at {
+                0 => 0,
+                1 => 1,
+                at if at == padding + 2 => 0,
+                _ => 0xff,
+            };
+        }
+        tail.copy_from_slice(digest_info);
         // `Some(s < n)`, and then `em` holds m; `None` if aws-lc failed.
         // SAFETY: `signature` and `em` are valid for `size` octets; the key's fields live as
         // long as it does; BN_CTX_start/end bracket the scratch bignums' use.
