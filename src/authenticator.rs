@@ -5,7 +5,7 @@
 use crate::cache::TokenCache;
 use crate::claims::{self, Lifetime};
 use crate::config::{Config, Provider, Requirement};
-use crate::extract::{self, Location, RequestHeaders};
+use crate::extract::{self, Found, Location};
 use crate::host_crypto::HostCrypto;
 use crate::jws;
 use crate::keys::Key;
@@ -35,7 +35,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// `:path`, query included.
     pub path: &'a str,
-    pub headers: &'a dyn RequestHeaders,
+    /// (name, value) pairs, names lower-case.
+    pub headers: &'a [(String, String)],
 }
 
 #[derive(Debug)]
@@ -90,6 +91,15 @@ pub struct Authenticator {
     keys: Vec<Vec<Key>>,
     /// What a logout route requires where no rule says: a token of any provider.
     any_provider: Rc<Requirement>,
+    /// One request's working lists, kept for their room: emptied after each request.
+    scratch: Scratch,
+}
+
+/// What `decide` works in: each provider's outcome, and the providers whose tokens verified.
+#[derive(Default)]
+struct Scratch {
+    outcomes: Vec<Option<Outcome>>,
+    verified: Vec<usize>,
 }
 
 impl Authenticator {
@@ -97,7 +107,7 @@ impl Authenticator {
         let caches = config.providers.iter().map(|p| TokenCache::new(p.jwt_cache_size)).collect();
         let keys = config.providers.iter().map(|p| p.keys.clone()).collect();
         let any_provider = Rc::new(Requirement::Any((0..config.providers.len()).map(Requirement::Provider).collect()));
-        Authenticator { config, caches, keys, any_provider }
+        Authenticator { config, caches, keys, any_provider, scratch: Scratch::default() }
     }
 
     /// Replaces provider `i`'s remote keys (its local ones stay); an empty set means none usable.
@@ -121,7 +131,13 @@ impl Authenticator {
         let rule_index = self.config.rules.iter().position(|r| r.matcher.matches(req.method, req.path));
         let logout = self.logout_kind(req);
         let report_only = rule_index.is_some_and(|i| self.config.rules[i].report_only) && logout.is_none();
-        match self.decide(req, rule_index, logout, now, host, tally) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.outcomes.resize_with(self.config.providers.len(), || None);
+        let decision = self.decide(req, rule_index, logout, now, host, tally, &mut scratch);
+        scratch.outcomes.clear();
+        scratch.verified.clear();
+        self.scratch = scratch;
+        match decision {
             Decision::Deny { reason, .. } | Decision::AwaitKeys { reason, .. } if report_only => {
                 Decision::Report { reason }
             }
@@ -135,6 +151,7 @@ impl Authenticator {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &mut self,
         req: &Request,
@@ -143,6 +160,7 @@ impl Authenticator {
         now: u64,
         host: Option<&dyn HostCrypto>,
         tally: &mut Tally,
+        scratch: &mut Scratch,
     ) -> Decision {
         let rule = rule_index.map(|i| &self.config.rules[i]);
         let requirement = match (rule.and_then(|r| r.requires.clone()), logout) {
@@ -151,10 +169,10 @@ impl Authenticator {
             (None, Some(_)) => self.any_provider.clone(),
             (None, None) => return Decision::Pass,
         };
-        let mut outcomes: Vec<Option<Outcome>> = (0..self.config.providers.len()).map(|_| None).collect();
-        let mut run = Run { auth: self, req, now, host, tally, outcomes: &mut outcomes };
-        let verified = match run.evaluate(&requirement) {
-            Ok(v) => v,
+        let Scratch { outcomes, verified } = scratch;
+        let mut run = Run { auth: self, req, now, host, tally, outcomes };
+        match run.evaluate(&requirement, verified) {
+            Ok(()) => {}
             Err(reason @ (Reason::UnknownKey | Reason::KeysUnavailable)) => {
                 let providers = outcomes
                     .iter()
@@ -172,7 +190,7 @@ impl Authenticator {
         let required_claims = rule.map_or(&[][..], |r| &r.required_claims[..]);
         if let Some(failed) = required_claims
             .iter()
-            .find(|c| !verified.iter().any(|&i| claims_of(&outcomes, i).is_some_and(|m| c.is_met(m))))
+            .find(|c| !verified.iter().any(|&i| claims_of(outcomes, i).is_some_and(|m| c.is_met(m))))
         {
             if verified.is_empty() {
                 return Decision::Deny { reason: Reason::Missing, scope: None };
@@ -183,11 +201,14 @@ impl Authenticator {
         let mut headers = Vec::new();
         let mut strip = Vec::new();
         let mut tokens = Vec::new();
-        for i in verified {
+        for &i in verified.iter() {
             if let Some(Outcome::Verified(v, location)) = &outcomes[i] {
                 headers.extend(v.headers.iter().cloned());
-                if let (false, Location::Header(name)) = (self.config.providers[i].forward, location) {
-                    strip.push(name.clone());
+                let provider = &self.config.providers[i];
+                if let (false, Location::Header(source)) = (provider.forward, location) {
+                    if let Some(source) = provider.sources.headers.get(*source) {
+                        strip.push(source.name.clone());
+                    }
                 }
                 tokens.push(v.clone());
             }
@@ -239,43 +260,48 @@ struct Run<'a, 'r> {
 }
 
 impl Run<'_, '_> {
-    /// `Ok` with the indexes of the providers whose tokens verified, or the reason to deny.
-    fn evaluate(&mut self, requirement: &Requirement) -> Result<Vec<usize>, Reason> {
+    /// `Ok` with the indexes of the providers whose tokens verified added to `verified`, or
+    /// the reason to deny. On `Err` `verified` may hold some of them: an `Any` that goes on to
+    /// another alternative takes them out again, and a failed evaluation uses none.
+    fn evaluate(&mut self, requirement: &Requirement, verified: &mut Vec<usize>) -> Result<(), Reason> {
         match requirement {
             Requirement::Provider(i) => match self.outcome(*i) {
-                Outcome::Verified(..) => Ok(vec![*i]),
+                Outcome::Verified(..) => {
+                    verified.push(*i);
+                    Ok(())
+                }
                 Outcome::Missing => Err(Reason::Missing),
                 Outcome::Failed(reason) => Err(*reason),
             },
             // Every requirement is evaluated even after one failed, so a request that lacks keys
             // of several providers waits for (and asks refetches of) all of them at once.
             Requirement::All(list) => {
-                let mut verified = Vec::new();
                 let mut worst: Option<Reason> = None;
                 for r in list {
-                    match self.evaluate(r) {
-                        Ok(v) => verified.extend(v),
+                    match self.evaluate(r, verified) {
+                        Ok(()) => {}
                         Err(reason) if worst.is_none_or(|w| reason.severity() > w.severity()) => worst = Some(reason),
                         Err(_) => {}
                     }
                 }
-                worst.map_or(Ok(verified), Err)
+                worst.map_or(Ok(()), Err)
             }
             Requirement::Any(list) => {
                 let mut worst = Reason::Missing;
+                let before = verified.len();
                 for r in list {
-                    match self.evaluate(r) {
-                        Ok(v) => return Ok(v),
+                    match self.evaluate(r, verified) {
+                        Ok(()) => return Ok(()),
                         Err(reason) if reason.severity() > worst.severity() => worst = reason,
                         Err(_) => {}
                     }
+                    verified.truncate(before);
                 }
                 Err(worst)
             }
             // Both look at every provider: a present token must still be a good one
             // (allow_missing), or is used only if it verifies (allow_missing_or_failed).
             Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
-                let mut verified = Vec::new();
                 for i in 0..self.auth.config.providers.len() {
                     match self.outcome(i) {
                         Outcome::Verified(..) => verified.push(i),
@@ -284,7 +310,7 @@ impl Run<'_, '_> {
                         Outcome::Failed(_) => {}
                     }
                 }
-                Ok(verified)
+                Ok(())
             }
         }
     }
@@ -299,11 +325,10 @@ impl Run<'_, '_> {
 
     fn check_provider(&mut self, i: usize) -> Outcome {
         let provider = &self.auth.config.providers[i];
-        let mut tokens = extract::extract(&provider.sources, self.req.headers, self.req.path);
-        let (token, location) = match tokens.len() {
-            0 => return Outcome::Missing,
-            1 => tokens.remove(0),
-            _ => return Outcome::Failed(Reason::MultipleTokens),
+        let (token, location) = match extract::extract(&provider.sources, self.req.headers, self.req.path) {
+            Found::None => return Outcome::Missing,
+            Found::One(token, location) => (token, location),
+            Found::Several => return Outcome::Failed(Reason::MultipleTokens),
         };
         if token.len() > self.auth.config.max_token_bytes {
             return Outcome::Failed(Reason::Malformed);
@@ -423,6 +448,9 @@ mod tests {
                 {"match": {"prefix": "/all"}, "requires": {"requires_all": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}}},
                 {"match": {"prefix": "/optional"}, "requires": {"allow_missing": {}}},
                 {"match": {"prefix": "/lenient"}, "requires": {"allow_missing_or_failed": {}}},
+                {"match": {"prefix": "/nested"}, "requires": {"requires_any": {"requirements": [
+                    {"requires_all": {"requirements": [{"provider_name": "a"}, {"provider_name": "b"}]}},
+                    {"provider_name": "a"}]}}},
                 {"match": {"prefix": "/health"}, "requires": {"provider_name": "a"}, "revocation": {"disabled": true}},
                 {"match": {"prefix": "/admin"}, "requires": {"provider_name": "a"}, "revocation": {"failure_mode": "closed"},
                  "required_claims": [{"claim_name": "scope", "contains": "admin"}]},
@@ -633,6 +661,41 @@ mod tests {
             panic!()
         };
         assert_eq!(tokens.len(), 1, "the failed token is ignored, the good one used");
+    }
+
+    /// An alternative of `requires_any` that failed leaves nothing behind: here the `requires_all`
+    /// verified a's token before b's was missing, and the second alternative verified it again.
+    #[test]
+    fn a_failed_alternative_adds_no_token() {
+        let mut auth = authenticator();
+        let a = format!("Bearer {}", token(A, "ia", json!({})));
+        for _ in 0..2 {
+            let Decision::Allow { tokens, headers, .. } = run(&mut auth, "GET", "/nested", &[("authorization", &a)])
+            else {
+                panic!("not allowed")
+            };
+            assert_eq!(tokens.len(), 1);
+            assert_eq!(headers, vec![("x-sub".to_string(), "alice".to_string())]);
+        }
+    }
+
+    /// A provider with `forward: false` strips the header its token came in, of several sources.
+    #[test]
+    fn the_token_is_stripped_from_the_header_it_came_in() {
+        let config = json!({
+            "providers": {"a": {"issuer": "ia", "hmac_secrets": [{"secret": A}],
+                                "from_headers": [{"name": "x-first"}, {"name": "x-second", "value_prefix": "T "}]}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "a"}}]
+        });
+        let mut auth = Authenticator::new(Config::parse(config.to_string().as_bytes()).unwrap());
+        let t = token(A, "ia", json!({}));
+        for (header, value, stripped) in [("x-first", t.clone(), "x-first"), ("x-second", format!("T {t}"), "x-second")]
+        {
+            let Decision::Allow { strip, .. } = run(&mut auth, "GET", "/", &[(header, &value)]) else {
+                panic!("not allowed")
+            };
+            assert_eq!(strip, vec![stripped.to_string()]);
+        }
     }
 
     #[test]

@@ -28,37 +28,44 @@ impl Sources {
 }
 
 /// Where one token was found, so the filter can strip it when `forward` is off.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Location {
-    Header(String),
+    /// The header source at this index of `Sources::headers`.
+    Header(usize),
     Param,
     Cookie,
 }
 
-/// The request headers as extraction reads them; the glue fetches them from the host once.
-pub trait RequestHeaders {
-    /// Every value of the header, in order (a header may be repeated).
-    fn values(&self, lower_case_name: &str) -> Vec<&str>;
+/// What the sources yield. Two or more tokens mean the client used more than one method
+/// (RFC 6750 §2: a 400); the same token twice (an app that sends header and cookie alike) also
+/// counts, as RFC 6750 forbids it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found<'a> {
+    None,
+    One(&'a str, Location),
+    Several,
 }
 
-/// Headers as the (name, value) pairs the host hands over, names already lower-case.
-impl<T: AsRef<[(String, String)]>> RequestHeaders for T {
-    fn values(&self, name: &str) -> Vec<&str> {
-        self.as_ref().iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+impl<'a> Found<'a> {
+    fn add(&mut self, token: &'a str, location: Location) {
+        *self = match self {
+            Found::None => Found::One(token, location),
+            _ => Found::Several,
+        };
     }
 }
 
-/// Every token the sources yield, each with where it came from. Two or more distinct tokens
-/// mean the client used more than one method (RFC 6750 §2: a 400); the same token twice
-/// (an app that sends header and cookie alike) also counts, as RFC 6750 forbids it too.
-pub fn extract<'a>(sources: &Sources, headers: &'a dyn RequestHeaders, path: &'a str) -> Vec<(&'a str, Location)> {
-    let mut found = Vec::new();
-    for source in &sources.headers {
-        for value in headers.values(&source.name) {
+/// The request's token from `sources`, and where it came from. `headers` are the (name, value)
+/// pairs the host hands over, names already lower-case. Allocates nothing: it runs on every
+/// request.
+pub fn extract<'a>(sources: &Sources, headers: &'a [(String, String)], path: &'a str) -> Found<'a> {
+    let mut found = Found::None;
+    for (index, source) in sources.headers.iter().enumerate() {
+        for value in values(headers, &source.name) {
             if let Some(token) = strip_prefix_ignore_case(value, &source.value_prefix) {
                 let token = token.trim();
                 if !token.is_empty() {
-                    found.push((token, Location::Header(source.name.clone())));
+                    found.add(token, Location::Header(index));
                 }
             }
         }
@@ -69,23 +76,28 @@ pub fn extract<'a>(sources: &Sources, headers: &'a dyn RequestHeaders, path: &'a
             for pair in query.split('&') {
                 let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
                 if !value.is_empty() && sources.params.iter().any(|p| p == name) {
-                    found.push((value, Location::Param));
+                    found.add(value, Location::Param);
                 }
             }
         }
     }
     if !sources.cookies.is_empty() {
-        for cookie_header in headers.values("cookie") {
+        for cookie_header in values(headers, "cookie") {
             for pair in cookie_header.split(';') {
                 let (name, value) = pair.trim().split_once('=').unwrap_or((pair.trim(), ""));
                 let value = value.trim_matches('"');
                 if !value.is_empty() && sources.cookies.iter().any(|c| c == name) {
-                    found.push((value, Location::Cookie));
+                    found.add(value, Location::Cookie);
                 }
             }
         }
     }
     found
+}
+
+/// The values of header `name` (lower-case), in order: a header may be repeated.
+fn values<'a: 'n, 'n>(headers: &'a [(String, String)], name: &'n str) -> impl Iterator<Item = &'a str> + 'n {
+    headers.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// Auth schemes are case-insensitive (RFC 7235 §2.1), so `bearer x` counts as `Bearer x`.
@@ -106,29 +118,37 @@ mod tests {
     fn bearer_header_case_insensitive_scheme() {
         let s = Sources::default_bearer();
         let h = headers(&[("authorization", "bearer abc")]);
-        let got = extract(&s, &h, "/");
-        assert_eq!(got, vec![("abc", Location::Header("authorization".into()))]);
-        assert!(extract(&s, &headers(&[("authorization", "Basic abc")]), "/").is_empty());
-        assert!(extract(&s, &headers(&[("authorization", "Bearer ")]), "/").is_empty());
-        assert!(extract(&s, &headers(&[("authorization", "Bear")]), "/").is_empty());
-        assert!(extract(&s, &headers(&[("authorization", "Béarer x")]), "/").is_empty());
+        assert_eq!(extract(&s, &h, "/"), Found::One("abc", Location::Header(0)));
+        for value in ["Basic abc", "Bearer ", "Bear", "Béarer x"] {
+            assert_eq!(extract(&s, &headers(&[("authorization", value)]), "/"), Found::None, "{value}");
+        }
     }
 
     #[test]
     fn params_and_cookies() {
         let s = Sources { headers: vec![], params: vec!["token".into()], cookies: vec!["jwt".into()] };
         let h = headers(&[("cookie", "a=1; jwt=xyz; b=2")]);
-        let got = extract(&s, &h, "/p?x=1&token=abc#f");
-        assert_eq!(got, vec![("abc", Location::Param), ("xyz", Location::Cookie)]);
-        assert!(extract(&s, &headers(&[]), "/p?tokenx=1&token=").is_empty());
+        assert_eq!(extract(&s, &h, "/p?x=1&token=abc#f"), Found::Several);
+        assert_eq!(extract(&s, &h, "/p?x=1"), Found::One("xyz", Location::Cookie));
+        assert_eq!(extract(&s, &headers(&[]), "/p?x=1&token=abc#f"), Found::One("abc", Location::Param));
+        assert_eq!(extract(&s, &headers(&[]), "/p?tokenx=1&token="), Found::None);
     }
 
     #[test]
     fn two_methods_yield_two_tokens() {
         let s = Sources::default_bearer();
         let h = headers(&[("authorization", "Bearer a")]);
-        assert_eq!(extract(&s, &h, "/?access_token=a").len(), 2);
+        assert_eq!(extract(&s, &h, "/?access_token=a"), Found::Several);
         let repeated = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
-        assert_eq!(extract(&s, &repeated, "/").len(), 2, "a repeated header is two methods too");
+        assert_eq!(extract(&s, &repeated, "/"), Found::Several, "a repeated header is two methods too");
+        let second = Sources {
+            headers: vec![
+                HeaderSource { name: "x-a".into(), value_prefix: "".into() },
+                HeaderSource { name: "x-b".into(), value_prefix: "".into() },
+            ],
+            params: vec![],
+            cookies: vec![],
+        };
+        assert_eq!(extract(&second, &headers(&[("x-b", "t")]), "/"), Found::One("t", Location::Header(1)));
     }
 }

@@ -138,10 +138,13 @@ struct HostState {
     main: bool,
     /// The stats: defined by the main engine, looked up by name by the others.
     metrics: RefCell<Vec<Metric>>,
-    /// The request the engine's calls act on (context id and stream), and this thread's live
-    /// streams.
+    /// The request the engine's calls act on (context id and stream).
     current: Cell<Option<(u32, Stream)>>,
-    streams: RefCell<FastMap<u32, Stream>>,
+    /// The request whose hook runs, and this thread's waiting ones (parked, or with a callout in
+    /// flight): the requests the engine can make current. A request that never waits is never
+    /// in the map, which keeps a cache hit free of its upkeep.
+    foreground: Cell<Option<(u32, Stream)>>,
+    waiting: RefCell<FastMap<u32, Stream>>,
     /// The request that got the last local reply: a paused request that did not is waiting.
     answered: Cell<u32>,
     /// Native RS*/ES* verification, once it passed the self-test (RustCrypto otherwise).
@@ -161,7 +164,8 @@ impl HostState {
             shared: shared.map(OnceCell::from).unwrap_or_default(),
             envoy,
             current: Cell::new(None),
-            streams: RefCell::default(),
+            foreground: Cell::new(None),
+            waiting: RefCell::default(),
             answered: Cell::new(0),
             tokens: RefCell::default(),
             callouts: RefCell::default(),
@@ -210,6 +214,14 @@ impl HostState {
         self.callouts.borrow_mut().remove(&token)
     }
 
+    /// The stream of request `context_id`, if the engine may act on it.
+    fn stream(&self, context_id: u32) -> Option<Stream> {
+        match self.foreground.get() {
+            Some((id, stream)) if id == context_id => Some(stream),
+            _ => self.waiting.borrow().get(&context_id).copied(),
+        }
+    }
+
     fn metric(&self, id: u32) -> Option<(MetricKind, usize)> {
         self.metrics.borrow().get(id as usize).map(|m| (m.kind, m.id))
     }
@@ -224,7 +236,7 @@ impl engine::Host for ModuleHost {
     }
 
     fn set_effective_context(&self, context_id: u32) -> bool {
-        let stream = self.0.streams.borrow().get(&context_id).copied();
+        let stream = self.0.stream(context_id);
         self.0.current.set(stream.map(|s| (context_id, s)));
         stream.is_some()
     }
@@ -357,32 +369,36 @@ impl Local {
         Ok(Local { engine, state, headers: RefCell::default() })
     }
 
-    /// Makes `context_id`'s stream the current one (0: none, the main thread); false if gone.
-    fn enter(&self, context_id: u32) -> Option<Stream> {
-        let stream = self.state.streams.borrow().get(&context_id).copied();
-        self.state.current.set(stream.map(|s| (context_id, s)));
-        stream
+    /// Makes the hook's request current: `hook` is its context id and stream, `None` on the
+    /// main thread (the configuration's hooks).
+    fn enter(&self, hook: Option<(u32, Stream)>) {
+        self.state.foreground.set(hook);
+        self.state.current.set(hook);
     }
 
-    /// Runs the engine's tick in the hook of `hook`'s stream (0: the main thread); counts go to
-    /// Envoy, through that stream, before the hook returns.
-    fn tick(&self, hook: u32) {
+    /// Runs the engine's tick in `hook`'s hook (see `enter`); counts go to Envoy, through that
+    /// stream, before the hook returns.
+    fn tick(&self, hook: Option<(u32, Stream)>) {
         let state = &self.state;
+        self.enter(hook);
         let dispatch = |c: &str, h: Vec<(&str, &str)>, b: Option<&[u8]>, t| state.dispatch(c, h, b, t);
         self.engine.tick(&dispatch, &mut |token, ctx, callout| state.record(token, ctx, callout));
         self.enter(hook);
         self.engine.flush_stats();
     }
 
-    /// An answer to a callout sent from `context_id`'s stream (0: the configuration).
-    fn on_callout_done(&self, context_id: u32, id: u64, status: Option<u16>, body: Option<&[u8]>) {
+    /// An answer to a callout sent from `hook`'s stream (`None`: the configuration).
+    fn on_callout_done(&self, hook: Option<(u32, Stream)>, id: u64, status: Option<u16>, body: Option<&[u8]>) {
         let state = &self.state;
-        let Some((request, callout)) = state.take_callout(context_id, id) else { return };
+        self.enter(hook);
+        let Some((request, callout)) = state.take_callout(hook.map_or(0, |(context_id, _)| context_id), id) else {
+            return;
+        };
         let dispatch = |c: &str, h: Vec<(&str, &str)>, b: Option<&[u8]>, t| state.dispatch(c, h, b, t);
         self.engine.on_callout(callout, request, status, body, &dispatch, &mut |token, ctx, callout| {
             state.record(token, ctx, callout)
         });
-        self.enter(context_id);
+        self.enter(hook);
         self.engine.flush_stats();
     }
 }
@@ -506,19 +522,16 @@ impl FilterConfig {
     pub fn new_filter(&self, stream: Stream) -> Option<Filter> {
         let local = local_for(&self.shared)?;
         let context_id = NEXT_CONTEXT.fetch_add(1, Relaxed).max(1);
-        local.state.streams.borrow_mut().insert(context_id, stream);
-        Some(Filter { local, context_id, parked: Cell::new(None) })
+        Some(Filter { local, context_id, stream, parked: Cell::new(None) })
     }
 
     /// The ticker's turn on the main thread.
     pub fn on_scheduled(&self) {
-        self.main.enter(0);
-        self.main.tick(0);
+        self.main.tick(None);
     }
 
     pub fn on_callout_done(&self, id: u64, status: Option<u16>, body: Option<&[u8]>) {
-        self.main.enter(0);
-        self.main.on_callout_done(0, id, status, body);
+        self.main.on_callout_done(None, id, status, body);
     }
 }
 
@@ -538,7 +551,9 @@ impl Drop for FilterConfig {
 pub struct Filter {
     local: Rc<Local>,
     context_id: u32,
-    /// The worker it is parked on in `Shared::parked`, if it is.
+    stream: Stream,
+    /// The worker it is parked on in `Shared::parked` (and `waiting` in its `HostState`), if it
+    /// is.
     parked: Cell<Option<u32>>,
 }
 
@@ -549,7 +564,8 @@ impl Filter {
 
     /// `None` when the request cannot be judged at all (the caller answers 500).
     pub fn on_request_headers(&self, end_of_stream: bool) -> Option<abi::HeadersStatus> {
-        let stream = self.local.enter(self.context_id)?;
+        let stream = self.stream;
+        self.local.enter(Some((self.context_id, stream)));
         let state = &self.local.state;
         let dispatch = |c: &str, h: Vec<(&str, &str)>, b: Option<&[u8]>, t| state.dispatch(c, h, b, t);
         let engine = &self.local.engine;
@@ -583,7 +599,7 @@ impl Filter {
                 // forwards the body (and with it the request) before the answer comes. With
                 // flow control, not buffering: a buffered body over the connection's buffer
                 // limit would get Envoy's 413 while it waits.
-                self.park(stream);
+                self.park();
                 if end_of_stream {
                     abi::HEADERS_STOP_ITERATION
                 } else {
@@ -593,52 +609,56 @@ impl Filter {
         })
     }
 
-    /// Makes the waiting stream reachable by the ticker and by wakes.
-    fn park(&self, stream: Stream) {
+    /// Makes the waiting stream reachable by the engine, the ticker and wakes.
+    fn park(&self) {
         if let Some(shared) = self.shared() {
             if self.parked.get().is_none() {
-                let worker = stream.worker_index();
+                let worker = self.stream.worker_index();
                 self.parked.set(Some(worker));
-                shared.parked.insert(worker, self.context_id, stream.scheduler());
+                self.local.state.waiting.borrow_mut().insert(self.context_id, self.stream);
+                shared.parked.insert(worker, self.context_id, self.stream.scheduler());
             }
         }
     }
 
     /// The answer to a callout this stream sent. `status` is `None` when the callout failed.
     pub fn on_callout_done(&self, id: u64, status: Option<u16>, body: Option<&[u8]>) {
-        if self.local.enter(self.context_id).is_some() {
-            self.local.on_callout_done(self.context_id, id, status, body);
-        }
+        self.local.on_callout_done(Some((self.context_id, self.stream)), id, status, body);
     }
 
     /// The ticker's or a wake's turn on this worker.
     pub fn on_scheduled(&self) {
-        if self.local.enter(self.context_id).is_some() {
-            self.local.tick(self.context_id);
-        }
+        self.local.tick(Some((self.context_id, self.stream)));
     }
 }
 
 impl Drop for Filter {
     fn drop(&mut self) {
         let state = &self.local.state;
-        state.streams.borrow_mut().remove(&self.context_id);
         // Envoy cancels the stream's callouts: their answers never come, so neither does the
-        // hook that would take their records.
-        let mut callouts = state.callouts.borrow_mut();
-        state.tokens.borrow_mut().retain(|(context_id, _), token| {
-            let mine = *context_id == self.context_id;
-            if mine {
-                callouts.remove(token);
-            }
-            !mine
-        });
-        drop(callouts);
-        if state.current.get().is_some_and(|(id, _)| id == self.context_id) {
-            state.current.set(None);
+        // hook that would take their records. (Most streams have none: no scan then.)
+        let mut tokens = state.tokens.borrow_mut();
+        if !tokens.is_empty() {
+            let mut callouts = state.callouts.borrow_mut();
+            tokens.retain(|(context_id, _), token| {
+                let mine = *context_id == self.context_id;
+                if mine {
+                    callouts.remove(token);
+                }
+                !mine
+            });
         }
-        if let (Some(worker), Some(shared)) = (self.parked.get(), self.shared()) {
-            shared.parked.remove(worker, self.context_id);
+        drop(tokens);
+        for slot in [&state.current, &state.foreground] {
+            if slot.get().is_some_and(|(id, _)| id == self.context_id) {
+                slot.set(None);
+            }
+        }
+        if let Some(worker) = self.parked.get() {
+            state.waiting.borrow_mut().remove(&self.context_id);
+            if let Some(shared) = self.shared() {
+                shared.parked.remove(worker, self.context_id);
+            }
         }
     }
 }

@@ -113,7 +113,7 @@ impl Engine {
         let pseudo = |name: &str| headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str());
         let (method, path) = (pseudo(":method"), pseudo(":path"));
         let now = self.now_ms();
-        let request = Request { method, path, headers: &headers };
+        let request = Request { method, path, headers };
         let mut tally = Tally::default();
         let decision = auth.authenticate(&request, now / 1000, self.host.crypto(), &mut tally);
         drop(auth);
