@@ -264,6 +264,34 @@ fn concurrent_requests_with_one_token_share_one_callout() {
     assert!(e.counter(&stat("revocation.coalesced")) >= 1);
 }
 
+/// A client that resets the request whose stream sent a status check must not turn the check of
+/// the other requests with that token into the failure mode. Envoy cancels the callout with the
+/// stream; the filter then asks again for the requests still waiting. Before, they waited out the
+/// timeout and `failure_mode: open` let the revoked token through, marked unchecked.
+#[test]
+fn resetting_the_request_that_sent_the_check_does_not_let_a_revoked_token_through() {
+    let dir = scratch_dir("reset-sender");
+    let key = KeyPair::generate(&dir, Algorithm::RS256, "k1");
+    let echo = Echo::start("127.0.0.1:0").unwrap();
+    let (port, calls) = fake_service(Some(http_response("200 OK", r#"{"active":false}"#)), Duration::from_secs(3));
+    let config = plugin(&key, json!({"failure_mode": "open", "timeout_ms": 6000}), json!([]));
+    let e = envoy(&dir, "e", &[("main", config)], port, &echo);
+    let t = token(&key, "ivan", "reset-1", now());
+    let url = e.url("main", "/api");
+    let address = url.trim_start_matches("http://").split('/').next().unwrap_or_default().to_string();
+    let mut sender = std::net::TcpStream::connect(&address).unwrap();
+    write!(sender, "GET /api HTTP/1.1\r\nhost: e\r\nauthorization: Bearer {t}\r\n\r\n").unwrap();
+    wait_for("the check to be sent", Duration::from_secs(5), || (calls.load(Ordering::SeqCst) >= 1).then_some(()));
+    let other = std::thread::spawn(move || http("GET", &url, &[("authorization", &format!("Bearer {t}"))]));
+    wait_for("the second request to wait on that check", Duration::from_secs(3), || {
+        (e.counter(&stat("revocation.coalesced")) >= 1).then_some(())
+    });
+    drop(sender); // the client goes, and Envoy cancels its stream's callout
+    let reply = other.join().unwrap();
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "asked again for the request still waiting");
+}
+
 #[test]
 fn a_cluster_primary_killed_during_traffic_never_lets_a_revoked_token_through() {
     let dir = scratch_dir("cluster-kill");

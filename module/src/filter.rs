@@ -383,7 +383,14 @@ impl Local {
         self.enter(hook);
         let dispatch = |c: &str, h: Vec<(&str, &str)>, b: Option<&[u8]>, t| state.dispatch(c, h, b, t);
         self.engine.tick(&dispatch, &mut |token, ctx, callout| state.record(token, ctx, callout));
-        self.enter(hook);
+        self.flush_stats();
+    }
+
+    /// Hands the counts to Envoy through the hook's stream (the engine may have made another
+    /// current since): `foreground` is still the hook's, as the hook's filter is dropped only
+    /// after the hook (`lib.rs`), and none on the main thread.
+    fn flush_stats(&self) {
+        self.state.current.set(self.state.foreground.get());
         self.engine.flush_stats();
     }
 
@@ -398,8 +405,7 @@ impl Local {
         self.engine.on_callout(callout, request, status, body, &dispatch, &mut |token, ctx, callout| {
             state.record(token, ctx, callout)
         });
-        self.enter(hook);
-        self.engine.flush_stats();
+        self.flush_stats();
     }
 }
 
@@ -582,7 +588,7 @@ impl Filter {
             // No path, no method: nothing can be judged. Refused, as the wasm build refuses a
             // request whose headers it cannot read, rather than let through unchecked.
             engine.deny(jwtguard::reason::Reason::Malformed, None);
-            engine.flush_stats();
+            self.local.flush_stats();
             return Some(abi::HEADERS_STOP_ITERATION);
         }
         let (action, callout) = engine.handle(self.context_id, false, &headers, None, &dispatch);
@@ -590,7 +596,7 @@ impl Filter {
         if let Some((token, callout)) = callout {
             state.record(token, self.context_id, callout);
         }
-        engine.flush_stats();
+        self.local.flush_stats();
         Some(match action {
             Action::Continue => abi::HEADERS_CONTINUE,
             Action::Pause if state.answered.get() == self.context_id => abi::HEADERS_STOP_ITERATION,
@@ -636,11 +642,11 @@ impl Drop for Filter {
     fn drop(&mut self) {
         let state = &self.local.state;
         // Envoy cancels the stream's callouts: their answers never come, so neither does the
-        // hook that would take their records. (Most streams have none: no scan then.)
-        let mut tokens = state.tokens.borrow_mut();
-        if !tokens.is_empty() {
+        // hook that would take their records. Only a parked stream has any: a request that
+        // sends a callout waits for its answer.
+        if self.parked.get().is_some() {
             let mut callouts = state.callouts.borrow_mut();
-            tokens.retain(|(context_id, _), token| {
+            state.tokens.borrow_mut().retain(|(context_id, _), token| {
                 let mine = *context_id == self.context_id;
                 if mine {
                     callouts.remove(token);
@@ -648,13 +654,13 @@ impl Drop for Filter {
                 !mine
             });
         }
-        drop(tokens);
         for slot in [&state.current, &state.foreground] {
             if slot.get().is_some_and(|(id, _)| id == self.context_id) {
                 slot.set(None);
             }
         }
         if let Some(worker) = self.parked.get() {
+            self.local.engine.request_gone(self.context_id);
             state.waiting.borrow_mut().remove(&self.context_id);
             if let Some(shared) = self.shared() {
                 shared.parked.remove(worker, self.context_id);

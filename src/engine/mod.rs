@@ -36,6 +36,8 @@ pub trait Host {
     /// Wall-clock milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
     /// Makes `context_id` the request later calls act on; false if it is gone (its client left).
+    /// A host may reach only the request whose call runs and those that wait (their call returned
+    /// `Action::Pause` without an answer): the dynamic module keeps no others.
     fn set_effective_context(&self, context_id: u32) -> bool;
     /// Sets (`Some`) or removes (`None`) a request header.
     fn set_request_header(&self, name: &str, value: Option<&str>);
@@ -202,18 +204,22 @@ impl Engine {
         let now = self.now_ms();
         self.metrics.flush(self.host.as_ref(), now);
         if let Some(rev) = &self.revocation {
-            let lost: Vec<String> = self
+            // A check whose sender went is asked again; one that was never answered, though
+            // Envoy answers every callout (a failure at its timeout), counts as timed out.
+            let due: Vec<(String, bool)> = self
                 .inflight
                 .borrow()
                 .iter()
-                .filter(|(_, f)| request::lost(rev, f.started_ms, now))
-                .map(|(k, _)| k.clone())
+                .filter(|(_, f)| f.sender.is_none() || request::lost(rev, f.started_ms, now))
+                .map(|(k, f)| (k.clone(), f.sender.is_none()))
                 .collect();
-            // Counted as timed out: the answer never came (its request's client left, and the
-            // callout went with it).
-            for key in lost {
-                self.metrics.answer(Err(Failure::Timeout));
-                self.finish_inflight(&key, Err(Failure::Timeout));
+            for (key, orphan) in due {
+                if orphan {
+                    self.resend_status(&key, now, dispatch, record);
+                } else {
+                    self.metrics.answer(Err(Failure::Timeout));
+                    self.finish_inflight(&key, Err(Failure::Timeout));
+                }
             }
         }
         if !self.remote.is_empty() {

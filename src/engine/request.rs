@@ -48,6 +48,10 @@ pub struct Waiter {
 /// One status callout, shared by every request carrying the same token on this worker.
 pub struct Inflight {
     pub started_ms: u64,
+    /// The request whose stream sent the callout; `None` once it is gone, as Envoy cancels a
+    /// stream's callouts with it: the next tick sends the check again (`resend_status`).
+    pub sender: Option<u32>,
+    identity: Identity,
     waiters: Vec<Waiter>,
 }
 
@@ -348,7 +352,11 @@ impl Engine {
         self.metrics.add(self.metrics.rev_cache_miss, 1);
         // A check older than any answer can take was lost (its request's client left and the
         // callout went with it): its waiters get the failure mode, this request a check of its own.
-        let lost = self.inflight.borrow().get(&identity.key).is_some_and(|f| lost(rev, f.started_ms, now));
+        let lost = self
+            .inflight
+            .borrow()
+            .get(&identity.key)
+            .is_some_and(|f| f.sender.is_some() && lost(rev, f.started_ms, now));
         if lost {
             self.metrics.answer(Err(Failure::Timeout));
             self.finish_inflight(&identity.key, Err(Failure::Timeout));
@@ -363,9 +371,13 @@ impl Engine {
         let path = revocation::status_path(&rev.path, identity, rev.mode);
         match get_from_service(rev, &path, rev.timeout_ms, dispatch) {
             Ok(token) => {
-                self.inflight
-                    .borrow_mut()
-                    .insert(identity.key.clone(), Inflight { started_ms: now, waiters: vec![waiter] });
+                let inflight = Inflight {
+                    started_ms: now,
+                    sender: Some(context_id),
+                    identity: identity.clone(),
+                    waiters: vec![waiter],
+                };
+                self.inflight.borrow_mut().insert(identity.key.clone(), inflight);
                 (Action::Pause, Some((token, Callout::Status { identity: identity.clone(), started_ms: now })))
             }
             Err(why) => {
@@ -451,6 +463,40 @@ impl Engine {
                 }
             }
             Callout::Jwks { .. } | Callout::Discovery { .. } | Callout::Feed { .. } => {}
+        }
+    }
+
+    /// Request `context_id` is gone (its client left, or it was answered): it waits for nothing
+    /// any more, and a status callout its stream sent, which Envoy cancelled with the stream, is
+    /// sent again by the next tick for the requests still waiting on it. Were they left to the
+    /// timeout instead, its failure mode would settle them: a client could reset its own request
+    /// to have a revoked token let through (`failure_mode: open` or `stale`).
+    pub fn request_gone(&self, context_id: u32) {
+        // Never called with the map borrowed (no host call is made under a borrow); if it were,
+        // the lost-callout timeout still settles the waiters.
+        let Ok(mut inflight) = self.inflight.try_borrow_mut() else { return };
+        inflight.retain(|_, f| {
+            f.waiters.retain(|w| w.context_id != context_id);
+            if f.sender == Some(context_id) {
+                f.sender = None;
+            }
+            !f.waiters.is_empty()
+        });
+    }
+
+    /// Asks again about the token of status check `key`, whose sender went (`request_gone`):
+    /// each request still waiting checks anew, the first sending the callout and the others
+    /// joining it (or all answered from the shared cache, if an answer came meanwhile).
+    pub(super) fn resend_status(&self, key: &str, now: u64, dispatch: Dispatch, record: Record) {
+        let Some(orphan) = self.inflight.borrow_mut().remove(key) else { return };
+        for w in orphan.waiters {
+            if self.host.set_effective_context(w.context_id) {
+                let (_, callout) =
+                    self.check_status(w.context_id, true, &orphan.identity, w.enforcement, now, dispatch, false);
+                if let Some((token, c)) = callout {
+                    record(token, w.context_id, c);
+                }
+            }
         }
     }
 

@@ -16,7 +16,8 @@ const SECRET: &str = "secret-of-the-test-provider-32-bytes-at-least";
 struct Log {
     now_ms: u64,
     current: u32,
-    /// Requests still there; one that is not has lost its client.
+    /// Requests the engine may act on: the one in its call, and those that wait (returned
+    /// `Pause` unanswered), as the dynamic module's host allows; one that is gone lost its client.
     live: HashSet<u32>,
     headers: HashMap<u32, Vec<(String, Option<String>)>>,
     responses: HashMap<u32, u32>,
@@ -148,6 +149,10 @@ fn request(engine: &Engine, host: &FakeHost, id: u32, token: Option<&str>) -> Ac
     if let Some((t, c)) = callout {
         host.log().pending.push((t, id, c));
     }
+    let mut log = host.log();
+    if action == Action::Continue || log.responses.contains_key(&id) {
+        log.live.remove(&id); // done: it does not wait for anything
+    }
     action
 }
 
@@ -224,6 +229,52 @@ fn a_lost_status_callout_ends_in_the_failure_mode_at_the_next_tick() {
     drop(log);
     engine.flush_stats();
     assert_eq!(host.count("revocation.check.timeout"), 1);
+}
+
+/// The request whose stream sent a status check goes (a client reset it): Envoy cancels the
+/// callout with the stream, and the next tick sends it again for the requests still waiting.
+/// They must get the service's answer, never the failure mode: otherwise a client could reset
+/// its own request to have a revoked token let through with `failure_mode: open`.
+#[test]
+fn a_status_check_whose_sender_went_is_sent_again_for_the_others() {
+    let host = FakeHost::default();
+    let engine = engine(serde_json::from_str(STATUS_REVOCATION).unwrap(), &host, true, None);
+    let t = token("reset");
+    for id in 1..=3 {
+        assert_eq!(request(&engine, &host, id, Some(&t)), Action::Pause);
+    }
+    host.log().live.remove(&1);
+    host.log().pending.clear(); // cancelled with request 1's stream
+    engine.request_gone(1);
+    let tick = |host: &FakeHost| {
+        let mut started = Vec::new();
+        engine.tick(&|c, h, _, _| dispatch(host, c, &h), &mut |t, r, c| started.push((t, r, c)));
+        host.log().pending.extend(started);
+    };
+    tick(&host);
+    assert_eq!(host.log().callouts.len(), 2, "sent again");
+    assert_eq!(
+        host.log().pending.iter().map(|(_, r, _)| *r).collect::<Vec<_>>(),
+        vec![2],
+        "from a request still there"
+    );
+    // Even an answer that comes late is waited for, not replaced by the failure mode.
+    host.log().now_ms += engine.revocation.as_ref().unwrap().timeout_ms;
+    tick(&host);
+    assert_eq!(host.log().callouts.len(), 2, "one check at a time");
+    answer_all(&engine, &host, 200, r#"{"active": false}"#);
+    let log = host.log();
+    assert_eq!((log.responses.get(&2), log.responses.get(&3)), (Some(&401), Some(&401)));
+    assert!(log.resumed.is_empty(), "nobody let through unchecked");
+    drop(log);
+    // The last waiter gone with its check: nothing is left to send.
+    assert_eq!(request(&engine, &host, 4, Some(&token("alone"))), Action::Pause);
+    host.log().live.remove(&4);
+    host.log().pending.clear();
+    engine.request_gone(4);
+    tick(&host);
+    assert_eq!(host.log().callouts.len(), 3);
+    assert!(engine.inflight.borrow().is_empty());
 }
 
 /// A dynamic module's engines share one feed: the main thread's polls it, a worker's requests

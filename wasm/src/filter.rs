@@ -105,7 +105,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let engine = self.engine.clone()?;
-        Some(Box::new(Filter { engine, context_id, callout: None }))
+        Some(Box::new(Filter { engine, context_id, callout: None, paused: false }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -117,6 +117,17 @@ struct Filter {
     engine: Rc<Engine>,
     context_id: u32,
     callout: Option<Callout>,
+    /// Whether its request waited (for keys, the revocation set or an answer).
+    paused: bool,
+}
+
+impl Drop for Filter {
+    /// The engine forgets a request that waited, and sends again a check its stream sent.
+    fn drop(&mut self) {
+        if self.paused {
+            self.engine.request_gone(self.context_id);
+        }
+    }
 }
 
 impl Context for Filter {
@@ -139,6 +150,7 @@ impl HttpContext for Filter {
         };
         let (result, callout) = engine.handle(self.context_id, false, &headers, None, &dispatch);
         self.callout = callout.map(|(_, c)| c);
+        self.paused = result == Action::Pause;
         action(result)
     }
 }
