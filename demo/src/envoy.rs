@@ -91,7 +91,7 @@ impl Build {
                     }
                 }
             }),
-            // do_not_close (RTLD_NODELETE): the module's threads may outlive a configuration.
+            // do_not_close (RTLD_NODELETE): per-thread state is torn down by code in the .so.
             Build::Module => json!({
                 "name": "envoy.filters.http.dynamic_modules",
                 "typed_config": {
