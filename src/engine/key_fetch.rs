@@ -123,14 +123,17 @@ impl Engine {
 
     /// Asks remote provider `i` for a refetch because a token's kid is unknown to it. True if
     /// a refetch is now asked for or under way (one asked for within the rate limit by another
-    /// request counts: the new key may be in it); false if there is nothing to wait for.
+    /// request counts: the new key may be in it), or if a key set fetched since this engine
+    /// loaded its keys waits in shared data (another engine's fetch, which the next sync loads);
+    /// false if there is nothing to wait for.
     pub fn refetch_for_unknown_kid(&self, i: usize, now: u64) -> bool {
         let Some(r) = self.remote.get(i) else { return false };
         if self.update_state(r, |s| s.ask_for_kid(now, &r.cfg)).is_some() {
             self.metrics.add(self.metrics.jwks[i].unknown_kid_refetch, 1);
             return true;
         }
-        self.read_state(r).fetch_pending()
+        let state = self.read_state(r);
+        state.fetch_pending() || state.fetched_ms != r.loaded_ms.get()
     }
 
     /// The answer to a JWKS or discovery fetch; a discovery answer starts the JWKS fetch.

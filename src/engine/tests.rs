@@ -4,8 +4,9 @@
 use super::*;
 use crate::config::Config;
 use jsonwebtoken::{Algorithm, EncodingKey};
-use jwtguard_demo::tokens::sign_raw;
+use jwtguard_demo::tokens::{sign_raw, KeyPair};
 use serde_json::json;
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
@@ -275,6 +276,50 @@ fn a_status_check_whose_sender_went_is_sent_again_for_the_others() {
     tick(&host);
     assert_eq!(host.log().callouts.len(), 3);
     assert!(engine.inflight.borrow().is_empty());
+}
+
+/// A kid that a refetch made elsewhere brought, but this engine has not loaded yet (a worker
+/// syncs keys on its tick), makes the request wait for that sync, not a 401: the refetch is
+/// over and rate-limited, so asking again brings nothing.
+#[test]
+fn an_unknown_kid_waits_for_a_key_set_another_engine_fetched() {
+    let dir = jwtguard_demo::scratch_dir("engine", "kid-sync");
+    let (k1, k2) = (KeyPair::generate(&dir, Algorithm::RS256, "k1"), KeyPair::generate(&dir, Algorithm::RS256, "k2"));
+    let config = json!({
+        "providers": {"p": {"issuer": "iss", "remote_jwks": {"cluster": "keys", "uri": "http://keys.test/jwks",
+                                                             "unknown_kid_min_interval_seconds": 60, "wait_for_keys_ms": 5000}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]
+    });
+    let host = FakeHost::default();
+    host.log().now_ms = 1_700_000_000_000;
+    let new = |background| {
+        let config = Config::parse(config.to_string().as_bytes()).unwrap();
+        Engine::new(config, Box::new(host.clone()), background, None).unwrap()
+    };
+    let (main, worker) = (new(true), new(false));
+    let tick = |engine: &Engine| {
+        let mut started = Vec::new();
+        engine.tick(&|c, h, _, _| dispatch(&host, c, &h), &mut |t, r, c| started.push((t, r, c)));
+        host.log().pending.extend(started);
+    };
+    let fetch = |keys: Vec<Value>| {
+        tick(&main);
+        let body = json!({"keys": keys}).to_string();
+        answer_all(&main, &host, 200, &body);
+    };
+    fetch(vec![k1.jwk()]);
+    tick(&worker);
+    let claims = json!({"iss": "iss", "sub": "alice", "exp": 1_700_000_600});
+    let (old, new_kid) = (k1.sign(&claims), k2.sign(&claims));
+    assert_eq!(request(&worker, &host, 1, Some(&old)), Action::Continue);
+    assert_eq!(request(&worker, &host, 2, Some(&new_kid)), Action::Pause, "asks for a refetch and waits");
+    host.log().now_ms += 1_000;
+    fetch(vec![k1.jwk(), k2.jwk()]);
+    assert_eq!(request(&worker, &host, 3, Some(&new_kid)), Action::Pause, "waits for the fetched set");
+    let refused = host.log().responses.contains_key(&3);
+    assert!(!refused, "refused from the older set");
+    tick(&worker);
+    assert_eq!(host.log().resumed, vec![2, 3]);
 }
 
 /// A dynamic module's engines share one feed: the main thread's polls it, a worker's requests
