@@ -273,8 +273,10 @@ fn resetting_the_request_that_sent_the_check_does_not_let_a_revoked_token_throug
     let dir = scratch_dir("reset-sender");
     let key = KeyPair::generate(&dir, Algorithm::RS256, "k1");
     let echo = Echo::start("127.0.0.1:0").unwrap();
-    let (port, calls) = fake_service(Some(http_response("200 OK", r#"{"active":false}"#)), Duration::from_secs(3));
-    let config = plugin(&key, json!({"failure_mode": "open", "timeout_ms": 6000}), json!([]));
+    // The first answer comes 5 s after the check is read: time enough, on a loaded machine, for
+    // the second request to join it and the first to go before it does.
+    let (port, calls) = fake_service(Some(http_response("200 OK", r#"{"active":false}"#)), Duration::from_secs(5));
+    let config = plugin(&key, json!({"failure_mode": "open", "timeout_ms": 10000}), json!([]));
     let e = envoy(&dir, "e", &[("main", config)], port, &echo);
     let t = token(&key, "ivan", "reset-1", now());
     let url = e.url("main", "/api");
@@ -283,7 +285,7 @@ fn resetting_the_request_that_sent_the_check_does_not_let_a_revoked_token_throug
     write!(sender, "GET /api HTTP/1.1\r\nhost: e\r\nauthorization: Bearer {t}\r\n\r\n").unwrap();
     wait_for("the check to be sent", Duration::from_secs(5), || (calls.load(Ordering::SeqCst) >= 1).then_some(()));
     let other = std::thread::spawn(move || http("GET", &url, &[("authorization", &format!("Bearer {t}"))]));
-    wait_for("the second request to wait on that check", Duration::from_secs(3), || {
+    wait_for("the second request to wait on that check", Duration::from_secs(4), || {
         (e.counter(&stat("revocation.coalesced")) >= 1).then_some(())
     });
     drop(sender); // the client goes, and Envoy cancels its stream's callout

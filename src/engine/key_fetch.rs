@@ -35,6 +35,7 @@ impl Engine {
         let now = self.now_ms();
         for r in &self.remote {
             let state = self.read_state(r);
+            r.seen_ms.set(state.fetched_ms);
             let freshness = jwks::key_set_age(state.fetched_ms, now, &r.cfg);
             // Stale stays 1 once the keys expire: refreshes have been failing all along.
             let stale = matches!(freshness, KeySetAge::Stale | KeySetAge::Expired);
@@ -124,7 +125,7 @@ impl Engine {
     /// Asks remote provider `i` for a refetch because a token's kid is unknown to it. True if
     /// a refetch is now asked for or under way (one asked for within the rate limit by another
     /// request counts: the new key may be in it), or if a key set fetched since this engine
-    /// loaded its keys waits in shared data (another engine's fetch, which the next sync loads);
+    /// last synced waits in shared data (another engine's fetch, which the next sync loads);
     /// false if there is nothing to wait for.
     pub fn refetch_for_unknown_kid(&self, i: usize, now: u64) -> bool {
         let Some(r) = self.remote.get(i) else { return false };
@@ -133,7 +134,14 @@ impl Engine {
             return true;
         }
         let state = self.read_state(r);
-        state.fetch_pending() || state.fetched_ms != r.loaded_ms.get()
+        state.fetch_pending() || state.fetched_ms != r.seen_ms.get()
+    }
+
+    /// Whether a request parked at `parked_ms` for an unknown kid of `r` has its answer: a
+    /// fetch ended after it parked, or, none pending, this engine has synced the newest set.
+    pub fn kid_wait_over(&self, r: &Remote, parked_ms: u64) -> bool {
+        let state = self.read_state(r);
+        state.settled_since(parked_ms) || (!state.fetch_pending() && state.fetched_ms == r.seen_ms.get())
     }
 
     /// The answer to a JWKS or discovery fetch; a discovery answer starts the JWKS fetch.

@@ -142,6 +142,7 @@ impl Engine {
                 cfg,
                 algorithms: p.algorithms.clone(),
                 loaded_ms: Cell::new(0),
+                seen_ms: Cell::new(0),
             })
             .collect();
         let report_only = config.rules.iter().any(|r| r.report_only);

@@ -48,8 +48,9 @@ pub struct Waiter {
 /// One status callout, shared by every request carrying the same token on this worker.
 pub struct Inflight {
     pub started_ms: u64,
-    /// The request whose stream sent the callout; `None` once it is gone, as Envoy cancels a
-    /// stream's callouts with it: the next tick sends the check again (`resend_status`).
+    /// The request whose stream sent the callout; `None` once it is gone, as its answer is then
+    /// lost (the module: Envoy cancels a stream's callouts with it; wasm: the SDK drops an answer
+    /// for a context that is gone): the next tick sends the check again (`resend_status`).
     pub sender: Option<u32>,
     identity: Identity,
     waiters: Vec<Waiter>,
@@ -80,6 +81,8 @@ pub struct Remote {
     pub algorithms: Vec<Algorithm>,
     /// `fetched_ms` of the key set loaded into this engine; 0 for none.
     pub loaded_ms: Cell<u64>,
+    /// `fetched_ms` of the newest key set this engine's sync has looked at, loaded or not.
+    pub seen_ms: Cell<u64>,
 }
 
 /// How `handle` was reached: first time for the request, or retried after parking.
@@ -219,9 +222,8 @@ impl Engine {
                     .filter_map(|&(p, why)| {
                         let i = self.remote.iter().position(|r| r.provider == p)?;
                         // An unknown kid is final once a fetch that ended after the request
-                        // parked did not bring it.
-                        let settled =
-                            why == Reason::UnknownKey && self.read_state(&self.remote[i]).settled_since(r.parked_ms);
+                        // parked, or the newest set this engine synced, did not bring it.
+                        let settled = why == Reason::UnknownKey && self.kid_wait_over(&self.remote[i], r.parked_ms);
                         (!settled).then_some(i)
                     })
                     .collect();
@@ -466,9 +468,10 @@ impl Engine {
         }
     }
 
-    /// Request `context_id` is gone (its client left, or it was answered): it waits for nothing
-    /// any more, and a status callout its stream sent, which Envoy cancelled with the stream, is
-    /// sent again by the next tick for the requests still waiting on it. Were they left to the
+    /// Request `context_id` is gone (its client left, or it was answered): it waits on no status
+    /// check any more, and one it sent, whose answer went with it, is sent again by the next
+    /// tick for the requests still waiting on it. (In the wasm build a check sent from a tick
+    /// belongs to the root and would still be answered: sending it again then costs one callout.) Were they left to the
     /// timeout instead, its failure mode would settle them: a client could reset its own request
     /// to have a revoked token let through (`failure_mode: open` or `stale`).
     pub fn request_gone(&self, context_id: u32) {

@@ -259,7 +259,7 @@ fn a_status_check_whose_sender_went_is_sent_again_for_the_others() {
         vec![2],
         "from a request still there"
     );
-    // Even an answer that comes late is waited for, not replaced by the failure mode.
+    // Its sender is there now: a later tick within the timeout sends nothing more.
     host.log().now_ms += engine.revocation.as_ref().unwrap().timeout_ms;
     tick(&host);
     assert_eq!(host.log().callouts.len(), 2, "one check at a time");
@@ -318,8 +318,14 @@ fn an_unknown_kid_waits_for_a_key_set_another_engine_fetched() {
     assert_eq!(request(&worker, &host, 3, Some(&new_kid)), Action::Pause, "waits for the fetched set");
     let refused = host.log().responses.contains_key(&3);
     assert!(!refused, "refused from the older set");
+    host.log().now_ms += 10; // the fetch ended before it parks
+    let bogus = KeyPair::generate(&dir, Algorithm::RS256, "k3").sign(&claims);
+    assert_eq!(request(&worker, &host, 4, Some(&bogus)), Action::Pause, "the new set may hold it too");
     tick(&worker);
     assert_eq!(host.log().resumed, vec![2, 3]);
+    assert_eq!(host.log().responses.get(&4), Some(&401), "refused at the sync, not at its deadline");
+    assert_eq!(request(&worker, &host, 5, Some(&bogus)), Action::Pause);
+    assert_eq!(host.log().responses.get(&5), Some(&401), "the newest set synced: refused at once");
 }
 
 /// A dynamic module's engines share one feed: the main thread's polls it, a worker's requests
