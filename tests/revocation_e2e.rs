@@ -265,8 +265,9 @@ fn concurrent_requests_with_one_token_share_one_callout() {
 }
 
 /// A client that resets the request whose stream sent a status check must not turn the check of
-/// the other requests with that token into the failure mode. Envoy cancels the callout with the
-/// stream; the filter then asks again for the requests still waiting. Before, they waited out the
+/// the other requests with that token into the failure mode. The check's answer is lost with the
+/// request (the module's Envoy cancels the callout; the wasm SDK drops the answer); the filter
+/// then asks again for the requests still waiting. Before, they waited out the
 /// timeout and `failure_mode: open` let the revoked token through, marked unchecked.
 #[test]
 fn resetting_the_request_that_sent_the_check_does_not_let_a_revoked_token_through() {
@@ -288,7 +289,7 @@ fn resetting_the_request_that_sent_the_check_does_not_let_a_revoked_token_throug
     wait_for("the second request to wait on that check", Duration::from_secs(4), || {
         (e.counter(&stat("revocation.coalesced")) >= 1).then_some(())
     });
-    drop(sender); // the client goes, and Envoy cancels its stream's callout
+    drop(sender); // the client goes, and the answer to its check with it
     let reply = other.join().unwrap();
     assert_eq!(reply.status, 401, "{reply:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 2, "asked again for the request still waiting");

@@ -387,8 +387,8 @@ impl Local {
     }
 
     /// Hands the counts to Envoy through the hook's stream (the engine may have made another
-    /// current since): `foreground` is still the hook's, as the hook's filter is dropped only
-    /// after the hook (`lib.rs`), and none on the main thread.
+    /// current since): `foreground` is still the hook's, as Envoy 1.40 destroys a filter only
+    /// after its hooks return (docs/dynamic-module-abi.md), and none on the main thread.
     fn flush_stats(&self) {
         self.state.current.set(self.state.foreground.get());
         self.engine.flush_stats();

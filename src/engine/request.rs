@@ -470,13 +470,14 @@ impl Engine {
 
     /// Request `context_id` is gone (its client left, or it was answered): it waits on no status
     /// check any more, and one it sent, whose answer went with it, is sent again by the next
-    /// tick for the requests still waiting on it. (In the wasm build a check sent from a tick
-    /// belongs to the root and would still be answered: sending it again then costs one callout.) Were they left to the
-    /// timeout instead, its failure mode would settle them: a client could reset its own request
-    /// to have a revoked token let through (`failure_mode: open` or `stale`).
+    /// tick for the requests still waiting on it. Were they left to the timeout instead, its
+    /// failure mode would settle them: a client could reset its own request to have a revoked
+    /// token let through (`failure_mode: open` or `stale`). In the wasm build a check sent from
+    /// a tick belongs to the root and is still answered: sending it again costs one callout.
     pub fn request_gone(&self, context_id: u32) {
-        // Never called with the map borrowed (no host call is made under a borrow); if it were,
-        // the lost-callout timeout still settles the waiters.
+        // No path calls this with the map borrowed (no host call is made under a borrow). Were
+        // one to, the waiters would time out into the failure mode: a borrow panic would abort
+        // Envoy (the module) instead.
         let Ok(mut inflight) = self.inflight.try_borrow_mut() else { return };
         inflight.retain(|_, f| {
             f.waiters.retain(|w| w.context_id != context_id);

@@ -232,8 +232,9 @@ fn a_lost_status_callout_ends_in_the_failure_mode_at_the_next_tick() {
     assert_eq!(host.count("revocation.check.timeout"), 1);
 }
 
-/// The request whose stream sent a status check goes (a client reset it): Envoy cancels the
-/// callout with the stream, and the next tick sends it again for the requests still waiting.
+/// The request whose stream sent a status check goes (a client reset it): its answer is lost with
+/// it (the module's Envoy cancels the callout; the wasm SDK drops the answer), and the next tick
+/// sends it again for the requests still waiting.
 /// They must get the service's answer, never the failure mode: otherwise a client could reset
 /// its own request to have a revoked token let through with `failure_mode: open`.
 #[test]
