@@ -247,13 +247,6 @@ callbacks! {
         label_names_length: usize,
         histogram_id_ptr: *mut usize,
     ) -> MetricsResult;
-    fn envoy_dynamic_module_callback_http_filter_increment_counter(
-        filter_envoy_ptr: FilterEnvoyPtr,
-        id: usize,
-        label_values: *mut ModuleBuffer,
-        label_values_length: usize,
-        value: u64,
-    ) -> MetricsResult;
     fn envoy_dynamic_module_callback_http_filter_set_gauge(
         filter_envoy_ptr: FilterEnvoyPtr,
         id: usize,

@@ -255,24 +255,17 @@ impl Stream {
         unsafe { abi::envoy_dynamic_module_callback_http_filter_get_worker_index(self.0) }
     }
 
-    /// Adds `by` to `counter` with one value per label it was defined with; false if Envoy
-    /// refused (unknown metric, wrong number of labels).
-    pub fn increment(&self, counter: Counter, labels: &[&str], by: u64) -> bool {
-        // SAFETY: a live stream; the label buffers outlive the call.
-        metric(labels, |values, n| unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_increment_counter(self.0, counter.0, values, n, by)
-        })
-    }
-
+    /// Sets `gauge` with one value per label it was defined with; false if Envoy refused
+    /// (unknown metric, wrong number of labels).
     pub fn set_gauge(&self, gauge: Gauge, labels: &[&str], value: u64) -> bool {
-        // SAFETY: as `increment`.
+        // SAFETY: a live stream; the label buffers outlive the call.
         metric(labels, |values, n| unsafe {
             abi::envoy_dynamic_module_callback_http_filter_set_gauge(self.0, gauge.0, values, n, value)
         })
     }
 
     pub fn record(&self, histogram: Histogram, labels: &[&str], value: u64) -> bool {
-        // SAFETY: as `increment`.
+        // SAFETY: as `set_gauge`.
         metric(labels, |values, n| unsafe {
             abi::envoy_dynamic_module_callback_http_filter_record_histogram_value(self.0, histogram.0, values, n, value)
         })
@@ -318,7 +311,8 @@ impl ConfigHandle {
         .map(Histogram)
     }
 
-    /// As `Stream::increment`, outside any stream.
+    /// Adds `by` to `counter` with one value per label it was defined with; false if Envoy
+    /// refused (unknown metric, wrong number of labels).
     pub fn increment(&self, counter: Counter, labels: &[&str], by: u64) -> bool {
         // SAFETY: a live config; the label buffers outlive the call.
         metric(labels, |values, n| unsafe {
