@@ -8,7 +8,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need_apt=()
 for tool in redis-server:redis-server redis-cli:redis-tools wrk:wrk wasm-opt:binaryen openssl:openssl curl:curl \
-            skopeo:skopeo docker-compose:docker-compose node:nodejs npm:npm; do
+            skopeo:skopeo docker-compose:docker-compose node:nodejs npm:npm c++:g++; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
 done
 # Debian's own python3 needs python3-venv for the project venv (pyenv builds have it).
