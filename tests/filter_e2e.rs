@@ -552,3 +552,70 @@ fn hostile_input_never_kills_the_vm() {
     assert_eq!(get(e, "main", "/api", &[("authorization", &bearer(&good))]).status, 200, "VM still serves");
     assert!(!e.log_text().contains("panicked"), "a panic was logged");
 }
+
+/// Control planes (Istio's on every mesh change) push listener updates all day: each makes a new
+/// filter configuration, and the old one is drained and destroyed. With two workers, each with
+/// engines of the old configuration: the new one decides from the update on, the old one goes
+/// (on the main thread, which the module checks), Envoy lives on, and every request is counted
+/// once, across both configurations.
+#[test]
+fn a_listener_update_replaces_the_configuration() {
+    let dir = scratch_dir("listener-update");
+    let keys = Keys::generate(&dir);
+    let echo = Echo::start("127.0.0.1:0").expect("echo upstream");
+    let only_hs = json!({"rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "hs"}}]});
+    let bootstrap_with = |overrides: Value| {
+        let filter = jwtguard_filter("main", &plugin_config(&keys, overrides));
+        bootstrap(&[Listener::to_cluster("main", vec![filter], "upstream")], &[static_cluster("upstream", echo.port)])
+    };
+    // The listener comes from a file Envoy watches (LDS): moving a new file in is an update.
+    let lds = dir.join("lds.json");
+    let publish = |config: &Value| {
+        let mut listener = config["static_resources"]["listeners"][0].clone();
+        listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+        let next = dir.join("lds.next");
+        std::fs::write(&next, json!({"resources": [listener]}).to_string()).expect("write the listener");
+        std::fs::rename(&next, &lds).expect("move the listener in");
+    };
+    let mut config = bootstrap_with(json!({}));
+    publish(&config);
+    config["static_resources"]["listeners"] = json!([]);
+    config["dynamic_resources"] =
+        json!({"lds_config": {"path_config_source": {"path": lds}, "resource_api_version": "V3"}});
+    config["node"] = json!({"id": "jwtguard-test", "cluster": "jwtguard-test"}); // LDS needs one
+    let envoy = Envoy::try_start_with(&dir, &config, 2).unwrap_or_else(|log| panic!("envoy did not start:\n{log}"));
+
+    let main_token = bearer(&keys.rsa.sign(&claims(json!({}))));
+    let hs_token = sign_raw(
+        r#"{"alg":"HS256"}"#,
+        &json!({"iss": "https://hs.test", "sub": "svc", "exp": now() + 600}).to_string(),
+        &jsonwebtoken::EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        Algorithm::HS256,
+    );
+    let main = || get(&envoy, "main", "/api", &[("authorization", &main_token)]).status;
+    let hs = || get(&envoy, "main", "/api", &[("x-api-token", &hs_token)]).status;
+    // Each request on a new connection: the kernel spreads them over both workers.
+    for _ in 0..20 {
+        assert_eq!(main(), 200);
+    }
+    assert_eq!(hs(), 401, "the first configuration wants main's token on /api");
+
+    publish(&bootstrap_with(only_hs));
+    wait_for("the update", Duration::from_secs(20), || (hs() == 200).then_some(()));
+    assert_eq!(main(), 401, "the old configuration no longer decides");
+    wait_for("the old filter chain to drain", Duration::from_secs(20), || {
+        let draining = ["total_filter_chains_draining", "total_listeners_draining"];
+        draining.iter().all(|g| envoy.stat_now(&format!("listener_manager.{g}")) == 0).then_some(())
+    });
+    if Build::current() == Build::Module {
+        let destroyed = |l: &str| l.contains("jwtguard: configuration ") && l.trim_end().ends_with(" destroyed");
+        wait_for("the old configuration to be destroyed", Duration::from_secs(10), || {
+            envoy.log_text().lines().any(destroyed).then_some(())
+        });
+        assert!(!envoy.log_text().contains("off the main thread"), "{}", envoy.log_text());
+    }
+    for _ in 0..20 {
+        assert_eq!(hs(), 200);
+    }
+    assert_eq!(envoy.counter(&stat("allowed")), 41, "20 + 1 + 20 requests let through, each counted once");
+}

@@ -254,6 +254,10 @@ impl Envoy {
                 "wasm:debug,dynamic_modules:debug",
                 "--file-flush-interval-msec",
                 "50",
+                // A listener update drains the old filter chain (and destroys its filter
+                // configuration) within a second, not Envoy's default ten minutes.
+                "--drain-time-s",
+                "1",
             ])
             .arg("--admin-address-path")
             .arg(&admin_path)

@@ -496,6 +496,9 @@ pub struct FilterConfig {
     /// The main thread's engine (background work); only touched on the main thread.
     main: Rc<Local>,
     ticker: Option<Ticker>,
+    /// The main thread, which made it and is the only one that may destroy it (the main engine is
+    /// that thread's, and the ticker's scheduler is deleted there).
+    made_on: std::thread::ThreadId,
 }
 
 // SAFETY: `main` is used only in the configuration's hooks, which Envoy runs on the main thread;
@@ -543,7 +546,7 @@ impl FilterConfig {
         };
         hold_namespace(&main.engine.namespace);
         let main = Rc::new(main);
-        Some(FilterConfig { shared, main, ticker })
+        Some(FilterConfig { shared, main, ticker, made_on: std::thread::current().id() })
     }
 
     /// The filter of the stream `stream`, which lives until the filter is destroyed.
@@ -566,6 +569,9 @@ impl FilterConfig {
 
 impl Drop for FilterConfig {
     fn drop(&mut self) {
+        if std::thread::current().id() != self.made_on {
+            error!("jwtguard: Envoy destroyed a configuration off the main thread, which this module assumes it never does");
+        }
         // The ticker stops before the schedulers it commits to are deleted.
         if let Some(ticker) = self.ticker.take() {
             ticker.stop();
@@ -575,6 +581,7 @@ impl Drop for FilterConfig {
         self.shared.counts.flush(&self.shared.metrics, self.shared.envoy.0);
         self.shared.destroyed.store(true, Relaxed);
         release_namespace(&self.main.engine.namespace);
+        log::debug!("jwtguard: configuration {} destroyed", self.main.engine.namespace);
     }
 }
 
