@@ -34,7 +34,7 @@ lint: deps
 	cargo clippy -p jwtguard-wasm --target wasm32-wasip1 --profile wasm -- -D warnings
 	# The fuzz targets are a workspace of their own (cargo fuzz's flags): checked here, so that
 	# a change to the core that breaks them fails the suite instead of the next fuzzing run.
-	cd fuzz && CARGO_TARGET_DIR=../target cargo clippy --bins -- -D warnings
+	cd fuzz && CARGO_TARGET_DIR=../target cargo clippy --locked --bins -- -D warnings
 
 # Everything with the wasm build, then the end-to-end suites with the dynamic module; a failure
 # in the first does not hide the second's.
