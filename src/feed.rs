@@ -100,6 +100,14 @@ impl FeedClient {
         self.generation = self.generation.wrapping_add(1);
     }
 
+    /// The poll in flight will not be answered: the next one may go at once, and an answer to
+    /// it that came after all would be taken as superseded.
+    pub fn abandon_poll(&mut self) {
+        self.in_flight = false;
+        self.next_attempt_ms = 0;
+        self.generation = self.generation.wrapping_add(1);
+    }
+
     /// Whether the answer to a poll sent in `generation` comes from before a `start_over`; if
     /// so it is dropped and the next poll may go at once.
     pub fn superseded(&mut self, generation: u32, now_ms: u64) -> bool {
@@ -215,6 +223,21 @@ mod tests {
         assert_eq!(f.poll_path(&c), "/v1/feed?wait_ms=0");
         assert!(f.answer(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#), 1_100).is_some());
         assert!(f.fresh(1_100, &c));
+    }
+
+    #[test]
+    fn an_abandoned_poll_is_sent_again_from_the_same_position() {
+        let c = cfg();
+        let mut f = FeedClient::default();
+        assert!(f.answer(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#), 1_000).is_some());
+        f.in_flight = true;
+        f.next_attempt_ms = 5_000;
+        let sent_in = f.generation;
+        f.abandon_poll();
+        assert!(f.due(1_001), "the next poll goes at once");
+        assert_eq!(f.poll_path(&c), format!("/v1/feed?after=9-0&wait_ms={}", c.poll_wait_ms()));
+        assert!(f.superseded(sent_in, 1_002), "an answer to the abandoned poll is not taken");
+        assert!(f.ready && f.fresh(1_002, &c), "the set stays as complete as it was");
     }
 
     #[test]

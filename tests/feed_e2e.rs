@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
-use support::envoy::{stat, Build, Envoy};
+use support::envoy::{bootstrap, jwtguard_filter, stat, static_cluster, Build, Envoy, Listener, ListenerFile};
 use support::revocation::{
     assert_revoked, envoy, envoy_with_workers, get, plugin, post, service_args, token, world, WRITE,
 };
@@ -416,4 +416,58 @@ fn stale_mode_never_vouches_for_what_the_set_never_knew() {
     let at = deny_503_at.expect("the set was trusted for ever");
     eprintln!("denylist, stale: the set was used as the last answer until {at:?} after the service stopped");
     assert!(at <= Duration::from_millis(3500), "{at:?}: past max_staleness_ms + stale_ms");
+}
+
+/// A listener update that leaves jwtguard's configuration as it was (a control plane pushes one
+/// whenever anything else in the listener changes) keeps the revocation set: no replay of the
+/// feed and no wait for it, the set stays in force, and the new configuration keeps polling once
+/// the old one, whose long-poll was in flight, is gone.
+#[test]
+fn a_listener_update_keeps_the_revocation_set() {
+    let w = world("feed-listener-update", &[]);
+    let config = plugin(&w.key, json!({}), json!([]));
+    let bootstrap_with = |version: &str| {
+        let filter = jwtguard_filter("main", &config);
+        let listeners = [Listener::to_cluster("main", vec![filter], "upstream")];
+        let clusters = [static_cluster("upstream", w.echo.port), static_cluster("revocation", w.service.port)];
+        let mut b = bootstrap(&listeners, &clusters);
+        let hcm = &mut b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        hcm["route_config"]["response_headers_to_add"] = json!([{"header": {"key": "x-version", "value": version}}]);
+        b
+    };
+    let mut bootstrap_v1 = bootstrap_with("1");
+    let listeners = ListenerFile::serve(&w.dir, &mut bootstrap_v1);
+    let e = Envoy::try_start_with(&w.dir, &bootstrap_v1, 2).unwrap_or_else(|log| panic!("envoy did not start:\n{log}"));
+    let (probe, revoked) = (token(&w.key, "pia", "p1", now() - 5), token(&w.key, "rex", "r1", now() - 5));
+    first_set(&e, "main", &probe);
+    wait_for("every worker to hold the set", Duration::from_secs(10), || {
+        (0..8).all(|_| get(&e, "main", &probe).status == 200).then_some(())
+    });
+    assert_eq!(write(&w.service, "/v1/revoke", json!({"jti": "r1", "exp": now() + 600})), 200);
+    wait_for("the revocation", Duration::from_secs(5), || (get(&e, "main", &revoked).status == 401).then_some(()));
+    let completions = || e.log_text().matches("revocation set complete").count();
+    let (complete, events) = (completions(), e.counter(&stat(EVENTS)));
+
+    listeners.publish(&bootstrap_with("2"));
+    e.await_listener_update(1);
+    if Build::current() == Build::Module {
+        wait_for("the old configuration to be destroyed", Duration::from_secs(10), || {
+            e.log_text()
+                .lines()
+                .any(|l| l.contains("jwtguard: configuration ") && l.ends_with(" destroyed"))
+                .then_some(())
+        });
+    }
+    let reply = get(&e, "main", &probe);
+    assert_eq!((reply.status, reply.header("x-version")), (200, Some("2")), "the new chain, with no wait");
+    assert_revoked(&get(&e, "main", &revoked));
+    assert_eq!(completions(), complete, "no set was read from the start again");
+    assert_eq!(e.counter(&stat(EVENTS)), events, "no event was applied again");
+
+    // The feed goes on through the new configuration.
+    let later = token(&w.key, "lou", "l1", now() - 5);
+    assert_eq!(write(&w.service, "/v1/revoke", json!({"jti": "l1", "exp": now() + 600})), 200);
+    wait_for("a revocation after the update", Duration::from_secs(5), || {
+        (get(&e, "main", &later).status == 401).then_some(())
+    });
 }

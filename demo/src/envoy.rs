@@ -177,6 +177,8 @@ pub fn bootstrap(listeners: &[Listener], clusters: &[Value]) -> Value {
             filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
             json!({
                 "name": l.name,
+                // Listener stats under the name (`listener.main.…`), not the address Envoy binds.
+                "stat_prefix": l.name,
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
@@ -203,6 +205,35 @@ pub fn bootstrap(listeners: &[Listener], clusters: &[Value]) -> Value {
         }}]});
     }
     config
+}
+
+/// Listeners served from a file Envoy watches (LDS from the file system): `publish` moves a new
+/// version in, which Envoy takes as a listener update, as from a control plane.
+pub struct ListenerFile(PathBuf);
+
+impl ListenerFile {
+    /// Moves the static listeners of `config` (a bootstrap as `bootstrap` makes) into a file in
+    /// `dir` that `config` then loads them from.
+    pub fn serve(dir: &Path, config: &mut Value) -> ListenerFile {
+        let file = ListenerFile(dir.join("lds.json"));
+        file.publish(config);
+        config["static_resources"]["listeners"] = json!([]);
+        config["dynamic_resources"] =
+            json!({"lds_config": {"path_config_source": {"path": file.0}, "resource_api_version": "V3"}});
+        config["node"] = json!({"id": "jwtguard-test", "cluster": "jwtguard-test"}); // LDS needs one
+        file
+    }
+
+    /// Publishes the static listeners of `config` as the new version.
+    pub fn publish(&self, config: &Value) {
+        let mut listeners = config["static_resources"]["listeners"].as_array().cloned().unwrap_or_default();
+        for listener in &mut listeners {
+            listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+        }
+        let next = self.0.with_extension("next");
+        std::fs::write(&next, json!({"resources": listeners}).to_string()).expect("write the listeners");
+        std::fs::rename(&next, &self.0).expect("move the listeners in");
+    }
 }
 
 /// The current build's `stats_tags` (see `Build::stats_tags`).
@@ -312,6 +343,16 @@ impl Envoy {
     pub fn stat_now(&self, name: &str) -> u64 {
         let text = self.admin_get(&format!("/stats?filter=^{name}$")).unwrap_or_default();
         text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// Waits until Envoy has made its `updates`-th in-place listener update (a new filter chain
+    /// on the same listener and port) and removed the old filter chain, drained (for a second:
+    /// `--drain-time-s`). Its filter configurations are then destroyed.
+    pub fn await_listener_update(&self, updates: u64) {
+        let draining = || self.stat_now("listener_manager.total_filter_chains_draining");
+        wait_for("the old filter chain to drain", Duration::from_secs(20), || (draining() == 1).then_some(()));
+        wait_for("the old filter chain to go", Duration::from_secs(20), || (draining() == 0).then_some(()));
+        assert_eq!(self.stat_now("listener_manager.listener_in_place_updated"), updates, "an update in place");
     }
 
     /// A counter's settled value: the filter hands counts to Envoy every 100 ms, so this polls

@@ -24,7 +24,7 @@ use log::error;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,6 +54,19 @@ fn release_namespace(namespace: &str) {
     }
 }
 
+/// The revocation sets, by namespace: a configuration whose bytes another live one has (a
+/// listener update that leaves jwtguard's configuration as it was, or two listeners with the
+/// same one) takes that one's set and its place in the feed, as a wasm VM keeps its plugin's,
+/// rather than reading the whole feed again while its requests wait.
+static FEEDS: LazyLock<Mutex<FastMap<String, Weak<Feed>>>> = LazyLock::new(Default::default);
+
+/// The live set of `namespace`, if a configuration still holds one.
+fn live_feed(namespace: &str) -> Option<Arc<Feed>> {
+    let mut feeds = lock(&FEEDS);
+    feeds.retain(|_, feed| feed.strong_count() > 0);
+    feeds.get(namespace).and_then(Weak::upgrade)
+}
+
 /// Context ids of streams, unique in the process (the engine names requests by them).
 static NEXT_CONTEXT: AtomicU32 = AtomicU32::new(1);
 
@@ -76,7 +89,7 @@ struct Metric {
 struct EnvoyConfig(host::ConfigHandle);
 // SAFETY: only the main thread's engine uses it (callouts, schedulers and stats outside a
 // stream: `HostState::main`), and only while the configuration lives; workers carry it without
-// touching it (their stats go through a stream).
+// touching it (their counts go through `Counts`, their gauges and histograms through a stream).
 unsafe impl Send for EnvoyConfig {}
 unsafe impl Sync for EnvoyConfig {}
 
@@ -115,9 +128,10 @@ impl Parked {
 }
 
 /// Counts of the configuration's counters (by the engine's metric id) not yet handed to Envoy.
-/// Every thread adds here; the main thread's tick hands them over (every `stats::FLUSH_MS` at
-/// most, as the wasm build does). A call into Envoy per counter per request cost a cache hit
-/// ≈ 35 ns each (perf, 2026-12-02), an atomic add a few.
+/// The workers add here; the main thread's tick hands them over (about every `stats::FLUSH_MS`,
+/// as the wasm build does). A call into Envoy per counter per request cost a cache hit ≈ 35 ns
+/// each (perf, 2026-12-02), an atomic add a few. Workers share these cache lines as they share
+/// Envoy's own counters.
 struct Counts(Vec<AtomicU64>);
 
 impl Counts {
@@ -134,7 +148,7 @@ impl Counts {
     /// Hands the counts to Envoy; only on the main thread, while the configuration lives.
     fn flush(&self, metrics: &[Metric], envoy: host::ConfigHandle) {
         for (count, metric) in self.0.iter().zip(metrics) {
-            if count.load(Relaxed) > 0 {
+            if metric.kind == MetricKind::Counter && count.load(Relaxed) > 0 {
                 envoy.increment(host::Counter(metric.id), &[], count.swap(0, Relaxed));
             }
         }
@@ -328,15 +342,15 @@ impl engine::Host for ModuleHost {
         }
     }
 
+    /// A worker's counts (every request's) add up in `Counts`; the main engine's (rare: fetches,
+    /// feed events) go to Envoy at once, so that `add_metric_now` means now.
     fn increment_metric(&self, id: u32, by: u64) {
-        match self.0.shared.get() {
-            Some(shared) => shared.counts.add(id, by),
-            // The main engine before the configuration is made: on the main thread.
-            None => {
-                if let Some((_, envoy_id)) = self.0.metric(id).filter(|_| self.0.main) {
-                    self.0.envoy.0.increment(host::Counter(envoy_id), &[], by);
-                }
+        if self.0.main {
+            if let Some((MetricKind::Counter, envoy_id)) = self.0.metric(id) {
+                self.0.envoy.0.increment(host::Counter(envoy_id), &[], by);
             }
+        } else if let Some(shared) = self.0.shared.get() {
+            shared.counts.add(id, by);
         }
     }
 
@@ -352,8 +366,7 @@ impl engine::Host for ModuleHost {
         };
     }
 
-    /// Counts go to the configuration's `Counts` at once (an atomic add each), and from there
-    /// to Envoy with the main thread's tick.
+    /// Counts leave the engine at once (see `increment_metric`).
     fn counter_flush_ms(&self) -> u64 {
         0
     }
@@ -391,9 +404,15 @@ struct Local {
 }
 
 impl Local {
-    fn new(config: Config, envoy: EnvoyConfig, shared: Option<Arc<Shared>>) -> Result<Local, String> {
+    /// `shared`: `None` for the main thread's engine. `feed`: the revocation set to use, `None`
+    /// to make one (when the configuration has a feed).
+    fn new(
+        config: Config,
+        envoy: EnvoyConfig,
+        shared: Option<Arc<Shared>>,
+        feed: Option<Arc<Feed>>,
+    ) -> Result<Local, String> {
         let background = shared.is_none();
-        let feed = shared.as_ref().and_then(|s| s.feed.clone());
         let state = Rc::new(HostState::new(envoy, shared));
         let engine = Engine::new(config, Box::new(ModuleHost(state.clone())), background, feed)?;
         Ok(Local { engine, state, headers: RefCell::default() })
@@ -484,7 +503,7 @@ fn local_for(shared: &Arc<Shared>) -> Option<Rc<Local>> {
         locals.retain(|(s, _)| !s.destroyed.load(Relaxed));
         // The main thread parsed the same bytes before; it cannot fail here.
         let config = parse_config(&shared.json).ok()?;
-        let local = Rc::new(Local::new(config, shared.envoy, Some(shared.clone())).ok()?);
+        let local = Rc::new(Local::new(config, shared.envoy, Some(shared.clone()), shared.feed.clone()).ok()?);
         locals.push((shared.clone(), local.clone()));
         Some(local)
     })
@@ -520,7 +539,8 @@ impl FilterConfig {
         log::info!("jwtguard: {}", config.summary());
         let request_headers = request_headers(&config);
         let envoy = EnvoyConfig(envoy);
-        let main = match Local::new(config, envoy, None) {
+        let namespace = config.namespace.clone();
+        let main = match Local::new(config, envoy, None, live_feed(&namespace)) {
             Ok(main) => main,
             Err(e) => {
                 error!("jwtguard: {e}");
@@ -545,6 +565,9 @@ impl FilterConfig {
             false => Some(Ticker::start(&shared, envoy.0.scheduler(), main.engine.tick_ms())?),
         };
         hold_namespace(&main.engine.namespace);
+        if let Some(feed) = &main.engine.feed {
+            lock(&FEEDS).insert(namespace, Arc::downgrade(feed));
+        }
         let main = Rc::new(main);
         Some(FilterConfig { shared, main, ticker, made_on: std::thread::current().id() })
     }
@@ -577,6 +600,12 @@ impl Drop for FilterConfig {
             ticker.stop();
         }
         lock(&self.shared.parked.0).clear();
+        // Envoy cancels this configuration's callouts without an answer: a feed poll among them
+        // must not keep a configuration that shares the set from polling.
+        let polling = self.main.state.callouts.borrow().values().any(|(_, c)| matches!(c, Callout::Feed { .. }));
+        if let (true, Some(feed)) = (polling, &self.shared.feed) {
+            feed.abandon_poll();
+        }
         // Envoy destroys the configuration after its streams and before its stats.
         self.shared.counts.flush(&self.shared.metrics, self.shared.envoy.0);
         self.shared.destroyed.store(true, Relaxed);

@@ -67,6 +67,12 @@ impl Feed {
         Feed { slot_prefix: format!("jwtguard.{namespace}.feed.slot."), cfg, state: Mutex::new(state) }
     }
 
+    /// Forgets the poll in flight, whose answer will never come (its sender is gone): the next
+    /// tick of an engine that shares this set polls again, from the same position.
+    pub fn abandon_poll(&self) {
+        self.lock().client.abandon_poll();
+    }
+
     /// A lock is poisoned only by a panic while it is held, which ends the process (panic =
     /// abort) in every build Envoy loads; the state is taken as it is.
     fn lock(&self) -> MutexGuard<'_, FeedState> {

@@ -53,7 +53,7 @@ pub trait Host {
     /// Sets a gauge or records a histogram value.
     fn record_metric(&self, id: u32, value: u64);
     /// How long counts may add up in the engine before the host sees them: each host call
-    /// costs a wasm VM ≈ 1 µs; a native host has no reason to wait.
+    /// costs a wasm VM ≈ 1 µs (the module adds up its workers' counts itself).
     fn counter_flush_ms(&self) -> u64;
     /// Native signature verification, when the host has it.
     fn crypto(&self) -> Option<&dyn HostCrypto>;
