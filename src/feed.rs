@@ -67,15 +67,11 @@ impl FeedClient {
         }
     }
 
-    /// Takes in a poll's answer: the events to apply, or `None` (and a backoff) when it was not
-    /// a feed answer. A position that is not the service's kind is refused: it goes into a path.
-    pub fn answer(&mut self, status: Option<u16>, body: Option<&[u8]>, now_ms: u64) -> Option<Vec<FeedEvent>> {
+    /// Takes in a poll's page (`read_page`): the events to apply, or `None` (and a backoff)
+    /// when the poll brought none.
+    pub fn answer(&mut self, page: Option<FeedResponse>, now_ms: u64) -> Option<Vec<FeedEvent>> {
         self.in_flight = false;
-        let parsed = match status {
-            Some(200) => body.and_then(parse_response),
-            _ => None,
-        };
-        let Some(response) = parsed.filter(|r| is_position(&r.position)) else {
+        let Some(response) = page else {
             self.failures = self.failures.saturating_add(1);
             let backoff = BACKOFF_MS.saturating_mul(1 << self.failures.saturating_sub(1).min(10));
             self.next_attempt_ms = now_ms.saturating_add(backoff.min(MAX_BACKOFF_MS));
@@ -131,6 +127,16 @@ impl FeedClient {
         } else {
             now_ms.saturating_sub(self.answered_ms)
         }
+    }
+}
+
+/// A poll's answer as a page, `None` if it is not a feed answer. A position that is not the
+/// service's kind is refused: it goes into a path. Pure, so that the caller can read a page (up
+/// to 512 KiB) without holding the lock the workers' lookups take.
+pub fn read_page(status: Option<u16>, body: Option<&[u8]>) -> Option<FeedResponse> {
+    match status {
+        Some(200) => body.and_then(parse_response).filter(|r| is_position(&r.position)),
+        _ => None,
     }
 }
 
@@ -194,11 +200,11 @@ mod tests {
         assert!(f.due(0));
         assert_eq!(f.poll_path(&c), "/v1/feed?wait_ms=0");
         let page = br#"{"position":"17-0","more":true,"events":[{"type":"revoked","jti":"a","until":9}]}"#;
-        assert_eq!(f.answer(Some(200), Some(page), 1_000).map(|e| e.len()), Some(1));
+        assert_eq!(f.answer(read_page(Some(200), Some(page)), 1_000).map(|e| e.len()), Some(1));
         assert!(!f.ready && !f.fresh(1_000, &c), "a snapshot page is not the whole set");
         assert_eq!(f.poll_path(&c), "/v1/feed?after=17-0&wait_ms=0");
         assert!(f
-            .answer(Some(200), Some(br#"{"position":"18-3","more":false,"age_ms":300,"events":[]}"#), 1_800)
+            .answer(read_page(Some(200), Some(br#"{"position":"18-3","more":false,"age_ms":300,"events":[]}"#)), 1_800)
             .is_some());
         assert!(f.ready && f.fresh(1_500, &c));
         assert_eq!(f.age_ms(1_800), 300, "as of when the service last heard from Redis");
@@ -213,7 +219,9 @@ mod tests {
     fn starting_over_replays_from_the_beginning() {
         let c = cfg();
         let mut f = FeedClient::default();
-        assert!(f.answer(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#), 1_000).is_some());
+        assert!(f
+            .answer(read_page(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#)), 1_000)
+            .is_some());
         f.in_flight = true;
         let sent_in = f.generation;
         f.start_over();
@@ -221,7 +229,9 @@ mod tests {
         assert!(f.superseded(sent_in, 1_050), "the poll out before the start over answers for the old position");
         assert!(!f.in_flight && !f.superseded(f.generation, 1_050));
         assert_eq!(f.poll_path(&c), "/v1/feed?wait_ms=0");
-        assert!(f.answer(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#), 1_100).is_some());
+        assert!(f
+            .answer(read_page(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#)), 1_100)
+            .is_some());
         assert!(f.fresh(1_100, &c));
     }
 
@@ -229,7 +239,9 @@ mod tests {
     fn an_abandoned_poll_is_sent_again_from_the_same_position() {
         let c = cfg();
         let mut f = FeedClient::default();
-        assert!(f.answer(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#), 1_000).is_some());
+        assert!(f
+            .answer(read_page(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#)), 1_000)
+            .is_some());
         f.in_flight = true;
         f.next_attempt_ms = 5_000;
         let sent_in = f.generation;
@@ -253,7 +265,7 @@ mod tests {
             (None, None),
         ] {
             f.in_flight = true;
-            assert_eq!(f.answer(status, body, 2_000), None, "{status:?}");
+            assert_eq!(f.answer(read_page(status, body), 2_000), None, "{status:?}");
             assert_eq!(f.position, "5-0");
             assert!(!f.in_flight);
         }

@@ -11,7 +11,7 @@
 
 use jwtguard::config::ALL_ALGORITHMS;
 use jwtguard::extract::{self, HeaderSource, Sources};
-use jwtguard::feed::FeedClient;
+use jwtguard::feed::{self, FeedClient};
 use jwtguard::jwks::{self, FetchState};
 use jwtguard::revocation::{self, Entry, Identity};
 use jwtguard::revocation_set::RevocationSet;
@@ -26,7 +26,7 @@ pub fn read_all(data: &[u8]) {
     for status in [Some(200), Some(504), None] {
         let _ = revocation::read_answer(status, Some(data));
     }
-    if let Some(events) = FeedClient::default().answer(Some(200), Some(data), NOW_MS) {
+    if let Some(events) = FeedClient::default().answer(feed::read_page(Some(200), Some(data)), NOW_MS) {
         let mut set = RevocationSet::new(3, 30);
         for event in events {
             set.apply(event, NOW_MS / 1000);
@@ -97,7 +97,9 @@ mod tests {
             Ok(revocation::Known::NoSession)
         );
         assert_eq!(revocation::read_answer(Some(200), Some(seed("status_active"))), Ok(revocation::Known::Active));
-        let events = FeedClient::default().answer(Some(200), Some(seed("feed_page")), NOW_MS).expect("the feed page");
+        let events = FeedClient::default()
+            .answer(feed::read_page(Some(200), Some(seed("feed_page"))), NOW_MS)
+            .expect("the feed page");
         assert_eq!(events.len(), 5);
         assert!(FetchState::decode(seed("fetch_state")).is_some_and(|s| s.refetch_requested));
         assert!(Entry::decode(seed("entry")).is_some());

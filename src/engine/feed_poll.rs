@@ -9,7 +9,7 @@
 use super::request::get_from_service;
 use super::{Action, Callout, Dispatch, Engine, Record};
 use crate::authenticator::Verified;
-use crate::feed::{FeedClient, FeedConfig};
+use crate::feed::{self, FeedClient, FeedConfig};
 use crate::revocation::{self, Enforcement, Failure, Identity, Known, Mode, Verdict};
 use crate::revocation_set::RevocationSet;
 use jwtguard_wire::FeedEvent;
@@ -175,7 +175,7 @@ impl Engine {
             }
             Err(why) => {
                 warn!("jwtguard: revocation feed poll to cluster {:?} failed: {why}", rev.cluster);
-                let _ = feed.lock().client.answer(None, None, now);
+                let _ = feed.lock().client.answer(None, now);
                 self.metrics.add(self.metrics.feed_failed, 1);
                 None
             }
@@ -194,13 +194,15 @@ impl Engine {
         record: Record,
     ) {
         let now = self.now_ms();
+        // Read before taking the lock, which every request on the feed takes too.
+        let page = feed::read_page(status, body);
         let (applied, completed) = {
             let mut state = feed.lock();
             if state.client.superseded(generation, now) {
                 return;
             }
             let was_ready = state.client.ready;
-            let Some(events) = state.client.answer(status, body, now) else {
+            let Some(events) = state.client.answer(page, now) else {
                 drop(state);
                 self.metrics.add(self.metrics.feed_failed, 1);
                 return;
