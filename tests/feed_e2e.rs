@@ -449,7 +449,7 @@ fn a_listener_update_keeps_the_revocation_set() {
     let (complete, events) = (completions(), e.counter(&stat(EVENTS)));
 
     listeners.publish(&bootstrap_with("2"));
-    e.await_listener_update(1);
+    e.await_listener_update(1, || {});
     if Build::current() == Build::Module {
         wait_for("the old configuration to be destroyed", Duration::from_secs(10), || {
             e.log_text()

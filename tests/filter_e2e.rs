@@ -603,7 +603,10 @@ fn a_listener_update_replaces_the_configuration() {
     }
 
     listeners.publish(&bootstrap_with(&second));
-    envoy.await_listener_update(1);
+    // Requests while both configurations live (the old chain drains) count too.
+    envoy.await_listener_update(1, || {
+        wait_for("the new configuration", Duration::from_secs(10), || (hs() == 200).then_some(()));
+    });
     if Build::current() == Build::Module {
         // The first configuration's namespace: its SHA-256 (module/src/filter.rs, parse_config).
         let digest = <sha2::Sha256 as sha2::Digest>::digest(first.to_string().as_bytes());

@@ -347,10 +347,12 @@ impl Envoy {
 
     /// Waits until Envoy has made its `updates`-th in-place listener update (a new filter chain
     /// on the same listener and port) and removed the old filter chain, drained (for a second:
-    /// `--drain-time-s`). Its filter configurations are then destroyed.
-    pub fn await_listener_update(&self, updates: u64) {
+    /// `--drain-time-s`). `meanwhile` runs while it drains, both configurations live. The old
+    /// one's filter configurations are then destroyed.
+    pub fn await_listener_update(&self, updates: u64, meanwhile: impl FnOnce()) {
         let draining = || self.stat_now("listener_manager.total_filter_chains_draining");
         wait_for("the old filter chain to drain", Duration::from_secs(20), || (draining() == 1).then_some(()));
+        meanwhile();
         wait_for("the old filter chain to go", Duration::from_secs(20), || (draining() == 0).then_some(()));
         assert_eq!(self.stat_now("listener_manager.listener_in_place_updated"), updates, "an update in place");
     }

@@ -34,37 +34,46 @@ type Versioned = (Vec<u8>, u32);
 /// proxy-wasm's shared data, for the whole process, by key.
 static SHARED_DATA: LazyLock<Mutex<FastMap<String, Versioned>>> = LazyLock::new(Default::default);
 
-/// The shared data's users: how many live configurations have each namespace (identical
-/// configurations share one). The last to go takes the namespace's data with it, so that
-/// replaced configurations (every edit makes a new namespace) leave nothing behind.
-static NAMESPACES: LazyLock<Mutex<FastMap<String, usize>>> = LazyLock::new(Default::default);
+/// The live configurations of each namespace (identical configurations share one), by name.
+/// The last to go takes the namespace's shared data with it, so that replaced configurations
+/// (every edit makes a new namespace) leave nothing behind.
+static NAMESPACES: LazyLock<Mutex<FastMap<String, Namespace>>> = LazyLock::new(Default::default);
 
-fn hold_namespace(namespace: &str) {
-    *lock(&NAMESPACES).entry(namespace.to_string()).or_default() += 1;
+#[derive(Default)]
+struct Namespace {
+    users: usize,
+    /// Their revocation set: a configuration with the bytes of a live one (a listener update
+    /// that leaves jwtguard's configuration as it was, or two listeners with the same one) takes
+    /// its set and its place in the feed, as a wasm VM keeps its plugin's, rather than reading
+    /// the whole feed again while its requests wait. Weak: a destroyed configuration's engines
+    /// on the workers keep the set until they go, but it is never taken up again.
+    feed: Weak<Feed>,
+}
+
+/// Counts a live configuration of `namespace`, whose revocation set is `feed`.
+fn hold_namespace(namespace: &str, feed: Option<&Arc<Feed>>) {
+    let mut namespaces = lock(&NAMESPACES);
+    let held = namespaces.entry(namespace.to_string()).or_default();
+    held.users += 1;
+    if let Some(feed) = feed {
+        held.feed = Arc::downgrade(feed);
+    }
 }
 
 fn release_namespace(namespace: &str) {
     let mut namespaces = lock(&NAMESPACES);
-    let Some(users) = namespaces.get_mut(namespace) else { return };
-    *users -= 1;
-    if *users == 0 {
+    let Some(held) = namespaces.get_mut(namespace) else { return };
+    held.users -= 1;
+    if held.users == 0 {
         namespaces.remove(namespace);
         let prefix = format!("jwtguard.{namespace}.");
         lock(&SHARED_DATA).retain(|key, _| !key.starts_with(&prefix));
     }
 }
 
-/// The revocation sets, by namespace: a configuration whose bytes another live one has (a
-/// listener update that leaves jwtguard's configuration as it was, or two listeners with the
-/// same one) takes that one's set and its place in the feed, as a wasm VM keeps its plugin's,
-/// rather than reading the whole feed again while its requests wait.
-static FEEDS: LazyLock<Mutex<FastMap<String, Weak<Feed>>>> = LazyLock::new(Default::default);
-
-/// The live set of `namespace`, if a configuration still holds one.
+/// The revocation set of `namespace`'s live configurations, if one has a set.
 fn live_feed(namespace: &str) -> Option<Arc<Feed>> {
-    let mut feeds = lock(&FEEDS);
-    feeds.retain(|_, feed| feed.strong_count() > 0);
-    feeds.get(namespace).and_then(Weak::upgrade)
+    lock(&NAMESPACES).get(namespace)?.feed.upgrade()
 }
 
 /// Context ids of streams, unique in the process (the engine names requests by them).
@@ -564,10 +573,7 @@ impl FilterConfig {
             true => None,
             false => Some(Ticker::start(&shared, envoy.0.scheduler(), main.engine.tick_ms())?),
         };
-        hold_namespace(&main.engine.namespace);
-        if let Some(feed) = &main.engine.feed {
-            lock(&FEEDS).insert(namespace, Arc::downgrade(feed));
-        }
+        hold_namespace(&namespace, main.engine.feed.as_ref());
         let main = Rc::new(main);
         Some(FilterConfig { shared, main, ticker, made_on: std::thread::current().id() })
     }
@@ -787,9 +793,9 @@ mod tests {
     fn the_last_configuration_of_a_namespace_takes_its_shared_data() {
         let put = |key: &str| lock(&SHARED_DATA).insert(key.to_string(), (vec![1], 1));
         let has = |key: &str| lock(&SHARED_DATA).contains_key(key);
-        hold_namespace("t1");
-        hold_namespace("t1");
-        hold_namespace("t10");
+        hold_namespace("t1", None);
+        hold_namespace("t1", None);
+        hold_namespace("t10", None);
         for key in ["jwtguard.t1.jwks.p", "jwtguard.t1.rev.7", "jwtguard.t10.jwks.p"] {
             put(key);
         }
@@ -801,5 +807,33 @@ mod tests {
         release_namespace("t1"); // no users left: nothing to do
         release_namespace("t10");
         assert!(!has("jwtguard.t10.jwks.p"));
+    }
+
+    /// A configuration made while another with its bytes lives takes its revocation set; once
+    /// the last one is destroyed, the set is not taken up again, though workers' engines of the
+    /// destroyed configuration may still hold it.
+    #[test]
+    fn only_a_live_configuration_shares_its_revocation_set() {
+        let feed = |ns: &str| {
+            let cfg = jwtguard::feed::FeedConfig {
+                path: "/v1/feed".into(),
+                max_staleness_ms: 30_000,
+                wait_for_set_ms: 2_000,
+                max_entries: 10,
+            };
+            Arc::new(Feed::new(cfg, ns, 0))
+        };
+        let (first, other) = (feed("t2"), feed("t3"));
+        hold_namespace("t2", Some(&first));
+        hold_namespace("t3", Some(&other));
+        assert!(live_feed("t2").is_some_and(|f| Arc::ptr_eq(&f, &first)));
+        hold_namespace("t2", Some(&first)); // a listener update with the same bytes
+        release_namespace("t2"); // the old configuration goes
+        assert!(live_feed("t2").is_some_and(|f| Arc::ptr_eq(&f, &first)), "the update keeps it");
+        release_namespace("t2");
+        let _held_by_a_worker = first.clone();
+        assert!(live_feed("t2").is_none(), "the listener was removed: a new one starts afresh");
+        assert!(live_feed("t3").is_some_and(|f| Arc::ptr_eq(&f, &other)));
+        release_namespace("t3");
     }
 }
