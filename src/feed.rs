@@ -37,7 +37,8 @@ pub struct FeedClient {
     pub ready: bool,
     /// The set was complete once: a request then never waits for it again.
     pub was_ready: bool,
-    /// When the last good answer came (ms); 0 before the first.
+    /// As of when the set last held everything the service knew (ms): the last page that was
+    /// the last (`more: false`), less the service's `age_ms`; 0 before the first.
     pub answered_ms: u64,
     pub in_flight: bool,
     pub failures: u32,
@@ -80,8 +81,12 @@ impl FeedClient {
         self.position = response.position;
         self.ready |= !response.more;
         self.was_ready |= self.ready;
-        // Current as of when the service last heard from Redis, not as of its answer.
-        self.answered_ms = now_ms.saturating_sub(response.age_ms).max(1);
+        // Current as of when the service last heard from Redis, not as of its answer; and only
+        // once the page is the last: while catching up after a gap the set lacks the later
+        // pages' revocations, so it stays as old as the last time it was whole.
+        if !response.more {
+            self.answered_ms = now_ms.saturating_sub(response.age_ms).max(1);
+        }
         self.failures = 0;
         self.next_attempt_ms = now_ms;
         Some(response.events)
@@ -213,6 +218,23 @@ mod tests {
         assert_eq!(long.poll_wait_ms(), 60_000, "the most the service allows");
         assert!(f.fresh(1_500 + 30_000, &c) && !f.fresh(1_501 + 30_000, &c), "max_staleness");
         assert_eq!(f.age_ms(2_000), 500);
+    }
+
+    #[test]
+    fn a_set_catching_up_is_as_old_as_when_it_was_last_whole() {
+        let c = cfg();
+        let mut f = FeedClient::default();
+        let last = br#"{"position":"9-0","more":false,"events":[]}"#;
+        assert!(f.answer(read_page(Some(200), Some(last)), 1_000).is_some());
+        // The service was away; the first page after the gap is not the last.
+        let page = br#"{"position":"40-0","more":true,"events":[{"type":"revoked","jti":"a","until":9}]}"#;
+        assert!(f.answer(read_page(Some(200), Some(page)), 40_000).is_some());
+        assert!(!f.fresh(40_000, &c), "the later pages' revocations are not in the set yet");
+        assert_eq!(f.age_ms(40_000), 39_000);
+        assert!(f
+            .answer(read_page(Some(200), Some(br#"{"position":"41-0","more":false,"events":[]}"#)), 40_050)
+            .is_some());
+        assert!(f.fresh(40_050, &c));
     }
 
     #[test]
