@@ -243,6 +243,31 @@ fn timeouts_garbage_and_errors_from_the_service_count_as_unavailable() {
     }
 }
 
+/// A revocation cluster this Envoy does not have (a typo, or a cluster a control plane has not
+/// pushed yet): every request is refused at once as unavailable, a logout too, and the log says
+/// so at most once a second per worker, however many requests come.
+#[test]
+fn a_missing_revocation_cluster_refuses_at_once_and_logs_once_a_second() {
+    let dir = scratch_dir("no-cluster");
+    let key = KeyPair::generate(&dir, Algorithm::RS256, "k1");
+    let echo = Echo::start("127.0.0.1:0").unwrap();
+    let config = plugin(&key, json!({"cluster": "nowhere"}), json!([]));
+    let e = envoy(&dir, "e", &[("main", config)], echo.port, &echo);
+    let t = token(&key, "nora", "n1", now());
+    let started = Instant::now();
+    for _ in 0..40 {
+        let r = get(&e, "main", &t);
+        assert_eq!((r.status, r.header("retry-after")), (503, Some("1")), "{r:?}");
+    }
+    assert_eq!(post(&e, "main", "/logout", &t).status, 503);
+    let seconds = started.elapsed().as_secs();
+    assert_eq!(e.counter(&stat("revocation.check.unavailable")), 40);
+    assert_eq!(e.counter(&stat("logout.failed")), 1);
+    let log = e.log_text();
+    let lines = log.matches("cluster \"nowhere\" failed").count() as u64;
+    assert!((1..=seconds + 1).contains(&lines), "{lines} log lines in {seconds} s:\n{log}");
+}
+
 #[test]
 fn concurrent_requests_with_one_token_share_one_callout() {
     let dir = scratch_dir("coalesce");

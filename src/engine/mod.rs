@@ -101,12 +101,31 @@ pub struct Engine {
     pub remote: Vec<Remote>,
     /// Bumped whenever any remote key set changes in this engine.
     pub keys_version: Cell<u64>,
-    /// When a report-only refusal was last logged (ms).
-    pub report_logged_ms: Cell<u64>,
+    /// The report-only refusal's log line.
+    pub report_log: LogLimit,
+    /// The log lines of a revocation service or cluster that fails a request's callout.
+    pub service_log: LogLimit,
     /// Each provider's `payload_in_metadata` key, by provider index; empty when none has one.
     pub metadata_keys: Vec<Option<String>>,
     /// When `sync_keys_if_due` last loaded keys (ms).
     keys_synced_ms: Cell<u64>,
+}
+
+/// A log line that could come with every request (a report-only refusal, a revocation service
+/// or cluster that is not there) is written at most once a second per engine, so that a flood
+/// of requests is not a flood of Envoy's log; the counters count every one.
+#[derive(Default)]
+pub struct LogLimit(Cell<Option<u64>>);
+
+impl LogLimit {
+    /// Whether to write the line at `now_ms`.
+    pub fn allows(&self, now_ms: u64) -> bool {
+        let allowed = self.0.get().is_none_or(|last| now_ms >= last.saturating_add(1_000));
+        if allowed {
+            self.0.set(Some(now_ms));
+        }
+        allowed
+    }
 }
 
 impl Engine {
@@ -179,7 +198,8 @@ impl Engine {
             set_waiters: RefCell::new(Vec::new()),
             remote,
             keys_version: Cell::new(0),
-            report_logged_ms: Cell::new(0),
+            report_log: LogLimit::default(),
+            service_log: LogLimit::default(),
             keys_synced_ms: Cell::new(0),
             metadata_keys,
         })

@@ -302,13 +302,11 @@ impl Engine {
     }
 
     /// A report-only route would refuse the current request: counted by reason, marked upstream
-    /// with the reason, logged at most once a second per worker; the caller lets it through.
+    /// with the reason, logged at most once a second per engine; the caller lets it through.
     pub fn report(&self, reason: Reason) {
         self.metrics.would_deny(reason);
         self.host.set_request_header(config::WOULD_DENY_HEADER, Some(reason.name()));
-        let now = self.now_ms();
-        if now >= self.report_logged_ms.get() + 1_000 {
-            self.report_logged_ms.set(now);
+        if self.report_log.allows(self.now_ms()) {
             info!("jwtguard: report-only: a request let through would be refused: {}", reason.name());
         }
     }
@@ -383,7 +381,7 @@ impl Engine {
                 (Action::Pause, Some((token, Callout::Status { identity: identity.clone(), started_ms: now })))
             }
             Err(why) => {
-                warn!("jwtguard: revocation callout to cluster {:?} failed: {why}", rev.cluster);
+                self.log_service_failure(format_args!("revocation callout to cluster {:?} failed: {why}", rev.cluster));
                 self.metrics.answer(Err(Failure::Unavailable));
                 let verdict = revocation::verdict(Err(Failure::Unavailable), enforcement, stale);
                 (self.settle(context_id, false, verdict, waiting), None)
@@ -424,7 +422,8 @@ impl Engine {
         ];
         match dispatch(&rev.cluster, headers, Some(body.as_bytes()), Duration::from_millis(rev.timeout_ms)) {
             Ok(t) => (Action::Pause, Some((t, Callout::Logout { identity: id.clone(), everywhere }))),
-            Err(_) => {
+            Err(why) => {
+                self.log_service_failure(format_args!("logout callout to cluster {:?} failed: {why}", rev.cluster));
                 self.metrics.add(self.metrics.logout_failed, 1);
                 self.deny(Reason::RevocationUnavailable, None);
                 (Action::Pause, None)
@@ -459,7 +458,7 @@ impl Engine {
                     self.metrics.add(self.metrics.logout_ok, 1);
                     self.host.send_response(204, &[("cache-control", "no-store")], None);
                 } else {
-                    warn!("jwtguard: logout failed: revocation service answered {status:?}");
+                    self.log_service_failure(format_args!("logout failed: revocation service answered {status:?}"));
                     self.metrics.add(self.metrics.logout_failed, 1);
                     self.deny(Reason::RevocationUnavailable, None);
                 }
@@ -518,6 +517,14 @@ impl Engine {
         let entry =
             Entry { known, fetched_ms: self.now_ms(), exp: identity.exp.unwrap_or(0), identity: identity.key.clone() };
         self.host.set_shared_data(&identity.slot_key(&self.namespace, rev.cache_max_entries), &entry.encode(), None);
+    }
+
+    /// A callout the revocation service or its cluster did not take or answer well: it can
+    /// come with every request, so it is logged at most once a second (`LogLimit`).
+    fn log_service_failure(&self, what: std::fmt::Arguments) {
+        if self.service_log.allows(self.now_ms()) {
+            warn!("jwtguard: {what}");
+        }
     }
 
     fn bad_logout(&self, description: &str) -> Action {

@@ -388,3 +388,12 @@ fn payload_in_metadata_needs_a_host_that_writes_metadata() {
     let error = Engine::new(config, Box::new(host), true, None).err().unwrap();
     assert_eq!(error, "providers.p.payload_in_metadata: proxy-wasm cannot write dynamic metadata");
 }
+
+#[test]
+fn a_log_line_that_could_come_with_every_request_is_written_at_most_once_a_second() {
+    let limit = LogLimit::default();
+    assert!(limit.allows(5), "the first");
+    assert!(!limit.allows(5) && !limit.allows(1_004));
+    assert!(limit.allows(1_005));
+    assert!(!limit.allows(2_004));
+}
