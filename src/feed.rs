@@ -194,6 +194,12 @@ fn is_position(p: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Takes in a page that is the feed's last (no events) at `now_ms`.
+    fn last_page(f: &mut FeedClient, position: &str, now_ms: u64) -> bool {
+        let page = format!(r#"{{"position":"{position}","more":false,"events":[]}}"#);
+        f.answer(read_page(Some(200), Some(page.as_bytes())), now_ms).is_some()
+    }
+
     fn cfg() -> FeedConfig {
         FeedConfig { path: "/v1/feed".into(), max_staleness_ms: 30_000, wait_for_set_ms: 2_000, max_entries: 100 }
     }
@@ -224,16 +230,13 @@ mod tests {
     fn a_set_catching_up_is_as_old_as_when_it_was_last_whole() {
         let c = cfg();
         let mut f = FeedClient::default();
-        let last = br#"{"position":"9-0","more":false,"events":[]}"#;
-        assert!(f.answer(read_page(Some(200), Some(last)), 1_000).is_some());
+        assert!(last_page(&mut f, "9-0", 1_000));
         // The service was away; the first page after the gap is not the last.
         let page = br#"{"position":"40-0","more":true,"events":[{"type":"revoked","jti":"a","until":9}]}"#;
         assert!(f.answer(read_page(Some(200), Some(page)), 40_000).is_some());
         assert!(!f.fresh(40_000, &c), "the later pages' revocations are not in the set yet");
         assert_eq!(f.age_ms(40_000), 39_000);
-        assert!(f
-            .answer(read_page(Some(200), Some(br#"{"position":"41-0","more":false,"events":[]}"#)), 40_050)
-            .is_some());
+        assert!(last_page(&mut f, "41-0", 40_050));
         assert!(f.fresh(40_050, &c));
     }
 
@@ -241,9 +244,7 @@ mod tests {
     fn starting_over_replays_from_the_beginning() {
         let c = cfg();
         let mut f = FeedClient::default();
-        assert!(f
-            .answer(read_page(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#)), 1_000)
-            .is_some());
+        assert!(last_page(&mut f, "9-0", 1_000));
         f.in_flight = true;
         let sent_in = f.generation;
         f.start_over();
@@ -251,9 +252,7 @@ mod tests {
         assert!(f.superseded(sent_in, 1_050), "the poll out before the start over answers for the old position");
         assert!(!f.in_flight && !f.superseded(f.generation, 1_050));
         assert_eq!(f.poll_path(&c), "/v1/feed?wait_ms=0");
-        assert!(f
-            .answer(read_page(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#)), 1_100)
-            .is_some());
+        assert!(last_page(&mut f, "9-0", 1_100));
         assert!(f.fresh(1_100, &c));
     }
 
@@ -261,9 +260,7 @@ mod tests {
     fn an_abandoned_poll_is_sent_again_from_the_same_position() {
         let c = cfg();
         let mut f = FeedClient::default();
-        assert!(f
-            .answer(read_page(Some(200), Some(br#"{"position":"9-0","more":false,"events":[]}"#)), 1_000)
-            .is_some());
+        assert!(last_page(&mut f, "9-0", 1_000));
         f.in_flight = true;
         f.next_attempt_ms = 5_000;
         let sent_in = f.generation;
