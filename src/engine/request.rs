@@ -449,8 +449,9 @@ impl Engine {
                     return;
                 }
                 if status == Some(200) {
-                    // This Envoy (status source) or worker (feed) refuses the token at once; the
-                    // others within cache_ttl_ms, or as soon as the feed brings it.
+                    // This Envoy (status source) or worker (feed; the module: all its workers)
+                    // refuses the token at once; the others within cache_ttl_ms, or as soon as
+                    // the feed brings it.
                     self.remember(rev, &identity, Known::Revoked);
                     if let Some(feed) = &self.feed {
                         self.mark_logged_out(feed, &identity, everywhere);
