@@ -54,8 +54,10 @@ impl Engine {
                     let (doc, _) = self.host.shared_data(&key(r, "doc"));
                     match doc.map(|d| jwks::accept_document(&d, &r.algorithms, &r.cfg, &self.local_keys(r))) {
                         Some(Ok((keys, _))) => self.install(r, keys, state.fetched_ms),
-                        Some(Err(e)) => warn!("jwtguard: provider {}: stored JWKS unusable: {e}", r.name),
-                        None => {}
+                        Some(Err(e)) if self.keys_log.allows(now) => {
+                            warn!("jwtguard: provider {}: stored JWKS unusable: {e}", r.name)
+                        }
+                        Some(Err(_)) | None => {}
                     }
                 }
                 KeySetAge::Fresh | KeySetAge::Stale => {}

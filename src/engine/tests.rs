@@ -397,3 +397,69 @@ fn a_log_line_that_could_come_with_every_request_is_written_at_most_once_a_secon
     assert!(limit.allows(1_005));
     assert!(!limit.allows(2_004));
 }
+
+thread_local! {
+    /// The log lines written on this thread (each test runs on a thread of its own).
+    static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+struct ThreadLines;
+
+impl log::Log for ThreadLines {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        LINES.with(|lines| lines.borrow_mut().push(record.args().to_string()));
+    }
+    fn flush(&self) {}
+}
+
+/// The lines this thread has logged since the last call.
+fn take_lines() -> Vec<String> {
+    if log::set_logger(&ThreadLines).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+    LINES.with(|lines| std::mem::take(&mut *lines.borrow_mut()))
+}
+
+/// A key set another engine stored that this one cannot use is tried again at every key sync
+/// (ten a second): its warning is not.
+#[test]
+fn a_stored_key_set_that_stays_unusable_is_logged_once_a_second() {
+    let dir = jwtguard_demo::scratch_dir("engine", "unusable-keys");
+    let key = KeyPair::generate(&dir, Algorithm::RS256, "k1");
+    let config = json!({
+        "providers": {"p": {"issuer": "iss", "remote_jwks": {"cluster": "keys", "uri": "http://keys.test/jwks"}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]
+    });
+    let host = FakeHost::default();
+    host.log().now_ms = 1_700_000_000_000;
+    let new = |background| {
+        let config = Config::parse(config.to_string().as_bytes()).unwrap();
+        Engine::new(config, Box::new(host.clone()), background, None).unwrap()
+    };
+    let (main, worker) = (new(true), new(false));
+    let mut started = Vec::new();
+    main.tick(&|c, h, _, _| dispatch(&host, c, &h), &mut |t, r, c| started.push((t, r, c)));
+    host.log().pending.extend(started);
+    answer_all(&main, &host, 200, &json!({"keys": [key.jwk()]}).to_string());
+    // A newer set whose document is not one (corrupt shared data, a clash of namespaces).
+    let now = host.log().now_ms;
+    for (name, (value, _)) in host.log().shared.iter_mut() {
+        if name.ends_with(".doc") {
+            *value = b"not a JWKS".to_vec();
+        } else if name.ends_with(".state") {
+            let state = crate::jwks::FetchState::decode(value).unwrap();
+            *value = crate::jwks::FetchState { fetched_ms: now + 1, ..state }.encode();
+        }
+    }
+    take_lines();
+    for _ in 0..30 {
+        host.log().now_ms += 100;
+        worker.sync_keys_if_due();
+    }
+    let lines = take_lines();
+    let unusable = lines.iter().filter(|l| l.contains("stored JWKS unusable")).count();
+    assert_eq!(unusable, 3, "three seconds of key syncs: {lines:?}");
+}
