@@ -5,10 +5,11 @@
 # down towards 0, so the low 1 KiB is touched only by a stack about to overflow.
 WASM := target/jwtguard.wasm
 # Panic locations name the source files of dependencies: with the builder's cargo home cut from
-# them the .wasm is the same bytes wherever it is built (and 2.5 KB smaller). The directory is
-# crates.io's for cargo >= 1.85 (the workspace's rust-version).
+# them the .wasm does not depend on where it is built (the same toolchain, wasm-opt and
+# Cargo.lock give the same bytes) and is 2.5 KB smaller. The directory is crates.io's for
+# cargo >= 1.85 (the workspace's rust-version); `make wasm` fails if a path is left.
 CARGO_HOME ?= $(HOME)/.cargo
-WASM_RUSTFLAGS := --remap-path-prefix=$(CARGO_HOME)/registry/src/index.crates.io-1949cf8c6b5b557f=
+WASM_REMAP := --remap-path-prefix=$(CARGO_HOME)/registry/src/index.crates.io-1949cf8c6b5b557f=
 # The end-to-end suites that run Envoy with the filter: `make test` runs them against both builds.
 E2E := --test filter_e2e --test revocation_e2e --test jwks_e2e --test feed_e2e --test policy_e2e \
 	--test signals_e2e --test monitoring --test demo
@@ -19,9 +20,10 @@ deps:
 	scripts/deps.sh
 
 wasm: deps
-	RUSTFLAGS="$(WASM_RUSTFLAGS)" cargo build --profile wasm --target wasm32-wasip1 -p jwtguard-wasm
+	cargo build --config 'target.wasm32-wasip1.rustflags=["$(WASM_REMAP)"]' --profile wasm --target wasm32-wasip1 -p jwtguard-wasm
 	wasm-opt -Oz --low-memory-unused -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 		--enable-mutable-globals target/wasm32-wasip1/wasm/jwtguard_wasm.wasm -o $(WASM)
+	@! grep -q "registry/src/" $(WASM) || { echo "$(WASM) names the builder's cargo home: set CARGO_HOME"; exit 1; }
 
 # The Envoy 1.40 dynamic module: target/module/libjwtguard_module.so (profile `module`).
 module: deps

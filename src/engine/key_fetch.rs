@@ -50,14 +50,17 @@ impl Engine {
                         self.install(r, Vec::new(), 0);
                     }
                 }
-                KeySetAge::Fresh | KeySetAge::Stale if state.fetched_ms != r.loaded_ms.get() => {
+                KeySetAge::Fresh | KeySetAge::Stale
+                    if state.fetched_ms != r.loaded_ms.get() && state.fetched_ms != r.rejected_ms.get() =>
+                {
                     let (doc, _) = self.host.shared_data(&key(r, "doc"));
                     match doc.map(|d| jwks::accept_document(&d, &r.algorithms, &r.cfg, &self.local_keys(r))) {
                         Some(Ok((keys, _))) => self.install(r, keys, state.fetched_ms),
-                        Some(Err(e)) if self.keys_log.allows(now) => {
+                        Some(Err(e)) => {
+                            r.rejected_ms.set(state.fetched_ms);
                             warn!("jwtguard: provider {}: stored JWKS unusable: {e}", r.name)
                         }
-                        Some(Err(_)) | None => {}
+                        None => {}
                     }
                 }
                 KeySetAge::Fresh | KeySetAge::Stale => {}

@@ -105,8 +105,6 @@ pub struct Engine {
     pub report_log: LogLimit,
     /// The log lines of a revocation service or cluster that fails a request's callout.
     pub service_log: LogLimit,
-    /// "Stored JWKS unusable": retried at every key sync while the shared set stays unusable.
-    pub keys_log: LogLimit,
     /// Each provider's `payload_in_metadata` key, by provider index; empty when none has one.
     pub metadata_keys: Vec<Option<String>>,
     /// When `sync_keys_if_due` last loaded keys (ms).
@@ -114,8 +112,8 @@ pub struct Engine {
 }
 
 /// A log line that could come with every request (a report-only refusal, a revocation service
-/// or cluster that is not there) or every key sync is written at most once a second per engine,
-/// so that a flood of requests is not a flood of Envoy's log; the counters count every one.
+/// or cluster that is not there) is written at most once a second per engine, so that a flood
+/// of requests is not a flood of Envoy's log; the counters count every one.
 #[derive(Default)]
 pub struct LogLimit(Cell<Option<u64>>);
 
@@ -164,6 +162,7 @@ impl Engine {
                 algorithms: p.algorithms.clone(),
                 loaded_ms: Cell::new(0),
                 seen_ms: Cell::new(0),
+                rejected_ms: Cell::new(0),
             })
             .collect();
         let report_only = config.rules.iter().any(|r| r.report_only);
@@ -202,7 +201,6 @@ impl Engine {
             keys_version: Cell::new(0),
             report_log: LogLimit::default(),
             service_log: LogLimit::default(),
-            keys_log: LogLimit::default(),
             keys_synced_ms: Cell::new(0),
             metadata_keys,
         })

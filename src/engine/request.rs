@@ -83,6 +83,9 @@ pub struct Remote {
     pub loaded_ms: Cell<u64>,
     /// `fetched_ms` of the newest key set this engine's sync has looked at, loaded or not.
     pub seen_ms: Cell<u64>,
+    /// `fetched_ms` of a stored key set this engine found unusable: not parsed, nor logged,
+    /// again at each sync (ten a second) until another fetch stores a new one.
+    pub rejected_ms: Cell<u64>,
 }
 
 /// How `handle` was reached: first time for the request, or retried after parking.
