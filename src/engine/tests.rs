@@ -182,6 +182,23 @@ fn answer_all(engine: &Engine, host: &FakeHost, status: u16, body: &str) {
     }
 }
 
+/// A tick of `engine`, the callouts it starts left pending.
+fn tick(engine: &Engine, host: &FakeHost) {
+    let mut started = Vec::new();
+    engine.tick(&|c, h, _, _| dispatch(host, c, &h), &mut |t, r, c| started.push((t, r, c)));
+    host.log().pending.extend(started);
+}
+
+/// The main thread's engine and a worker's, of one configuration, on one host.
+fn main_and_worker(config: &Value, host: &FakeHost) -> (Engine, Engine) {
+    host.log().now_ms = 1_700_000_000_000;
+    let new = |background| {
+        let config = Config::parse(config.to_string().as_bytes()).unwrap();
+        Engine::new(config, Box::new(host.clone()), background, None).unwrap()
+    };
+    (new(true), new(false))
+}
+
 const STATUS_REVOCATION: &str = r#"{"cluster": "rev", "authority": "rev", "failure_mode": "open", "source": "status"}"#;
 
 #[test]
@@ -248,12 +265,7 @@ fn a_status_check_whose_sender_went_is_sent_again_for_the_others() {
     host.log().live.remove(&1);
     host.log().pending.clear(); // cancelled with request 1's stream
     engine.request_gone(1);
-    let tick = |host: &FakeHost| {
-        let mut started = Vec::new();
-        engine.tick(&|c, h, _, _| dispatch(host, c, &h), &mut |t, r, c| started.push((t, r, c)));
-        host.log().pending.extend(started);
-    };
-    tick(&host);
+    tick(&engine, &host);
     assert_eq!(host.log().callouts.len(), 2, "sent again");
     assert_eq!(
         host.log().pending.iter().map(|(_, r, _)| *r).collect::<Vec<_>>(),
@@ -262,7 +274,7 @@ fn a_status_check_whose_sender_went_is_sent_again_for_the_others() {
     );
     // Its sender is there now: a later tick within the timeout sends nothing more.
     host.log().now_ms += engine.revocation.as_ref().unwrap().timeout_ms;
-    tick(&host);
+    tick(&engine, &host);
     assert_eq!(host.log().callouts.len(), 2, "one check at a time");
     answer_all(&engine, &host, 200, r#"{"active": false}"#);
     let log = host.log();
@@ -274,7 +286,7 @@ fn a_status_check_whose_sender_went_is_sent_again_for_the_others() {
     host.log().live.remove(&4);
     host.log().pending.clear();
     engine.request_gone(4);
-    tick(&host);
+    tick(&engine, &host);
     assert_eq!(host.log().callouts.len(), 3);
     assert!(engine.inflight.borrow().is_empty());
 }
@@ -292,24 +304,14 @@ fn an_unknown_kid_waits_for_a_key_set_another_engine_fetched() {
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]
     });
     let host = FakeHost::default();
-    host.log().now_ms = 1_700_000_000_000;
-    let new = |background| {
-        let config = Config::parse(config.to_string().as_bytes()).unwrap();
-        Engine::new(config, Box::new(host.clone()), background, None).unwrap()
-    };
-    let (main, worker) = (new(true), new(false));
-    let tick = |engine: &Engine| {
-        let mut started = Vec::new();
-        engine.tick(&|c, h, _, _| dispatch(&host, c, &h), &mut |t, r, c| started.push((t, r, c)));
-        host.log().pending.extend(started);
-    };
+    let (main, worker) = main_and_worker(&config, &host);
     let fetch = |keys: Vec<Value>| {
-        tick(&main);
+        tick(&main, &host);
         let body = json!({"keys": keys}).to_string();
         answer_all(&main, &host, 200, &body);
     };
     fetch(vec![k1.jwk()]);
-    tick(&worker);
+    tick(&worker, &host);
     let claims = json!({"iss": "iss", "sub": "alice", "exp": 1_700_000_600});
     let (old, new_kid) = (k1.sign(&claims), k2.sign(&claims));
     assert_eq!(request(&worker, &host, 1, Some(&old)), Action::Continue);
@@ -322,7 +324,7 @@ fn an_unknown_kid_waits_for_a_key_set_another_engine_fetched() {
     host.log().now_ms += 10; // the fetch ended before it parks
     let bogus = KeyPair::generate(&dir, Algorithm::RS256, "k3").sign(&claims);
     assert_eq!(request(&worker, &host, 4, Some(&bogus)), Action::Pause, "the new set may hold it too");
-    tick(&worker);
+    tick(&worker, &host);
     assert_eq!(host.log().resumed, vec![2, 3]);
     assert_eq!(host.log().responses.get(&4), Some(&401), "refused at the sync, not at its deadline");
     assert_eq!(request(&worker, &host, 5, Some(&bogus)), Action::Pause);
@@ -435,15 +437,8 @@ fn a_stored_key_set_that_stays_unusable_is_logged_once_per_provider() {
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]
     });
     let host = FakeHost::default();
-    host.log().now_ms = 1_700_000_000_000;
-    let new = |background| {
-        let config = Config::parse(config.to_string().as_bytes()).unwrap();
-        Engine::new(config, Box::new(host.clone()), background, None).unwrap()
-    };
-    let (main, worker) = (new(true), new(false));
-    let mut started = Vec::new();
-    main.tick(&|c, h, _, _| dispatch(&host, c, &h), &mut |t, r, c| started.push((t, r, c)));
-    host.log().pending.extend(started);
+    let (main, worker) = main_and_worker(&config, &host);
+    tick(&main, &host);
     answer_all(&main, &host, 200, &json!({"keys": [key.jwk()]}).to_string());
     // A newer set whose document is not one (corrupt shared data, a clash of namespaces).
     let now = host.log().now_ms;
