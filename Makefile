@@ -23,7 +23,7 @@ wasm: deps
 	cargo build --config 'target.wasm32-wasip1.rustflags=["$(WASM_REMAP)"]' --profile wasm --target wasm32-wasip1 -p jwtguard-wasm
 	wasm-opt -Oz --low-memory-unused -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 		--enable-mutable-globals target/wasm32-wasip1/wasm/jwtguard_wasm.wasm -o $(WASM)
-	@! grep -q "registry/src/" $(WASM) || { echo "$(WASM) names the builder's cargo home: set CARGO_HOME"; exit 1; }
+	@! grep -qE "registry/src/|git/checkouts/" $(WASM) || { echo "$(WASM) names the builder's cargo home: set CARGO_HOME"; exit 1; }
 
 # The Envoy 1.40 dynamic module: target/module/libjwtguard_module.so (profile `module`).
 module: deps
